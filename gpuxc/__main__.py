@@ -1,0 +1,3 @@
+from gpuxc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""Writing a bundle: staging folder → generated runner → manifest → atomic move into place.
+
+A bundle is assembled in a hidden staging folder beside its final path (same
+file system, so the final ``rename`` is atomic). A failed build removes its
+staging folder and never touches an existing bundle at the final path; a
+successful one replaces it only after everything, manifest last, is written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+from gpuxc.codegen import PACKAGE_DIR, render
+from gpuxc.errors import BundleError
+from gpuxc.manifest import MANIFEST_NAME, FileEntry, Manifest
+from gpuxc.model import sha256_file
+
+STAGING_PREFIX = ".gpuxc-staging-"
+
+# Generated runner files: template -> path in the bundle. The adapter comes from the target.
+RUNNER_TEMPLATES = {
+    "runner/__main__.py.j2": "__main__.py",
+    "runner/__init__.py.j2": "runner/__init__.py",
+    "runner/api.py.j2": "runner/api.py",
+    "runner/server.py.j2": "runner/server.py",
+    "runner/cli.py.j2": "runner/cli.py",
+    "runner/README.md.j2": "README.md",
+    "runner/requirements.txt.j2": "requirements.txt",
+}
+
+
+@contextmanager
+def staging_dir(final: Path) -> Iterator[Path]:
+    """A fresh staging folder next to ``final``, removed unless ``publish`` moved it."""
+    parent = final.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BundleError(f"{parent}: cannot create output folder ({exc.strerror})") from None
+    if final.exists() and not final.is_dir():
+        raise BundleError(f"{final}: exists and is not a folder; refusing to replace it")
+    if final.is_dir() and any(final.iterdir()) and not (final / MANIFEST_NAME).is_file():
+        raise BundleError(f"{final}: exists and is not a gpuxc bundle; refusing to replace it")
+    try:
+        path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX + final.name + "-", dir=parent))
+    except OSError as exc:
+        raise BundleError(f"{parent}: cannot write here ({exc.strerror})") from None
+    try:
+        yield path
+    finally:
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Move ``staging`` to ``final``; an existing bundle is swapped out, then removed."""
+    old: Path | None = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX + "old-", dir=final.parent))
+        os.rmdir(old)
+        os.rename(final, old)
+    try:
+        os.rename(staging, final)
+    except OSError as exc:
+        if old is not None:
+            os.rename(old, final)  # put the good bundle back
+        raise BundleError(f"{final}: cannot move the bundle into place ({exc.strerror})") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_reference(bundle: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+    ref = bundle / "reference"
+    ref.mkdir(parents=True, exist_ok=True)
+    # Keys may be any tensor name; savez stores them as member names, np.load reads them back.
+    np.savez(ref / "inputs.npz", **{k: _storable(v) for k, v in inputs.items()})
+    np.savez(ref / "outputs.npz", **{k: _storable(v) for k, v in outputs.items()})
+
+
+def _storable(value: np.ndarray) -> np.ndarray:
+    # Object arrays would need pickle; string tensors are stored as fixed-width unicode.
+    return value.astype(str) if value.dtype == object else value
+
+
+def write_runner(bundle: Path, context: dict[str, Any], adapter: str, extra_dirs: tuple[Path, ...] = ()) -> None:
+    """Render the runner templates and the target's adapter into ``bundle``."""
+    files = dict(RUNNER_TEMPLATES)
+    files[adapter] = "runner/runtime.py"
+    for template, rel in files.items():
+        dest = bundle / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(render(template, context, extra_dirs), encoding="utf-8")
+    # One implementation of the comparison for gpuxc and every bundle: copied verbatim.
+    shutil.copyfile(PACKAGE_DIR / "compare.py", bundle / "runner" / "compare.py")
+
+
+def file_entries(bundle: Path) -> list[FileEntry]:
+    entries = []
+    for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
+        rel = path.relative_to(bundle).as_posix()
+        if rel == MANIFEST_NAME or "__pycache__" in rel:
+            continue
+        entries.append(FileEntry(path=rel, size=path.stat().st_size, sha256=sha256_file(path)))
+    return entries
+
+
+def write_manifest(bundle: Path, manifest: Manifest) -> None:
+    (bundle / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+
+
+def bundle_name(name: str, version: str, target: str) -> str:
+    return f"{name}-{version}-{target}"
+
+
+

@@ -1,0 +1,238 @@
+"""The ``gpuxc`` command line (Typer). Thin commands over library calls.
+
+Human messages and progress go to stderr, data (``--json``) to stdout. gpuxc
+errors become one line and their documented exit code here, and only here;
+a traceback is shown only with ``-v``. Heavy modules (onnx, onnxruntime) are
+imported inside commands so that ``gpuxc --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from gpuxc import __version__
+from gpuxc.errors import BundleError, ExitCode, GpuxcError
+
+app = typer.Typer(
+    name="gpuxc",
+    help="Ahead-of-time compiler for ONNX models: gpux.yml + model.onnx -> verified, deployable bundles.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show progress details and tracebacks.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def handle_errors(func: F) -> F:
+    """Turn gpuxc errors into one line on stderr plus their exit code (traceback only with -v)."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        verbose = bool(kwargs.get("verbose"))
+        try:
+            return func(*args, **kwargs)
+        except GpuxcError as exc:
+            if verbose:
+                traceback.print_exc()
+            if kwargs.get("json_out"):
+                typer.echo(json.dumps({"bundles": [], "error": _error_json(exc)}))
+            _err(f"error: {exc}")
+            raise typer.Exit(int(exc.exit_code)) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            _err("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if verbose:
+                traceback.print_exc()
+            _err(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                 "(run with -v for the traceback, and please report it)")  # fmt: skip
+            raise typer.Exit(int(ExitCode.INTERNAL)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _error_json(exc: GpuxcError) -> dict[str, Any]:
+    return {"type": type(exc).__name__, "message": str(exc), "exit_code": int(exc.exit_code)}
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"gpuxc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """gpuxc: compile gpux.yml projects into verified bundles per target."""
+
+
+def _compile(
+    path: Annotated[Path, typer.Argument(help="Project folder (with gpux.yml) or a gpux.yml file.")] = Path("."),
+    target: Annotated[list[str] | None, typer.Option("--target", "-t", help="Target to build (repeatable); default: build.targets.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for bundles.")] = Path("dist"),
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="gpux.yml to use instead of PATH/gpux.yml.")] = None,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Compile a project into one verified bundle per target."""
+    from gpuxc.pipeline import compile_project
+
+    def progress(message: str) -> None:
+        _err(f"gpuxc: {message}")
+
+    results = compile_project(path, target or None, out, config, progress)
+    if json_out:
+        typer.echo(json.dumps({"bundles": [r.to_json() for r in results]}, indent=2))
+    else:
+        for r in results:
+            _err(f"{r.target}: {r.path} (verification {r.verification['status']})")
+
+
+app.command("compile")(handle_errors(_compile))
+app.command("build", hidden=True, help="Alias of compile (GPUX's name).")(handle_errors(_compile))
+
+
+@app.command()
+@handle_errors
+def inspect(
+    path: Annotated[Path, typer.Argument(help="An ONNX model file or a bundle folder.")],
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Describe a model (signature, opsets, size) or a bundle (manifest summary)."""
+    if path.is_dir():
+        from gpuxc.manifest import read_manifest
+
+        manifest = read_manifest(path)
+        data = manifest.model_dump(mode="json", include={"name", "version", "target", "gpuxc_version", "inputs",
+                                                         "outputs", "verification", "artifact", "runtime", "source"})  # fmt: skip
+        data["passes"] = [{"name": p.name, "status": p.status, "seconds": p.seconds} for p in manifest.build.passes]
+        if json_out:
+            typer.echo(json.dumps(data, indent=2, default=str))
+            return
+        typer.echo(f"bundle {manifest.name} {manifest.version} for {manifest.target} (gpuxc {manifest.gpuxc_version})")
+        typer.echo(f"  artifact: {manifest.artifact.entry} ({manifest.artifact.format})")
+        typer.echo(f"  verification: {manifest.verification.status}"
+                   + (f" ({manifest.verification.reason})" if manifest.verification.reason else ""))  # fmt: skip
+        typer.echo(f"  passes: {', '.join(p['name'] + ':' + p['status'] for p in data['passes']) or 'none'}")
+        for kind, tensors in (("input", manifest.inputs), ("output", manifest.outputs)):
+            for t in tensors:
+                typer.echo(f"  {kind} {t.name}: {t.dtype} {t.shape}" + (f" labels={len(t.labels)}" if t.labels else ""))
+        return
+    from gpuxc.model import load_model
+
+    sig = load_model(path).signature
+    if json_out:
+        typer.echo(sig.model_dump_json(indent=2))
+        return
+    typer.echo(f"{path.name}: IR {sig.ir_version}, opsets {sig.opsets}, {sig.node_count} nodes, {sig.size_bytes} bytes"
+               + (f", producer {sig.producer}" if sig.producer else ""))  # fmt: skip
+    for kind, tensors in (("input", sig.inputs), ("output", sig.outputs)):
+        for t in tensors:
+            typer.echo(f"  {kind} {t.name}: {t.dtype} {t.shape}")
+    if sig.external_data:
+        typer.echo(f"  external data: {', '.join(sig.external_data)}")
+    typer.echo(f"  sha256 {sig.sha256}")
+
+
+@app.command()
+@handle_errors
+def targets(json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+    """List every target: available on this machine or not, why, and how to install it."""
+    from gpuxc.plugin import get_registry
+
+    registry = get_registry()
+    rows = []
+    for name, cls in sorted(registry.targets.items()):
+        target = cls()
+        availability = target.check_available()
+        rows.append({
+            "name": name,
+            "description": cls.description,
+            "available": availability.available,
+            "reason": availability.reason,
+            "install_hint": availability.install_hint or (None if availability.available else cls.install_hint),
+            "verifies_here": availability.available and target.verification_unsupported() is None,
+            "verify_note": target.verification_unsupported() if availability.available else None,
+            "plugin": registry.origins.get(f"target:{name}"),
+        })  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps({"targets": rows, "passes": sorted(registry.passes)}, indent=2))
+        return
+    for row in rows:
+        state = "available" if row["available"] else "unavailable"
+        typer.echo(f"{row['name']:<10} {state:<12} {row['description']}")
+        if not row["available"]:
+            typer.echo(f"{'':<10} reason: {row['reason']}" + (f"; install: {row['install_hint']}" if row["install_hint"] else ""))
+        elif row["verify_note"]:
+            typer.echo(f"{'':<10} not verified here: {row['verify_note']}")
+
+
+@app.command()
+@handle_errors
+def init(
+    model: Annotated[Path, typer.Argument(help="The ONNX model to describe.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write (default: gpux.yml beside the model).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Project name (default: from the file name).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing gpux.yml.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write a gpux.yml from a model's signature."""
+    from gpuxc.init import write_config
+
+    path = write_config(model, out, name, force)
+    _err(f"wrote {path}")
+
+
+def _delegate(command: str) -> Callable[..., None]:
+    def run_bundle(
+        ctx: typer.Context,
+        bundle: Annotated[Path, typer.Argument(help="A bundle folder made by gpuxc compile.")],
+        verbose: VerboseOpt = False,
+    ) -> None:
+        if not (bundle / "gpux-bundle.json").is_file() or not (bundle / "__main__.py").is_file():
+            raise BundleError(f"{bundle}: not a gpuxc bundle (no gpux-bundle.json / __main__.py)")
+        env = dict(os.environ)
+        code = subprocess.call([sys.executable, str(bundle), command, *ctx.args], env=env)
+        raise typer.Exit(code)
+
+    run_bundle.__doc__ = f"Delegate to the bundle's own runner: python BUNDLE {command} [ARGS...]"
+    return run_bundle
+
+
+for _name in ("run", "serve", "verify", "bench"):
+    app.command(_name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+        handle_errors(_delegate(_name))
+    )
+
+
+def main() -> int:
+    try:
+        app(standalone_mode=True)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0

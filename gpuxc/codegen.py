@@ -1,0 +1,105 @@
+"""Rendering the generated runner from Jinja templates, safely.
+
+User and model strings never become template code: templates receive them only
+through ``py_literal`` (a ``repr`` of plain data) or ``py_ident`` (a checked
+identifier), and most values are not rendered at all — the runner reads names,
+shapes, labels and settings from gpux-bundle.json at run time. Every rendered
+``.py`` file is parsed with ``ast.parse`` before it is written.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import keyword
+import re
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from gpuxc.errors import GpuxcError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def template_root() -> Path:
+    """Templates ship in the wheel as ``gpuxc/_templates``; an editable install uses ``templates/``."""
+    shipped = PACKAGE_DIR / "_templates"
+    if shipped.is_dir():
+        return shipped
+    repo = PACKAGE_DIR.parent / "templates"
+    if repo.is_dir():
+        return repo
+    raise GpuxcError(f"gpuxc installation is incomplete: no templates in {shipped} or {repo}")
+
+
+def py_literal(value: Any) -> str:
+    """A Python literal for plain data; anything else is a programming error."""
+    _check_plain(value)
+    text = repr(value)
+    ast.literal_eval(text)  # must round-trip as a literal
+    return text
+
+
+def py_ident(value: Any) -> str:
+    if not isinstance(value, str) or not value.isidentifier() or keyword.iskeyword(value) or not value.isascii():
+        raise GpuxcError(f"internal: {value!r} is not a safe Python identifier")
+    return value
+
+
+def text_line(value: Any) -> str:
+    """Plain text on one line for Markdown/comments: control characters and backticks removed."""
+    text = "".join(ch if ch.isprintable() and ch != "`" else " " for ch in str(value))
+    return text.strip()[:200]
+
+
+REQUIREMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?([<>=!~]=?[A-Za-z0-9.*+!_-]+)?(; [A-Za-z0-9_ .'\"<>=!()-]+)?$")
+
+
+def requirement(value: Any) -> str:
+    if not isinstance(value, str) or not REQUIREMENT_RE.match(value):
+        raise GpuxcError(f"internal: {value!r} is not a plain requirement line")
+    return value
+
+
+def _check_plain(value: Any, depth: int = 0) -> None:
+    if depth > 32:
+        raise GpuxcError("internal: value nests too deeply for a literal")
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_plain(item, depth + 1)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_plain(k, depth + 1)
+            _check_plain(v, depth + 1)
+    elif not (value is None or isinstance(value, (str, int, float, bool))):
+        raise GpuxcError(f"internal: {type(value).__name__} cannot be rendered as a literal")
+
+
+@functools.lru_cache(maxsize=8)
+def environment(extra_dirs: tuple[Path, ...] = ()) -> jinja2.Environment:
+    loaders = [jinja2.FileSystemLoader(str(d)) for d in extra_dirs] + [jinja2.FileSystemLoader(str(template_root()))]
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # output is Python/text; escaping is the filters' job
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["py_literal"] = py_literal
+    env.filters["py_ident"] = py_ident
+    env.filters["text_line"] = text_line
+    env.filters["requirement"] = requirement
+    return env
+
+
+def render(template: str, context: dict[str, Any], extra_dirs: tuple[Path, ...] = ()) -> str:
+    text = environment(extra_dirs).get_template(template).render(**context)
+    if template.endswith(".py.j2"):
+        try:
+            ast.parse(text, filename=template)
+        except SyntaxError as exc:
+            raise GpuxcError(f"internal: template {template} rendered invalid Python (line {exc.lineno}): {exc.msg}") from None
+    return text

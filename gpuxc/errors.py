@@ -1,0 +1,96 @@
+"""The one error hierarchy of gpuxc.
+
+Every error a user can cause or act on is a ``GpuxcError`` subclass with its own
+exit code. The CLI turns them into one line on stderr and that exit code; a
+traceback is printed only with ``-v``. Exit codes are part of the interface and
+documented in docs/cli.md: never renumber one.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes of the ``gpuxc`` CLI."""
+
+    OK = 0
+    INTERNAL = 1  # a bug in gpuxc or a plugin: please report it
+    USAGE = 2  # bad command-line usage (Typer/Click's own code)
+    CONFIG = 3  # gpux.yml malformed, unknown key, wrong type, unsupported value
+    MODEL = 4  # model file missing, unreadable, invalid, or unsafe
+    SIGNATURE = 5  # declared inputs/outputs do not match the model
+    PLUGIN = 6  # plugin failed to load, duplicate name, invalid class
+    TARGET_UNAVAILABLE = 7  # target's runtime or hardware missing here
+    PASS_FAILED = 8  # a graph pass failed
+    COMPILE_FAILED = 9  # the target failed to produce its artifact
+    VERIFICATION_FAILED = 10  # target output outside tolerance
+    BUNDLE = 11  # bundle missing, unreadable or malformed; output path unusable
+    REFERENCE = 12  # reference inputs could not be made or run on the source model
+
+
+class GpuxcError(Exception):
+    """Base of all user-facing gpuxc errors: ``str(err)`` is the one-line message."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} (hint: {self.hint})"
+        return self.message
+
+
+class ConfigError(GpuxcError):
+    """gpux.yml problem; the message starts with ``file:line:column``."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class ModelError(GpuxcError):
+    exit_code = ExitCode.MODEL
+
+
+class UnsafeModelError(ModelError):
+    """The model asks for something outside its folder (external data path)."""
+
+
+class SignatureMismatch(GpuxcError):
+    exit_code = ExitCode.SIGNATURE
+
+
+class PluginError(GpuxcError):
+    exit_code = ExitCode.PLUGIN
+
+
+class TargetUnavailable(GpuxcError):
+    exit_code = ExitCode.TARGET_UNAVAILABLE
+
+
+class PassError(GpuxcError):
+    exit_code = ExitCode.PASS_FAILED
+
+
+class CompileError(GpuxcError):
+    exit_code = ExitCode.COMPILE_FAILED
+
+
+class VerificationFailed(GpuxcError):
+    exit_code = ExitCode.VERIFICATION_FAILED
+
+
+class BundleError(GpuxcError):
+    exit_code = ExitCode.BUNDLE
+
+
+class ReferenceError_(GpuxcError):
+    """Reference inputs could not be generated or the source model failed on them.
+
+    (Trailing underscore: ``ReferenceError`` is a Python builtin.)
+    """
+
+    exit_code = ExitCode.REFERENCE

@@ -1,0 +1,169 @@
+"""Bundle format v1: the manifest ``gpux-bundle.json`` (documented in docs/bundle-format.md).
+
+The JSON Schema in docs/bundle-format.schema.json is generated from these
+models (``python -m gpuxc.manifest``); a test fails when the two drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gpuxc.model import ModelSignature
+from gpuxc.passes import PassRecord
+
+FORMAT = "gpux-bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "gpux-bundle.json"
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FileEntry(_M):
+    path: str  # POSIX path relative to the bundle root
+    size: int
+    sha256: str
+
+
+class TensorSpecOut(_M):
+    """A bundle input or output as the runner validates it."""
+
+    name: str
+    dtype: str
+    shape: list[int | str | None] | None
+    description: str | None = None
+    labels: list[str] | None = None
+    max_length: int | None = None
+
+
+class SourceInfo(_M):
+    file: str  # file name only: no host paths in manifests
+    sha256: str
+    size_bytes: int
+
+
+class BuildInfo(_M):
+    precision: str
+    optimization_level: str | None
+    target_options: dict[str, Any]
+    passes: list[PassRecord]
+
+
+class ArtifactInfo(_M):
+    entry: str
+    format: str
+    settings: dict[str, Any]
+
+
+class RuntimeInfo(_M):
+    adapter: str  # template the runner's runtime.py was rendered from
+    requirements: list[str]
+    providers: list[str]
+    python_requires: str
+    settings: dict[str, Any]  # backend, memory limit, timeout, profiling: read by the runner
+
+
+class ServingInfo(_M):
+    host: str
+    port: int
+    timeout: float
+    max_workers: int
+
+
+class ReferenceInfo(_M):
+    inputs: str
+    outputs: str
+    origin: Literal["generated", "calibration"]
+    seed: int
+    shapes: dict[str, list[int]]
+
+
+class Verification(_M):
+    status: Literal["passed", "failed", "unverified"]
+    reason: str | None = None
+    runtime: str | None = None  # what executed the artifact, e.g. "onnxruntime 1.31.1 CPUExecutionProvider"
+    tolerance: dict[str, float]
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    failures: list[str] = Field(default_factory=list)
+
+
+class HostInfo(_M):
+    platform: str
+    machine: str
+    python: str
+    libraries: dict[str, str]
+
+
+class Manifest(_M):
+    format: Literal["gpux-bundle"] = FORMAT
+    format_version: Literal[1] = FORMAT_VERSION
+    gpuxc_version: str
+    name: str
+    version: str
+    description: str | None
+    target: str
+    source: SourceInfo
+    config: dict[str, Any]  # canonical gpux.yml, defaults filled in
+    signature: ModelSignature  # of the source model
+    inputs: list[TensorSpecOut]
+    outputs: list[TensorSpecOut]
+    metadata: dict[str, Any]
+    build: BuildInfo
+    artifact: ArtifactInfo
+    runtime: RuntimeInfo
+    serving: ServingInfo
+    reference: ReferenceInfo
+    verification: Verification
+    host: HostInfo
+    files: list[FileEntry]
+
+    def to_json(self) -> str:
+        return json.dumps(_finite(self.model_dump(mode="json")), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def read_manifest(bundle: Path) -> Manifest:
+    from gpuxc.errors import BundleError
+
+    path = bundle / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"{bundle}: not a gpuxc bundle (no {MANIFEST_NAME})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise BundleError(f"{path}: not a {FORMAT} manifest")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path}: bundle format version {data.get('format_version')!r}; this gpuxc reads {FORMAT_VERSION}")
+    try:
+        return Manifest.model_validate(data)
+    except Exception as exc:
+        raise BundleError(f"{path}: malformed manifest: {str(exc).splitlines()[0]}") from None
+
+
+def _finite(value: Any) -> Any:
+    # JSON has no Infinity/NaN; a max error of inf is recorded as the string "inf".
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Manifest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "gpuxc bundle manifest (gpux-bundle.json), format version 1"
+    return schema
+
+
+if __name__ == "__main__":  # regenerate docs/bundle-format.schema.json
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))

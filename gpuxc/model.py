@@ -1,0 +1,296 @@
+"""Loading an ONNX model safely and describing it: its signature.
+
+Order matters for safety: the protobuf is read *without* external data, every
+external-data location is checked to stay inside the model's folder, and only
+then is any weight file opened (ONNX's own ``docs/ExternalDataSecurity.md``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
+from pydantic import BaseModel, ConfigDict
+
+from gpuxc.errors import ModelError, UnsafeModelError
+
+# ONNX Runtime no longer implements operators from opsets below 7 (FIELD_NOTES).
+MIN_DEFAULT_OPSET = 7
+ML_DOMAIN = "ai.onnx.ml"
+
+
+class TensorInfo(BaseModel):
+    """One graph input or output as the runtime sees it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    dtype: str  # numpy spelling ("float32", "int64", "bool", "string", "bfloat16")
+    shape: list[int | str | None] | None  # int: fixed, str: symbolic, None: unknown; None: unknown rank
+
+
+class ModelSignature(BaseModel):
+    """What gpuxc knows about a model: recorded in every manifest and shown by ``inspect``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    opsets: dict[str, int]  # domain ("" is the default ONNX domain) -> version
+    ir_version: int
+    producer: str
+    node_count: int  # nodes in the main graph
+    op_types: dict[str, int]  # "domain:Op" or "Op" -> count, subgraphs included
+    size_bytes: int  # model file plus external data files
+    external_data: list[str]  # relative paths of external data files
+    sha256: str  # of the model file itself
+    has_subgraphs: bool
+
+    def input(self, name: str) -> TensorInfo | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    def output(self, name: str) -> TensorInfo | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+
+@dataclass
+class LoadedModel:
+    """A loaded, checked model with its signature and where it came from."""
+
+    proto: ModelProto
+    path: Path
+    signature: ModelSignature
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(path: Path, *, check: bool = True) -> LoadedModel:
+    """Load ``path`` with contained external data, check it, infer shapes, describe it."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: model file not found")
+    if not path.is_file():
+        raise ModelError(f"{path}: not a file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, others raise their own
+        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {_first_line(exc)})") from None
+    if not proto.HasField("graph"):
+        raise ModelError(f"{path}: not an ONNX model (no graph)")
+
+    external = check_external_data(proto, path.parent)
+    if external:
+        try:
+            onnx.load_external_data_for_model(proto, str(path.parent))
+        except Exception as exc:
+            raise ModelError(f"{path}: cannot read external data ({_first_line(exc)})") from None
+
+    opsets = opset_map(proto)
+    default_opset = opsets.get("", opsets.get("ai.onnx"))
+    if default_opset is not None and default_opset < MIN_DEFAULT_OPSET:
+        raise ModelError(
+            f"{path}: opset {default_opset} is older than ONNX Runtime supports ({MIN_DEFAULT_OPSET}+)",
+            hint="upgrade it with onnx.version_converter.convert_version(model, 17) and verify the result",
+        )
+    if check:
+        try:
+            # The path form handles models over 2 GB and external data; the proto form is faster.
+            onnx.checker.check_model(str(path) if external else proto)
+        except onnx.checker.ValidationError as exc:
+            raise ModelError(f"{path}: invalid ONNX model: {_first_line(exc)}") from None
+        except Exception as exc:
+            raise ModelError(f"{path}: ONNX checker failed: {_first_line(exc)}") from None
+
+    proto = infer_shapes(proto)
+    size = path.stat().st_size + sum((path.parent / rel).stat().st_size for rel in external)
+    signature = describe(proto, sha256=sha256_file(path), size_bytes=size, external=external)
+    return LoadedModel(proto=proto, path=path, signature=signature)
+
+
+def infer_shapes(proto: ModelProto) -> ModelProto:
+    """ONNX shape inference, non-strict: a model it cannot fully type is still a valid model."""
+    if proto.ByteSize() > 1_900_000_000:
+        return proto  # in-memory inference is limited to 2 GB protobufs
+    try:
+        return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:
+        return proto
+
+
+def check_external_data(proto: ModelProto, base_dir: Path) -> list[str]:
+    """Refuse external-data locations that leave ``base_dir``; return the files referenced.
+
+    Checked before any of them is opened: absolute paths, ``..`` segments that
+    escape, symlinked files or folders, and negative offsets or lengths.
+    """
+    base = base_dir.resolve()
+    files: set[str] = set()
+    for tensor in iter_tensors(proto.graph):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        where = f"initializer '{tensor.name}'"
+        if not location or "\x00" in location:
+            raise UnsafeModelError(f"{where}: external data has no usable location")
+        if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
+            raise UnsafeModelError(f"{where}: external data location '{location}' is absolute; it must stay inside the model folder")
+        parts = Path(location.replace("\\", "/")).parts
+        if ".." in parts:
+            raise UnsafeModelError(f"{where}: external data location '{location}' leaves the model folder")
+        target = base / Path(*parts)
+        # Every component must be a real directory/file inside base: no symlink hops out.
+        probe = base
+        for part in parts:
+            probe = probe / part
+            if probe.is_symlink():
+                raise UnsafeModelError(f"{where}: external data location '{location}' goes through a symlink")
+        if not str(target.resolve()).startswith(str(base) + os.sep):
+            raise UnsafeModelError(f"{where}: external data location '{location}' leaves the model folder")
+        for key in ("offset", "length"):
+            if key in entries:
+                try:
+                    value = int(entries[key])
+                except ValueError:
+                    raise UnsafeModelError(f"{where}: external data {key} '{entries[key]}' is not an integer") from None
+                if value < 0 or value > 1 << 40:
+                    raise UnsafeModelError(f"{where}: external data {key} {value} is out of range")
+        if not target.is_file():
+            raise ModelError(f"{where}: external data file '{location}' not found next to the model")
+        files.add(Path(*parts).as_posix())
+    return sorted(files)
+
+
+def iter_tensors(graph: GraphProto) -> Iterator[TensorProto]:
+    """Every tensor a graph holds: initializers, sparse values, Constant attributes, subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == AttributeProto.TENSORS:
+                yield from attr.tensors
+            elif attr.type == AttributeProto.SPARSE_TENSOR:
+                yield attr.sparse_tensor.values
+                yield attr.sparse_tensor.indices
+            elif attr.type == AttributeProto.GRAPH:
+                yield from iter_tensors(attr.g)
+            elif attr.type == AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from iter_tensors(sub)
+
+
+def iter_nodes(graph: GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == AttributeProto.GRAPH:
+                yield from iter_nodes(attr.g)
+            elif attr.type == AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from iter_nodes(sub)
+
+
+def opset_map(proto: ModelProto) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for entry in proto.opset_import:
+        domain = "" if entry.domain in ("", "ai.onnx") else entry.domain
+        out[domain] = int(entry.version)
+    return out
+
+
+def describe(proto: ModelProto, *, sha256: str, size_bytes: int, external: list[str]) -> ModelSignature:
+    graph = proto.graph
+    initializer_names = {t.name for t in graph.initializer}
+    # Old exporters (IR < 4) list initializers among the graph inputs; they are not user inputs.
+    inputs = [tensor_info(v) for v in graph.input if v.name not in initializer_names]
+    outputs = [tensor_info(v) for v in graph.output]
+    counts: Counter[str] = Counter()
+    has_subgraphs = False
+    for node in iter_nodes(graph):
+        counts[f"{node.domain}:{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type] += 1
+        if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute):
+            has_subgraphs = True
+    return ModelSignature(
+        inputs=inputs,
+        outputs=outputs,
+        opsets=opset_map(proto),
+        ir_version=int(proto.ir_version),
+        producer=" ".join(p for p in (proto.producer_name, proto.producer_version) if p),
+        node_count=len(graph.node),
+        op_types=dict(sorted(counts.items())),
+        size_bytes=size_bytes,
+        external_data=external,
+        sha256=sha256,
+        has_subgraphs=has_subgraphs,
+    )
+
+
+def tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
+    tensor_type = value.type.tensor_type if value.type.HasField("tensor_type") else None
+    if tensor_type is None:
+        kind = value.type.WhichOneof("value")
+        raise ModelError(f"graph input/output '{value.name}' is a {kind}, not a tensor; gpuxc bundles take tensors")
+    dtype = dtype_name(tensor_type.elem_type)
+    shape: list[int | str | None] | None
+    if tensor_type.HasField("shape"):
+        shape = []
+        for dim in tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                shape.append(int(dim.dim_value))
+            elif dim.HasField("dim_param") and dim.dim_param:
+                shape.append(dim.dim_param)
+            else:
+                shape.append(None)
+    else:
+        shape = None
+    return TensorInfo(name=value.name, dtype=dtype, shape=shape)
+
+
+def dtype_name(elem_type: int) -> str:
+    """ONNX element type → the NumPy spelling used in gpux.yml and manifests."""
+    if elem_type == TensorProto.STRING:
+        return "string"
+    if elem_type == TensorProto.BFLOAT16:
+        return "bfloat16"
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
+    except Exception:
+        return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def save_model(proto: ModelProto, path: Path) -> list[str]:
+    """Write ``proto`` to ``path``; weights go to ``<stem>.data`` when the protobuf would pass 2 GB."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if proto.ByteSize() > 1_800_000_000:
+        data_name = path.stem + ".data"
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)  # fmt: skip
+        return [data_name]
+    onnx.save_model(proto, str(path))
+    return []
+
+
+def model_metadata(proto: ModelProto) -> dict[str, Any]:
+    return {p.key: p.value for p in proto.metadata_props}

@@ -1,0 +1,161 @@
+"""The pass API: typed graph transformations with recorded provenance.
+
+A pass takes an ``onnx.ModelProto`` and returns ``PassResult(model, modified, stats)``.
+Its parameters are a pydantic ``Config`` (documented once, validated once). The
+``PassManager`` runs passes in the order a target planned, times them, adds
+size/node statistics, and records each run in the manifest so that a build can
+be replayed. Heavy imports (onnxruntime, quantizers) belong inside ``run``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from onnx import ModelProto
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from gpuxc.errors import GpuxcError, PassError, PluginError
+
+
+class PassConfig(BaseModel):
+    """Base of every pass's typed parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class PassResult:
+    model: ModelProto
+    modified: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PassContext:
+    """What a pass may know about the build it runs in."""
+
+    workdir: Path  # a private scratch folder, removed after the build
+    target: str
+    model_dir: Path  # folder of the source model (external data lives there)
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """One planned pass: which, with what parameters, and whether failure stops the build."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    required: bool = True
+
+
+class PassRecord(BaseModel):
+    """Provenance of one pass run, as the manifest records it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    params: dict[str, Any]
+    required: bool
+    status: str  # "applied" | "unchanged" | "skipped"
+    reason: str | None = None
+    seconds: float
+    stats: dict[str, Any]
+
+
+class Pass:
+    """Base class of graph passes; subclasses set ``name``, ``Config`` and implement ``run``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[PassConfig]] = PassConfig
+
+    def __init__(self, config: PassConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def validate_class(cls) -> None:
+        if not (isinstance(cls.Config, type) and issubclass(cls.Config, BaseModel)):
+            raise PluginError(f"pass '{cls.name}': Config must be a pydantic model")
+
+    def requires(self, model: ModelProto) -> str | None:
+        """Why this pass cannot run on ``model`` (it is then skipped), or ``None``."""
+        return None
+
+    def run(self, model: ModelProto, ctx: PassContext) -> PassResult:
+        raise NotImplementedError
+
+
+class PassManager:
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+
+    def instantiate(self, spec: PassSpec) -> Pass:
+        cls = self.registry.pass_(spec.name)
+        try:
+            config = cls.Config.model_validate(spec.params)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise PassError(f"pass '{spec.name}': bad parameter {loc}: {err['msg']}") from None
+        return cls(config)
+
+    def run(
+        self, model: ModelProto, specs: list[PassSpec], ctx: PassContext, progress: Any = None
+    ) -> tuple[ModelProto, list[PassRecord]]:
+        records: list[PassRecord] = []
+        for spec in specs:
+            instance = self.instantiate(spec)
+            params = instance.config.model_dump(mode="json")
+            before = _size(model)
+            started = time.perf_counter()
+            if progress:
+                progress(f"pass {spec.name}")
+            reason = instance.requires(model)
+            if reason is not None:
+                records.append(PassRecord(name=spec.name, params=params, required=spec.required, status="skipped",
+                                          reason=reason, seconds=0.0, stats={}))  # fmt: skip
+                continue
+            try:
+                result = instance.run(model, ctx)
+            except GpuxcError as exc:
+                if spec.required:
+                    raise PassError(f"pass '{spec.name}' failed{_after(records)}: {exc}") from exc
+                result = None
+                reason = str(exc)
+            except Exception as exc:
+                if spec.required:
+                    raise PassError(
+                        f"pass '{spec.name}' failed{_after(records)}: {type(exc).__name__}: {_first_line(exc)}"
+                    ) from exc
+                result = None
+                reason = f"{type(exc).__name__}: {_first_line(exc)}"
+            seconds = round(time.perf_counter() - started, 4)
+            if result is None:
+                records.append(PassRecord(name=spec.name, params=params, required=False, status="skipped",
+                                          reason=reason, seconds=seconds, stats={}))  # fmt: skip
+                continue
+            after = _size(result.model)
+            stats = {"nodes_before": before[0], "nodes_after": after[0],
+                     "bytes_before": before[1], "bytes_after": after[1], **result.stats}  # fmt: skip
+            records.append(PassRecord(name=spec.name, params=params, required=spec.required,
+                                      status="applied" if result.modified else "unchanged",
+                                      seconds=seconds, stats=stats))  # fmt: skip
+            model = result.model
+        return model, records
+
+
+def _size(model: ModelProto) -> tuple[int, int]:
+    return len(model.graph.node), model.ByteSize()
+
+
+def _after(records: list[PassRecord]) -> str:
+    ran = [r.name for r in records if r.status != "skipped"]
+    return f" (after {', '.join(ran)})" if ran else ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

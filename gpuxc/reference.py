@@ -1,0 +1,203 @@
+"""Reference inputs and outputs: what every bundle is verified against.
+
+Inputs come from the first calibration sample when ``build.calibration`` is set,
+otherwise they are generated deterministically from the signature (fixed seed)
+with values realistic for their dtype and role: token ids stay below the
+vocabulary size of the embedding they index, masks are ones. Outputs are ONNX
+Runtime (CPU) on the *source* model, before any pass ran.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gpuxc.errors import ConfigError, ModelError, ReferenceError_
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
+
+    from gpuxc.config import GpuxConfig
+    from gpuxc.model import ModelSignature, TensorInfo
+
+# Symbolic dims with no value from gpux.yml: an image-like rank-4 float input gets 224x224
+# spatial dims (what most CNNs are trained on); any other unknown dim gets 16.
+DEFAULT_SPATIAL = 224
+DEFAULT_DIM = 16
+MASK_RE = re.compile(r"mask", re.IGNORECASE)
+TYPE_IDS_RE = re.compile(r"(token_type|segment)", re.IGNORECASE)
+
+
+def resolve_shapes(signature: ModelSignature, config: GpuxConfig) -> dict[str, list[int]]:
+    """A concrete shape for every input: gpux.yml first, then the batch size, then defaults.
+
+    Symbolic dims that share a name across inputs (``batch``, ``seq``) get one value.
+    """
+    declared = {spec.name: spec for spec in config.inputs}
+    symbols: dict[str, int] = {}
+    shapes: dict[str, list[int]] = {}
+    for tensor in signature.inputs:
+        spec = declared.get(tensor.name)
+        explicit = config.build.shapes.get(tensor.name)
+        model_shape = tensor.shape if tensor.shape is not None else (spec.shape if spec and spec.shape else [])
+        out: list[int] = []
+        for i, dim in enumerate(model_shape):
+            value = _dim_value(i, dim, tensor, model_shape, explicit, spec, config, symbols)
+            out.append(value)
+        shapes[tensor.name] = out
+    return shapes
+
+
+def _dim_value(i: int, dim: Any, tensor: TensorInfo, shape: list[Any], explicit: list[int] | None,
+               spec: Any, config: GpuxConfig, symbols: dict[str, int]) -> int:  # fmt: skip
+    if isinstance(dim, int) and dim >= 0:
+        return dim
+    if explicit is not None and i < len(explicit):
+        value = explicit[i]
+    elif spec is not None and spec.shape and i < len(spec.shape) and isinstance(spec.shape[i], int) and spec.shape[i] > 0:
+        value = spec.shape[i]
+    elif isinstance(dim, str) and dim in symbols:
+        return symbols[dim]
+    elif i == 0 and len(shape) > 1:
+        value = config.runtime.batch_size
+    elif spec is not None and spec.max_length and i == len(shape) - 1:
+        value = spec.max_length
+    elif len(shape) == 4 and tensor.dtype.startswith("float") and i >= 2:
+        value = DEFAULT_SPATIAL
+    else:
+        value = DEFAULT_DIM
+    if isinstance(dim, str):
+        symbols.setdefault(dim, value)
+    return value
+
+
+def make_inputs(signature: ModelSignature, config: GpuxConfig, model: ModelProto) -> dict[str, np.ndarray]:
+    """Deterministic inputs for ``signature`` (seed ``build.seed``)."""
+    shapes = resolve_shapes(signature, config)
+    bounds = index_bounds(model)
+    rng = np.random.default_rng(config.build.seed)
+    inputs: dict[str, np.ndarray] = {}
+    for tensor in signature.inputs:
+        inputs[tensor.name] = _values(tensor, shapes[tensor.name], rng, bounds.get(tensor.name))
+    return inputs
+
+
+def _values(tensor: TensorInfo, shape: list[int], rng: np.random.Generator, bound: int | None) -> np.ndarray:
+    dtype = tensor.dtype
+    if dtype == "string":
+        words = np.array(["alpha", "beta", "gamma", "delta"], dtype=object)
+        return rng.choice(words, size=shape).astype(object)
+    if dtype == "bool":
+        return rng.random(shape) < 0.5
+    if dtype.startswith(("float", "bfloat")):
+        np_dtype = np.float32 if dtype == "bfloat16" else np.dtype(dtype)
+        return rng.standard_normal(shape).astype(np_dtype)
+    np_dtype = np.dtype(dtype)
+    if MASK_RE.search(tensor.name):
+        return np.ones(shape, dtype=np_dtype)
+    if TYPE_IDS_RE.search(tensor.name):
+        return np.zeros(shape, dtype=np_dtype)
+    high = bound if bound is not None else 4
+    info = np.iinfo(np_dtype)
+    high = int(min(high, info.max))
+    low = 0 if info.min >= 0 or bound is not None else 0
+    return rng.integers(low, max(high, low + 1), size=shape, dtype=np_dtype)
+
+
+def index_bounds(model: ModelProto) -> dict[str, int]:
+    """Inputs used as ``Gather`` indices into an initializer: the size of the gathered axis.
+
+    Keeps generated token ids inside an embedding table's vocabulary.
+    """
+    inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    passthrough = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity"}
+    # Follow each input through shape-only ops to the Gather that consumes it.
+    alias: dict[str, str] = {v.name: v.name for v in model.graph.input}
+    bounds: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in passthrough and node.input and node.input[0] in alias:
+            for out in node.output:
+                alias[out] = alias[node.input[0]]
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in alias and node.input[0] in inits:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            dims = inits[node.input[0]]
+            if dims:
+                size = dims[axis if axis >= 0 else axis + len(dims)]
+                source = alias[node.input[1]]
+                bounds[source] = min(bounds.get(source, size), size)
+    return bounds
+
+
+def load_calibration_sample(config: GpuxConfig, signature: ModelSignature) -> dict[str, np.ndarray]:
+    """The first sample of ``build.calibration.data``: an .npz (arrays named like the inputs, a
+    leading sample axis when it holds several) or a folder of .npz files, one sample each."""
+    assert config.build.calibration is not None
+    where = config.where("build", "calibration", "data")
+    path = (config.project_dir / config.build.calibration.data).resolve()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix == ".npz")
+        if not files:
+            raise ConfigError(f"{where}: calibration folder '{path.name}' holds no .npz files")
+        path, several = files[0], False
+    elif path.is_file() and path.suffix == ".npz":
+        several = True
+    else:
+        raise ConfigError(f"{where}: calibration data '{config.build.calibration.data}' is not an .npz file or a folder of them")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise ConfigError(f"{where}: cannot read '{path.name}': {exc}") from None
+    sample: dict[str, np.ndarray] = {}
+    for tensor in signature.inputs:
+        if tensor.name not in arrays:
+            raise ConfigError(f"{where}: '{path.name}' has no array named '{tensor.name}' (has: {', '.join(arrays)})")
+        value = arrays[tensor.name]
+        rank = len(tensor.shape) if tensor.shape is not None else value.ndim
+        if several and value.ndim == rank + 1:
+            value = value[0]
+        if value.ndim != rank:
+            raise ConfigError(f"{where}: '{tensor.name}' in '{path.name}' has rank {value.ndim}, the model wants {rank}")
+        sample[tensor.name] = value.astype(_np_dtype(tensor.dtype))
+    return sample
+
+
+def _np_dtype(name: str) -> Any:
+    return object if name == "string" else (np.float32 if name == "bfloat16" else np.dtype(name))
+
+
+def run_onnxruntime(model: Path | bytes, inputs: dict[str, np.ndarray], providers: list[str] | None = None,
+                    level: str = "all") -> dict[str, np.ndarray]:  # fmt: skip
+    """Run a model file in ONNX Runtime; returns outputs by name."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    source = str(model) if isinstance(model, Path) else model
+    try:
+        session = ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from None
+    try:
+        names = [o.name for o in session.get_outputs()]
+        values = session.run(names, inputs)
+    except Exception as exc:
+        shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in inputs.items())
+        raise ReferenceError_(
+            f"ONNX Runtime failed on the reference inputs ({shapes}): {_first_line(exc)}",
+            hint="give input shapes with build.shapes or inputs.<name>.shape in gpux.yml",
+        ) from None
+    return dict(zip(names, (np.asarray(v) for v in values)))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:400]

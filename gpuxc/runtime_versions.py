@@ -1,0 +1,32 @@
+"""Pinned requirement lines for bundles, taken from what this build host runs.
+
+A bundle is verified with the exact runtime versions gpuxc used at compile
+time, so its requirements.txt pins those versions.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+# Used when a serving dependency is not installed on the build host (gpuxc without [serve]):
+# the oldest versions the generated server is written against.
+FALLBACK_FLOORS = {"fastapi": ">=0.110", "uvicorn": ">=0.29"}
+
+
+def version_of(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def pinned(dists: list[str], marker: str | None = None) -> list[str]:
+    lines = []
+    for dist in dists:
+        version = version_of(dist)
+        spec = f"=={version}" if version else FALLBACK_FLOORS.get(dist, "")
+        lines.append(f"{dist}{spec}" + (f"; {marker}" if marker else ""))
+    return lines
+
+
+SERVE_DISTS = ["fastapi", "uvicorn"]

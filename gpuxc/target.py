@@ -1,0 +1,104 @@
+"""The target API: what a plugin implements to emit one kind of bundle.
+
+A target plans the passes its runtime needs, compiles the passed model into
+artifact files, names the runtime adapter template and pinned requirements of
+its bundle, and, when its runtime runs on this host, executes the artifact for
+verification. See docs/plugins.md for a worked third-party example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from gpuxc.errors import PluginError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from onnx import ModelProto
+
+    from gpuxc.config import GpuxConfig
+    from gpuxc.model import ModelSignature
+    from gpuxc.passes import PassSpec
+
+
+class TargetOptions(BaseModel):
+    """Base of every target's options (``build.options.<target>`` in gpux.yml)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Availability(BaseModel):
+    available: bool
+    reason: str | None = None
+    install_hint: str | None = None
+
+
+class RuntimeSpec(BaseModel):
+    """How the generated runner executes the artifact."""
+
+    adapter: str  # template name of the runner's runtime adapter, e.g. "cpu/runtime.py.j2"
+    requirements: list[str]  # pinned requirement lines for requirements.txt
+    providers: list[str] = []  # execution providers / devices the adapter prefers, in order
+    settings: dict[str, Any] = {}  # read by the adapter from the manifest at run time
+
+
+@dataclass
+class CompileContext:
+    config: GpuxConfig
+    signature: ModelSignature
+    options: TargetOptions
+    bundle_dir: Path  # the staging bundle root; write artifacts under bundle_dir / "model"
+    workdir: Path  # scratch space, removed after the build
+
+
+@dataclass
+class Artifact:
+    entry: str  # path of the main artifact file, relative to the bundle root
+    format: str  # "onnx", "ort", "openvino-ir", ...
+    files: list[str] = field(default_factory=list)  # every file written, relative to the bundle root
+    settings: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest, read by the adapter
+
+
+class Target:
+    """Base class of compile targets. Subclasses set the class attributes and implement the methods."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Options: ClassVar[type[TargetOptions]] = TargetOptions
+    install_hint: ClassVar[str | None] = None
+    # Extra Jinja template folder for a third-party target's adapter (searched before built-ins).
+    template_dir: ClassVar[Path | None] = None
+
+    @classmethod
+    def validate_class(cls) -> None:
+        if not (isinstance(cls.Options, type) and issubclass(cls.Options, BaseModel)):
+            raise PluginError(f"target '{cls.name}': Options must be a pydantic model")
+
+    def check_available(self) -> Availability:
+        """Whether this host can compile for the target (imports of its toolchain succeed)."""
+        return Availability(available=True)
+
+    def verification_unsupported(self) -> str | None:
+        """Why the artifact cannot be executed on this host (then it is recorded unverified), or None."""
+        return None
+
+    def verification_runtime(self) -> str:
+        """What executes the artifact in ``execute``, for the manifest (e.g. "onnxruntime 1.31.1 CPU")."""
+        return self.name
+
+    def plan(self, config: GpuxConfig, signature: ModelSignature, options: TargetOptions) -> list[PassSpec]:
+        return []
+
+    def compile(self, model: ModelProto, ctx: CompileContext) -> Artifact:
+        raise NotImplementedError
+
+    def runtime(self, options: TargetOptions, artifact: Artifact) -> RuntimeSpec:
+        raise NotImplementedError
+
+    def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the artifact on this host (for compile-time verification)."""
+        raise NotImplementedError

@@ -1,0 +1,142 @@
+"""Safe YAML loading that remembers where every value came from.
+
+PyYAML's ``safe_load`` forgets positions, and a config error that cannot say
+``gpux.yml:12:5`` sends users hunting. We compose the document with the *safe*
+loader (no Python tags, ever), then walk the node tree ourselves, recording the
+position of each key and value by its path (``("inputs", "image", "shape")``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gpuxc.errors import ConfigError
+
+Path_ = tuple[str | int, ...]
+
+# Anchors and aliases can make a small file expand exponentially ("billion laughs");
+# a real gpux.yml has a few hundred values at most.
+MAX_VALUES = 100_000
+
+
+@dataclass(frozen=True)
+class Position:
+    line: int  # 1-based
+    column: int  # 1-based
+
+    @classmethod
+    def of(cls, mark: yaml.Mark | None) -> Position:
+        if mark is None:
+            return cls(1, 1)
+        return cls(mark.line + 1, mark.column + 1)
+
+
+@dataclass
+class SourceMap:
+    """Where each value (and each mapping key) of a YAML document starts."""
+
+    file: str
+    values: dict[Path_, Position] = field(default_factory=dict)
+    keys: dict[Path_, Position] = field(default_factory=dict)
+
+    def where(self, path: Path_, *, key: bool = False) -> str:
+        """``file:line:column`` of ``path``, or of its nearest known ancestor."""
+        table = self.keys if key else self.values
+        probe = tuple(path)
+        while probe:
+            if probe in table:
+                pos = table[probe]
+                return f"{self.file}:{pos.line}:{pos.column}"
+            if probe in self.values:
+                pos = self.values[probe]
+                return f"{self.file}:{pos.line}:{pos.column}"
+            probe = probe[:-1]
+        pos = self.values.get((), Position(1, 1))
+        return f"{self.file}:{pos.line}:{pos.column}"
+
+    def rename(self, old: Path_, new: Path_) -> None:
+        """Move every recorded path under ``old`` to ``new`` (used when normalising shapes)."""
+        for table in (self.values, self.keys):
+            for path in [p for p in table if p[: len(old)] == old]:
+                table[new + path[len(old) :]] = table.pop(path)
+
+
+def load_yaml(path: Path, display_name: str | None = None) -> tuple[Any, SourceMap]:
+    """Parse ``path`` with the safe loader; return plain Python data and its source map."""
+    name = display_name or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{name}: is a directory, expected a gpux.yml file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read ({exc.strerror})") from None
+    return parse_yaml(text, name)
+
+
+def parse_yaml(text: str, name: str) -> tuple[Any, SourceMap]:
+    smap = SourceMap(name)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        pos = Position.of(exc.problem_mark or exc.context_mark)
+        problem = (exc.problem or exc.context or "syntax error").strip()
+        raise ConfigError(f"{name}:{pos.line}:{pos.column}: invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name}:1:1: invalid YAML: {exc}") from None
+    if node is None:
+        raise ConfigError(f"{name}:1:1: the file is empty; expected a mapping with at least 'name' and 'model'")
+    builder = _Builder(smap)
+    data = builder.build(node, ())
+    return data, smap
+
+
+class _Builder:
+    def __init__(self, smap: SourceMap) -> None:
+        self.smap = smap
+        self.count = 0
+        # A SafeLoader instance only to resolve scalar tags (int, float, bool, null, str).
+        self.constructor = yaml.SafeLoader("")
+
+    def build(self, node: yaml.Node, path: Path_) -> Any:
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise ConfigError(
+                f"{self.smap.where(path)}: the document expands to more than {MAX_VALUES} values "
+                "(anchors/aliases?)"
+            )
+        self.smap.values[path] = Position.of(node.start_mark)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    pos = Position.of(key_node.start_mark)
+                    raise ConfigError(f"{self.smap.file}:{pos.line}:{pos.column}: mapping keys must be plain scalars")
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    pos = Position.of(key_node.start_mark)
+                    raise ConfigError(f"{self.smap.file}:{pos.line}:{pos.column}: YAML merge keys ('<<') are not supported")
+                key = self.constructor.construct_object(key_node)
+                if not isinstance(key, (str, int, float, bool)) and key is not None:
+                    pos = Position.of(key_node.start_mark)
+                    raise ConfigError(f"{self.smap.file}:{pos.line}:{pos.column}: unsupported key type")
+                key = str(key) if not isinstance(key, str) else key
+                if key in out:
+                    pos = Position.of(key_node.start_mark)
+                    raise ConfigError(f"{self.smap.file}:{pos.line}:{pos.column}: duplicate key '{key}'")
+                self.smap.keys[path + (key,)] = Position.of(key_node.start_mark)
+                out[key] = self.build(value_node, path + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+        try:
+            return self.constructor.construct_object(node)
+        except yaml.constructor.ConstructorError as exc:
+            pos = Position.of(node.start_mark)
+            raise ConfigError(f"{self.smap.file}:{pos.line}:{pos.column}: {exc.problem}") from None
