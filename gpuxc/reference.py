@@ -81,7 +81,8 @@ def make_inputs(signature: ModelSignature, config: GpuxConfig, model: ModelProto
     rng = np.random.default_rng(config.build.seed)
     inputs: dict[str, np.ndarray] = {}
     for tensor in signature.inputs:
-        inputs[tensor.name] = _values(tensor, shapes[tensor.name], rng, bounds.get(tensor.name))
+        # np.asarray: scalar (rank-0) draws come back as NumPy scalars, which ORT refuses.
+        inputs[tensor.name] = np.asarray(_values(tensor, shapes[tensor.name], rng, bounds.get(tensor.name)))
     return inputs
 
 

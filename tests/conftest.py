@@ -1,0 +1,59 @@
+"""Shared test helpers: small projects built in code, and the real model from PyPI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+import pytest
+import yaml
+
+from fixtures import models
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees the plugins installed at that moment (tests add entry points)."""
+    from gpuxc.plugin.manager import get_registry
+
+    get_registry.cache_clear()
+
+
+ProjectFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_project(tmp_path: Path) -> ProjectFactory:
+    """Write ``model`` and a gpux.yml into a fresh folder; returns the folder.
+
+    ``config`` is a dict merged over ``{name, model: {source}}`` or a raw YAML string.
+    """
+    counter = {"n": 0}
+
+    def factory(model: onnx.ModelProto | None = None, config: dict | str | None = None, name: str = "demo") -> Path:
+        counter["n"] += 1
+        folder = tmp_path / f"project{counter['n']}"
+        folder.mkdir()
+        onnx.save(model if model is not None else models.mlp(), folder / "model.onnx")
+        if isinstance(config, str):
+            text = config
+        else:
+            data = {"name": name, "model": {"source": "./model.onnx"}}
+            data.update(config or {})
+            text = yaml.safe_dump(data, sort_keys=False)
+        (folder / "gpux.yml").write_text(text, encoding="utf-8")
+        return folder
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def magika_model() -> Path:
+    """The real ONNX model shipped inside the ``magika`` wheel on PyPI (cached)."""
+    from fixtures.real_models import fetch_magika
+
+    try:
+        return fetch_magika()
+    except RuntimeError as exc:  # no registry access: say so loudly rather than pass silently
+        pytest.fail(f"cannot fetch the real test model: {exc}")
