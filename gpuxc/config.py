@@ -15,7 +15,16 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gpuxc.errors import ConfigError
 from gpuxc.yamlsource import SourceMap, load_yaml
@@ -171,18 +180,19 @@ class PreprocessingSection(_Section):
     resize: list[int] | None = None
     normalize: Any = None
 
-    @model_validator(mode="after")
-    def _refuse(self) -> PreprocessingSection:
-        used = [k for k in type(self).model_fields if getattr(self, k) is not None]
-        if used:
+    # A field validator (not a model validator) so that the error points at the refused key.
+    @field_validator("tokenizer", "max_length", "resize", "normalize")
+    @classmethod
+    def _refuse(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
             raise ValueError(
                 not_supported(
-                    f"preprocessing.{used[0]}",
+                    f"preprocessing.{info.field_name}",
                     "bundles take tensors; tokenize/resize before calling the runner (use inputs.<name>.max_length "
                     "to bound a sequence)",
                 )
             )
-        return self
+        return value
 
 
 class CalibrationSection(_Section):
@@ -337,6 +347,7 @@ def parse_config(data: Any, smap: SourceMap, path: Path) -> GpuxConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{smap.where(())}: expected a mapping at the top level, got {_kind(data)}")
     data = _normalise_tensor_lists(data, smap)
+    _check_unique_tensor_names(data, smap)
     try:
         cfg = GpuxConfig.model_validate(data)
     except ValidationError as exc:
@@ -381,6 +392,22 @@ def _normalise_tensor_lists(data: dict[str, Any], smap: SourceMap) -> dict[str, 
         elif value is None and section in data:
             data[section] = []
     return data
+
+
+def _check_unique_tensor_names(data: dict[str, Any], smap: SourceMap) -> None:
+    """A tensor named twice, reported at its second ``name`` (the model validator cannot say where)."""
+    for section in ("inputs", "outputs"):
+        items = data.get(section)
+        if not isinstance(items, list):
+            continue
+        seen: set[str] = set()
+        for index, item in enumerate(items):
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str):
+                continue
+            if name in seen:
+                raise ConfigError(f"{smap.where((section, index, 'name'))}: {section} declares '{_clip(name)}' twice")
+            seen.add(name)
 
 
 def _config_error(exc: ValidationError, smap: SourceMap) -> ConfigError:

@@ -21,6 +21,11 @@ Path_ = tuple[str | int, ...]
 # Anchors and aliases can make a small file expand exponentially ("billion laughs");
 # a real gpux.yml has a few hundred values at most.
 MAX_VALUES = 100_000
+# Deeper nesting than this is no config (and a self-referencing alias nests forever).
+MAX_DEPTH = 64
+# The only tags a collection may carry: a tag like !!python/object on a mapping or a list
+# would otherwise be dropped silently by our own walk of the node tree.
+_PLAIN_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
 @dataclass(frozen=True)
@@ -88,9 +93,15 @@ def parse_yaml(text: str, name: str) -> tuple[Any, SourceMap]:
     except yaml.MarkedYAMLError as exc:
         pos = Position.of(exc.problem_mark or exc.context_mark)
         problem = (exc.problem or exc.context or "syntax error").strip()
+        if exc.problem and exc.context and exc.context_mark is not None:
+            # e.g. an unclosed bracket: say where the construct it belongs to started.
+            start = Position.of(exc.context_mark)
+            problem += f" ({exc.context.strip()} started at {start.line}:{start.column})"
         raise ConfigError(f"{name}:{pos.line}:{pos.column}: invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name}:1:1: invalid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{name}:1:1: invalid YAML: the document nests too deeply") from None
     if node is None:
         raise ConfigError(f"{name}:1:1: the file is empty; expected a mapping with at least 'name' and 'model'")
     builder = _Builder(smap)
@@ -112,6 +123,15 @@ class _Builder:
                 f"{self.smap.where(path)}: the document expands to more than {MAX_VALUES} values "
                 "(anchors/aliases?)"
             )
+        if len(path) > MAX_DEPTH:
+            pos = Position.of(node.start_mark)
+            raise ConfigError(
+                f"{self.smap.file}:{pos.line}:{pos.column}: the document nests deeper than {MAX_DEPTH} levels "
+                "(a self-referencing alias?)"
+            )
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_COLLECTION_TAGS:
+            pos = Position.of(node.start_mark)
+            raise ConfigError(f"{self.smap.file}:{pos.line}:{pos.column}: unsupported YAML tag '{node.tag}'")
         self.smap.values[path] = Position.of(node.start_mark)
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
