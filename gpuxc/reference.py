@@ -42,7 +42,10 @@ def resolve_shapes(signature: ModelSignature, config: GpuxConfig) -> dict[str, l
     for tensor in signature.inputs:
         spec = declared.get(tensor.name)
         explicit = config.build.shapes.get(tensor.name)
-        model_shape = tensor.shape if tensor.shape is not None else (spec.shape if spec and spec.shape else [])
+        # A model input of unknown rank takes its rank from build.shapes, then from gpux.yml.
+        model_shape = tensor.shape if tensor.shape is not None else (
+            explicit if explicit is not None else (spec.shape if spec and spec.shape else [])
+        )
         out: list[int] = []
         for i, dim in enumerate(model_shape):
             value = _dim_value(i, dim, tensor, model_shape, explicit, spec, config, symbols)
