@@ -55,6 +55,10 @@ def staging_dir(final: Path) -> Iterator[Path]:
     except OSError as exc:
         raise BundleError(f"{parent}: cannot write here ({exc.strerror})") from None
     try:
+        # mkdtemp makes the folder private (0700); the published bundle gets a new folder's usual mode.
+        mask = os.umask(0)
+        os.umask(mask)
+        path.chmod(0o777 & ~mask)
         yield path
     finally:
         if path.exists():

@@ -30,7 +30,8 @@ def output_metrics(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: 
         out.update(error=f"shape {list(actual.shape)} != expected {list(expected.shape)}", mismatches=int(expected.size),
                    mismatch_ratio=1.0)  # fmt: skip
         return out
-    if expected.dtype.kind not in "fciub" or actual.dtype.kind not in "fciub":
+    # Integers (class ids, indices, counts), bools and strings have no tolerance: exact.
+    if expected.dtype.kind not in "fc" or actual.dtype.kind not in "fc":
         equal = expected == actual
         mismatches = int(expected.size - np.count_nonzero(equal))
         out.update(mismatches=mismatches, mismatch_ratio=_ratio(mismatches, expected.size), exact=True)
@@ -39,12 +40,14 @@ def output_metrics(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: 
     a = actual.astype(np.float64)
     both_nan = np.isnan(e) & np.isnan(a)
     same_inf = np.isinf(e) & (e == a)
-    diff = np.where(both_nan | same_inf, 0.0, np.abs(e - a))
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is handled just below
+        diff = np.where(both_nan | same_inf, 0.0, np.abs(e - a))
     diff = np.where(np.isnan(diff), np.inf, diff)
     bad = diff > atol + rtol * np.abs(np.where(np.isfinite(e), e, 0.0))
     mismatches = int(np.count_nonzero(bad))
     denom = np.maximum(np.abs(e), 1e-12)
-    rel = np.where(diff == 0, 0.0, diff / denom)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf / inf: max_rel becomes inf below
+        rel = np.where(diff == 0, 0.0, diff / denom)
     out.update(
         max_abs=_num(diff.max()) if diff.size else 0.0,
         max_rel=_num(rel.max()) if rel.size else 0.0,

@@ -414,7 +414,7 @@ def _config_error(exc: ValidationError, smap: SourceMap) -> ConfigError:
     errors = exc.errors(include_url=False)
     # A misspelt key also makes the real key "missing": report the spelling, it is the cause.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = tuple(first["loc"])
+    loc = _error_loc(first, smap)
     kind = first["type"]
     dotted = _dotted(loc)
     if kind == "extra_forbidden":
@@ -429,8 +429,21 @@ def _config_error(exc: ValidationError, smap: SourceMap) -> ConfigError:
     else:
         where = smap.where(loc)
         message = f"{dotted}: {_describe(first)}" if dotted else _describe(first)
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    # One value failing every member of a union (int | str) is one problem, not several.
+    others = len({_error_loc(e, smap) for e in errors}) - 1
+    more = f" (and {others} more problem{'s' if others > 1 else ''})" if others > 0 else ""
     return ConfigError(f"{where}: {message}{more}")
+
+
+def _error_loc(error: Any, smap: SourceMap) -> tuple[Any, ...]:
+    """The error's path in the document: pydantic appends union member tags ('constrained-int',
+    'str') to a value's path; those name no place in the file, so they are dropped."""
+    loc = tuple(error["loc"])
+    if error["type"] in ("missing", "extra_forbidden"):
+        return loc
+    while len(loc) > 1 and loc not in smap.values and isinstance(loc[-1], str) and loc[:-1] in smap.values:
+        loc = loc[:-1]
+    return loc
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_jsonable_python
 
 from gpuxc.model import ModelSignature
 from gpuxc.passes import PassRecord
@@ -124,7 +125,10 @@ class Manifest(_M):
     files: list[FileEntry]
 
     def to_json(self) -> str:
-        return json.dumps(_finite(self.model_dump(mode="json")), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        # Python mode first: pydantic's JSON mode turns inf/nan inside Any-typed fields (the
+        # verification metrics) into null before _finite could record them.
+        data = to_jsonable_python(_finite(self.model_dump(mode="python")))
+        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def read_manifest(bundle: Path) -> Manifest:

@@ -37,7 +37,7 @@ def resolve_shapes(signature: ModelSignature, config: GpuxConfig) -> dict[str, l
     Symbolic dims that share a name across inputs (``batch``, ``seq``) get one value.
     """
     declared = {spec.name: spec for spec in config.inputs}
-    symbols: dict[str, int] = {}
+    symbols = _given_symbols(signature, config, declared)
     shapes: dict[str, list[int]] = {}
     for tensor in signature.inputs:
         spec = declared.get(tensor.name)
@@ -52,6 +52,23 @@ def resolve_shapes(signature: ModelSignature, config: GpuxConfig) -> dict[str, l
             out.append(value)
         shapes[tensor.name] = out
     return shapes
+
+
+def _given_symbols(signature: ModelSignature, config: GpuxConfig, declared: dict[str, Any]) -> dict[str, int]:
+    """Symbolic dims that gpux.yml gives a value on *any* input: every input sharing the name
+    gets it, whichever input comes first (build.shapes before declared shapes)."""
+    symbols: dict[str, int] = {}
+    for source in ("build", "declared"):
+        for tensor in signature.inputs:
+            spec = declared.get(tensor.name)
+            given = config.build.shapes.get(tensor.name) if source == "build" else (spec.shape if spec else None)
+            for i, dim in enumerate(tensor.shape or []):
+                if isinstance(dim, str) and given is not None and i < len(given):
+                    value = given[i]
+                    # build.shapes may say 0; a declared -1 means "any", not a value.
+                    if isinstance(value, int) and value >= (0 if source == "build" else 1):
+                        symbols.setdefault(dim, value)
+    return symbols
 
 
 def _dim_value(i: int, dim: Any, tensor: TensorInfo, shape: list[Any], explicit: list[int] | None,

@@ -94,22 +94,31 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
 
 
 def _load_modules() -> list[tuple[str, ModuleType]]:
+    """Plugin modules by plugin name (the entry-point name).
+
+    Two entry points with the same name but different modules are two plugins: a
+    third-party entry point called ``cpu`` never silently replaces ``gpuxc_cpu`` (and if it
+    registers a target ``cpu`` too, the registry reports the duplicate).
+    """
     modules: dict[str, ModuleType] = {}
+
+    def add(name: str, module: ModuleType) -> None:
+        if any(m is module for m in modules.values()):
+            return  # the same module behind two entry points (e.g. editable + wheel metadata)
+        modules[f"{name} ({module.__name__})" if name in modules else name] = module
+
     autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in ("1", "true", "yes")
     if autoload:
         for ep in _entry_points():
-            if ep.name in modules:
-                continue
             try:
                 loaded = ep.load()
             except Exception as exc:
                 raise PluginError(f"plugin '{ep.name}' ({ep.value}) failed to load: {type(exc).__name__}: {exc}") from None
             if not isinstance(loaded, ModuleType):
                 raise PluginError(f"plugin '{ep.name}' ({ep.value}) must point at a module")
-            modules[ep.name] = loaded
+            add(ep.name, loaded)
     for name, module_name in BUILTINS.items():
-        if name not in modules:
-            modules[name] = importlib.import_module(module_name)
+        add(name, importlib.import_module(module_name))
     return sorted(modules.items())
 
 
@@ -127,7 +136,8 @@ def build_registry() -> Registry:
     try:
         pm.check_pending()  # a misspelt hook name is a bug in the plugin, not silence
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin '{exc.plugin_name}': {exc}") from None
+        # PluginValidationError carries the plugin object, not its name.
+        raise PluginError(f"plugin '{pm.get_name(exc.plugin) or exc.plugin}': {exc}") from None
     for kind, hook in (("target", pm.hook.gpuxc_register_targets), ("pass", pm.hook.gpuxc_register_passes)):
         for impl in hook.get_hookimpls():
             try:
@@ -135,7 +145,7 @@ def build_registry() -> Registry:
             except PluginError:
                 raise
             except Exception as exc:
-                raise PluginError(f"plugin '{impl.plugin_name}' failed registering {kind}s: {type(exc).__name__}: {exc}") from None
+                raise PluginError(f"plugin '{impl.plugin_name}' failed registering {'passes' if kind == 'pass' else 'targets'}: {type(exc).__name__}: {exc}") from None
     return registry
 
 
