@@ -28,7 +28,15 @@ from pydantic import ValidationError
 from gpuxc import __version__, bundle
 from gpuxc.compare import DEFAULT_TOLERANCE, compare
 from gpuxc.config import GpuxConfig, did_you_mean, find_config, load_config
-from gpuxc.errors import CompileError, ConfigError, GpuxcError, ModelError, TargetUnavailable, VerificationFailed
+from gpuxc.errors import (
+    CompileError,
+    ConfigError,
+    GpuxcError,
+    ModelError,
+    ReferenceError_,
+    TargetUnavailable,
+    VerificationFailed,
+)
 from gpuxc.manifest import (
     ArtifactInfo,
     BuildInfo,
@@ -43,7 +51,15 @@ from gpuxc.manifest import (
 from gpuxc.model import LoadedModel, describe, load_model, sha256_file
 from gpuxc.passes import PassContext, PassManager
 from gpuxc.plugin import get_registry
-from gpuxc.reference import load_calibration_sample, make_inputs, resolve_shapes, run_onnxruntime
+from gpuxc.reference import (
+    DEFAULT_DIM,
+    DEFAULT_SPATIAL,
+    FALLBACK_SIZES,
+    load_calibration_sample,
+    make_inputs,
+    resolve_shapes,
+    run_onnxruntime,
+)
 from gpuxc.runtime_versions import SERVE_DISTS, pinned, version_of
 from gpuxc.signature import bundle_io, check_signature
 from gpuxc.target import CompileContext, Target
@@ -88,18 +104,34 @@ def load_project(path: Path, config_path: Path | None = None, progress: Progress
     say(f"model {model_path.name}: {len(sig.inputs)} inputs, {len(sig.outputs)} outputs, {sig.node_count} nodes, "
         f"opsets {sig.opsets}")  # fmt: skip
     check_signature(config, sig)
+    say("reference: ONNX Runtime on the source model")
     if config.build.calibration is not None:
         inputs = load_calibration_sample(config, sig)
-        origin = "calibration"
-    else:
-        inputs = make_inputs(sig, config, loaded.proto)
-        origin = "generated"
-    say("reference: ONNX Runtime on the source model")
-    outputs = run_onnxruntime(model_path, inputs)
-    shapes = {k: list(v.shape) for k, v in inputs.items()}
-    if origin == "generated":
-        shapes = resolve_shapes(sig, config)
-    return Project(config, loaded, inputs, outputs, origin, shapes)
+        outputs = run_onnxruntime(model_path, inputs)
+        shapes = {k: list(v.shape) for k, v in inputs.items()}
+        return Project(config, loaded, inputs, outputs, "calibration", shapes)
+    inputs, outputs, shapes = _generated_reference(config, loaded, say)
+    return Project(config, loaded, inputs, outputs, "generated", shapes)
+
+
+def _generated_reference(config: GpuxConfig, loaded: LoadedModel, say: Progress) -> tuple[Any, Any, Any]:
+    """Generated inputs and their outputs; unknown dims fall back through FALLBACK_SIZES."""
+    sig = loaded.signature
+    first_error: ReferenceError_ | None = None
+    tried: list[dict[str, list[int]]] = []
+    for defaults in [(DEFAULT_DIM, DEFAULT_SPATIAL), *FALLBACK_SIZES]:
+        shapes = resolve_shapes(sig, config, defaults)
+        if shapes in tried:
+            continue  # no dim depends on the defaults: another try would fail the same way
+        tried.append(shapes)
+        inputs = make_inputs(sig, config, loaded.proto, shapes)
+        try:
+            return inputs, run_onnxruntime(loaded.path, inputs), shapes
+        except ReferenceError_ as exc:
+            first_error = first_error or exc
+            say(f"reference: source model failed at {shapes}; trying other sizes for unknown dims")
+    assert first_error is not None
+    raise first_error
 
 
 def compile_project(

@@ -27,11 +27,16 @@ if TYPE_CHECKING:
 # spatial dims (what most CNNs are trained on); any other unknown dim gets 16.
 DEFAULT_SPATIAL = 224
 DEFAULT_DIM = 16
+# When the source model fails at those sizes (a sequence too short for a convolution, a
+# height the architecture cannot take), these (other dim, spatial dim) pairs are tried in
+# order; user-given values are never changed. The sizes used are recorded in the manifest.
+FALLBACK_SIZES = [(64, 64), (128, 48), (512, 320), (32, 32)]
 MASK_RE = re.compile(r"mask", re.IGNORECASE)
 TYPE_IDS_RE = re.compile(r"(token_type|segment)", re.IGNORECASE)
 
 
-def resolve_shapes(signature: ModelSignature, config: GpuxConfig) -> dict[str, list[int]]:
+def resolve_shapes(signature: ModelSignature, config: GpuxConfig,
+                   defaults: tuple[int, int] = (DEFAULT_DIM, DEFAULT_SPATIAL)) -> dict[str, list[int]]:  # fmt: skip
     """A concrete shape for every input: gpux.yml first, then the batch size, then defaults.
 
     Symbolic dims that share a name across inputs (``batch``, ``seq``) get one value.
@@ -48,7 +53,7 @@ def resolve_shapes(signature: ModelSignature, config: GpuxConfig) -> dict[str, l
         )
         out: list[int] = []
         for i, dim in enumerate(model_shape):
-            value = _dim_value(i, dim, tensor, model_shape, explicit, spec, config, symbols)
+            value = _dim_value(i, dim, tensor, model_shape, explicit, spec, config, symbols, defaults)
             out.append(value)
         shapes[tensor.name] = out
     return shapes
@@ -72,7 +77,7 @@ def _given_symbols(signature: ModelSignature, config: GpuxConfig, declared: dict
 
 
 def _dim_value(i: int, dim: Any, tensor: TensorInfo, shape: list[Any], explicit: list[int] | None,
-               spec: Any, config: GpuxConfig, symbols: dict[str, int]) -> int:  # fmt: skip
+               spec: Any, config: GpuxConfig, symbols: dict[str, int], defaults: tuple[int, int]) -> int:  # fmt: skip
     if isinstance(dim, int) and dim >= 0:
         return dim
     if explicit is not None and i < len(explicit):
@@ -86,17 +91,18 @@ def _dim_value(i: int, dim: Any, tensor: TensorInfo, shape: list[Any], explicit:
     elif spec is not None and spec.max_length and i == len(shape) - 1:
         value = spec.max_length
     elif len(shape) == 4 and tensor.dtype.startswith("float") and i >= 2:
-        value = DEFAULT_SPATIAL
+        value = defaults[1]
     else:
-        value = DEFAULT_DIM
+        value = defaults[0]
     if isinstance(dim, str):
         symbols.setdefault(dim, value)
     return value
 
 
-def make_inputs(signature: ModelSignature, config: GpuxConfig, model: ModelProto) -> dict[str, np.ndarray]:
+def make_inputs(signature: ModelSignature, config: GpuxConfig, model: ModelProto,
+                shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
     """Deterministic inputs for ``signature`` (seed ``build.seed``)."""
-    shapes = resolve_shapes(signature, config)
+    shapes = shapes or resolve_shapes(signature, config)
     bounds = index_bounds(model)
     rng = np.random.default_rng(config.build.seed)
     inputs: dict[str, np.ndarray] = {}
