@@ -22,6 +22,7 @@ demo: venv
 	$(PY) $(BUNDLE) run --input @dist/example-input.json
 
 test: venv
+	$(VENV)/bin/ruff check gpuxc plugins tests fixtures benchmarks examples
 	$(PY) -m pytest -q
 
 lint: venv

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-
 from gpuxc.codegen import PACKAGE_DIR, render
 from gpuxc.errors import BundleError
 from gpuxc.manifest import MANIFEST_NAME, FileEntry, Manifest
@@ -123,6 +122,3 @@ def write_manifest(bundle: Path, manifest: Manifest) -> None:
 
 def bundle_name(name: str, version: str, target: str) -> str:
     return f"{name}-{version}-{target}"
-
-
-

@@ -54,7 +54,9 @@ def text_line(value: Any) -> str:
     return text.strip()[:200]
 
 
-REQUIREMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?([<>=!~]=?[A-Za-z0-9.*+!_-]+)?(; [A-Za-z0-9_ .'\"<>=!()-]+)?$")
+REQUIREMENT_RE = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?([<>=!~]=?[A-Za-z0-9.*+!_-]+)?(; [A-Za-z0-9_ .'\"<>=!()-]+)?$"
+)
 
 
 def requirement(value: Any) -> str:
@@ -101,5 +103,7 @@ def render(template: str, context: dict[str, Any], extra_dirs: tuple[Path, ...] 
         try:
             ast.parse(text, filename=template)
         except SyntaxError as exc:
-            raise GpuxcError(f"internal: template {template} rendered invalid Python (line {exc.lineno}): {exc.msg}") from None
+            raise GpuxcError(
+                f"internal: template {template} rendered invalid Python (line {exc.lineno}): {exc.msg}"
+            ) from None
     return text

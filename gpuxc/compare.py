@@ -27,7 +27,8 @@ def output_metrics(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: 
     actual = np.asarray(actual)
     out: dict[str, Any] = {"shape": list(expected.shape), "dtype": str(expected.dtype)}
     if expected.shape != actual.shape:
-        out.update(error=f"shape {list(actual.shape)} != expected {list(expected.shape)}", mismatches=int(expected.size),
+        error = f"shape {list(actual.shape)} != expected {list(expected.shape)}"
+        out.update(error=error, mismatches=int(expected.size),
                    mismatch_ratio=1.0)  # fmt: skip
         return out
     # Integers (class ids, indices, counts), bools and strings have no tolerance: exact.
@@ -71,7 +72,8 @@ def judge(metrics: dict[str, Any], tolerance: dict[str, float]) -> list[str]:
     if metrics["mismatch_ratio"] > tolerance["max_mismatch_ratio"]:
         reasons.append(
             f"{metrics['mismatches']} element(s) outside atol={tolerance['atol']:g} rtol={tolerance['rtol']:g} "
-            f"(ratio {metrics['mismatch_ratio']:.2g} > {tolerance['max_mismatch_ratio']:g}; max abs {metrics['max_abs']:.3g})"
+            f"(ratio {metrics['mismatch_ratio']:.2g} > {tolerance['max_mismatch_ratio']:g}; "
+            f"max abs {metrics['max_abs']:.3g})"
         )
     if metrics["cosine"] < tolerance["min_cosine"]:
         reasons.append(f"cosine {metrics['cosine']:.6f} < {tolerance['min_cosine']}")

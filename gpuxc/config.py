@@ -51,7 +51,7 @@ MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)?\
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
 
-Dim = Union[Annotated[int, Field(ge=-1)], str, None]
+Dim = Annotated[int, Field(ge=-1)] | str | None
 
 
 def not_supported(what: str, why: str) -> str:
@@ -167,7 +167,9 @@ class ServingSection(_Section):
     def _batch(cls, value: int) -> int:
         if value != 1:
             raise ValueError(
-                not_supported("serving.batch_size > 1", "dynamic batching comes with the Open Inference Protocol server")
+                not_supported(
+                    "serving.batch_size > 1", "dynamic batching comes with the Open Inference Protocol server"
+                )
             )
         return value
 
@@ -453,7 +455,11 @@ def _describe(error: dict[str, Any]) -> str:
         msg = msg.split(", ", 1)[1] if msg.startswith(("Value error, ", "Assertion failed, ")) else msg
     if kind.endswith("_type") or kind in ("literal_error", "enum"):
         value = error.get("input")
-        got = f", got {_kind(value)} {_clip(repr(value))}" if not isinstance(value, (dict, list)) else f", got {_kind(value)}"
+        got = (
+            f", got {_kind(value)} {_clip(repr(value))}"
+            if not isinstance(value, (dict, list))
+            else f", got {_kind(value)}"
+        )
         return f"{msg[0].lower()}{msg[1:]}{got}"
     return msg
 

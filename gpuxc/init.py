@@ -43,7 +43,9 @@ def write_config(model: Path, out: Path | None = None, name: str | None = None, 
     if out.exists() and not force:
         raise ConfigError(f"{out}: already exists (use --force to overwrite)")
     source = os.path.relpath(model.resolve(), out.resolve().parent)
-    data = config_for(model, name, "./" + Path(source).as_posix() if not source.startswith("..") else Path(source).as_posix())
+    data = config_for(
+        model, name, "./" + Path(source).as_posix() if not source.startswith("..") else Path(source).as_posix()
+    )
     # safe_dump writes every string as YAML data, quoted where needed: no tag can sneak in.
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=None)
     tmp = out.with_name(out.name + ".tmp")

@@ -144,7 +144,9 @@ def read_manifest(bundle: Path) -> Manifest:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BundleError(f"{path}: not a {FORMAT} manifest")
     if data.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path}: bundle format version {data.get('format_version')!r}; this gpuxc reads {FORMAT_VERSION}")
+        raise BundleError(
+            f"{path}: bundle format version {data.get('format_version')!r}; this gpuxc reads {FORMAT_VERSION}"
+        )
     try:
         return Manifest.model_validate(data)
     except Exception as exc:

@@ -147,7 +147,9 @@ def check_external_data(proto: ModelProto, base_dir: Path) -> list[str]:
         if not location or "\x00" in location:
             raise UnsafeModelError(f"{where}: external data has no usable location")
         if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
-            raise UnsafeModelError(f"{where}: external data location '{location}' is absolute; it must stay inside the model folder")
+            raise UnsafeModelError(
+                f"{where}: external data location '{location}' is absolute; it must stay inside the model folder"
+            )
         parts = Path(location.replace("\\", "/")).parts
         if ".." in parts:
             raise UnsafeModelError(f"{where}: external data location '{location}' leaves the model folder")

@@ -1,14 +1,14 @@
 """The compile pipeline: plan → passes → target compile → verify → bundle.
 
-    gpux.yml + model.onnx
-      config.load_config, model.load_model, signature.check_signature
-      reference inputs/outputs (ONNX Runtime on the source model)
-      for each target:
-        target.plan           -> pass specs
-        PassManager.run       -> model' + provenance
-        target.compile        -> artifact files in a staging bundle
-        target.execute + compare.compare -> verification (gate), or "unverified: why"
-        runner, reference, manifest -> atomic move to <out>/<name>-<version>-<target>
+gpux.yml + model.onnx
+  config.load_config, model.load_model, signature.check_signature
+  reference inputs/outputs (ONNX Runtime on the source model)
+  for each target:
+    target.plan           -> pass specs
+    PassManager.run       -> model' + provenance
+    target.compile        -> artifact files in a staging bundle
+    target.execute + compare.compare -> verification (gate), or "unverified: why"
+    runner, reference, manifest -> atomic move to <out>/<name>-<version>-<target>
 """
 
 from __future__ import annotations
@@ -152,7 +152,9 @@ def compile_project(
         if name not in registry.targets:
             where = f"{config.where('build', 'targets', index)}: " if not targets else ""
             known = ", ".join(sorted(registry.targets))
-            raise TargetUnavailable(f"{where}unknown target '{name}'{did_you_mean(name, registry.targets)}; known targets: {known}")
+            raise TargetUnavailable(
+                f"{where}unknown target '{name}'{did_you_mean(name, registry.targets)}; known targets: {known}"
+            )
     out_dir = (out or Path("dist")).resolve()
     return [compile_target(project, registry.targets[name](), out_dir, say) for name in names]
 
@@ -172,14 +174,18 @@ def compile_target(project: Project, target: Target, out_dir: Path, say: Progres
         proto = onnx.ModelProto()
         proto.CopyFrom(project.model.proto)
         ctx = PassContext(workdir=workdir, target=target.name, model_dir=project.model.path.parent)
-        model, records = PassManager(get_registry()).run(proto, specs, ctx, progress=lambda m: say(f"[{target.name}] {m}"))
+        model, records = PassManager(get_registry()).run(
+            proto, specs, ctx, progress=lambda m: say(f"[{target.name}] {m}")
+        )
         say(f"[{target.name}] compile")
         try:
             artifact = target.compile(model, CompileContext(config, project.model.signature, options, stage, workdir))
         except GpuxcError:
             raise
         except Exception as exc:
-            raise CompileError(f"target '{target.name}' failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise CompileError(
+                f"target '{target.name}' failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
         verification = _verify(project, target, stage, artifact, say)
         if verification.status == "failed":
             raise VerificationFailed(
@@ -205,7 +211,9 @@ def compile_target(project: Project, target: Target, out_dir: Path, say: Progres
         bundle.write_manifest(stage, manifest)
         bundle.publish(stage, final)
     say(f"[{target.name}] bundle {final} ({verification.status})")
-    return BundleResult(target.name, final, verification.model_dump(include={"status", "reason", "runtime", "failures"}))
+    return BundleResult(
+        target.name, final, verification.model_dump(include={"status", "reason", "runtime", "failures"})
+    )
 
 
 def tolerance_for(config: GpuxConfig) -> dict[str, float]:
@@ -274,11 +282,19 @@ def _manifest(project: Project, target: Target, options: Any, records: list[Any]
             python_requires=">=3.10",
             settings=settings,
         ),
-        serving=ServingInfo(host=config.serving.host, port=config.serving.port, timeout=config.serving.timeout,
-                            max_workers=config.serving.max_workers),  # fmt: skip
-        reference=ReferenceInfo(inputs="reference/inputs.npz", outputs="reference/outputs.npz",
-                                origin=project.reference_origin, seed=config.build.seed,  # type: ignore[arg-type]
-                                shapes=project.reference_shapes),  # fmt: skip
+        serving=ServingInfo(
+            host=config.serving.host,
+            port=config.serving.port,
+            timeout=config.serving.timeout,
+            max_workers=config.serving.max_workers,
+        ),  # fmt: skip
+        reference=ReferenceInfo(
+            inputs="reference/inputs.npz",
+            outputs="reference/outputs.npz",
+            origin=project.reference_origin,
+            seed=config.build.seed,  # type: ignore[arg-type]
+            shapes=project.reference_shapes,
+        ),  # fmt: skip
         verification=verification,
         host=HostInfo(
             platform=platform.system().lower(),

@@ -48,8 +48,10 @@ def resolve_shapes(signature: ModelSignature, config: GpuxConfig,
         spec = declared.get(tensor.name)
         explicit = config.build.shapes.get(tensor.name)
         # A model input of unknown rank takes its rank from build.shapes, then from gpux.yml.
-        model_shape = tensor.shape if tensor.shape is not None else (
-            explicit if explicit is not None else (spec.shape if spec and spec.shape else [])
+        model_shape = (
+            tensor.shape
+            if tensor.shape is not None
+            else (explicit if explicit is not None else (spec.shape if spec and spec.shape else []))
         )
         out: list[int] = []
         for i, dim in enumerate(model_shape):
@@ -82,7 +84,9 @@ def _dim_value(i: int, dim: Any, tensor: TensorInfo, shape: list[Any], explicit:
         return dim
     if explicit is not None and i < len(explicit):
         value = explicit[i]
-    elif spec is not None and spec.shape and i < len(spec.shape) and isinstance(spec.shape[i], int) and spec.shape[i] > 0:
+    elif (
+        spec is not None and spec.shape and i < len(spec.shape) and isinstance(spec.shape[i], int) and spec.shape[i] > 0
+    ):
         value = spec.shape[i]
     elif isinstance(dim, str) and dim in symbols:
         return symbols[dim]
@@ -172,7 +176,9 @@ def load_calibration_sample(config: GpuxConfig, signature: ModelSignature) -> di
     elif path.is_file() and path.suffix == ".npz":
         several = True
     else:
-        raise ConfigError(f"{where}: calibration data '{config.build.calibration.data}' is not an .npz file or a folder of them")
+        raise ConfigError(
+            f"{where}: calibration data '{config.build.calibration.data}' is not an .npz file or a folder of them"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
@@ -187,7 +193,9 @@ def load_calibration_sample(config: GpuxConfig, signature: ModelSignature) -> di
         if several and value.ndim == rank + 1:
             value = value[0]
         if value.ndim != rank:
-            raise ConfigError(f"{where}: '{tensor.name}' in '{path.name}' has rank {value.ndim}, the model wants {rank}")
+            raise ConfigError(
+                f"{where}: '{tensor.name}' in '{path.name}' has rank {value.ndim}, the model wants {rank}"
+            )
         sample[tensor.name] = value.astype(_np_dtype(tensor.dtype))
     return sample
 
@@ -222,7 +230,7 @@ def run_onnxruntime(model: Path | bytes, inputs: dict[str, np.ndarray], provider
             f"ONNX Runtime failed on the reference inputs ({shapes}): {_first_line(exc)}",
             hint="give input shapes with build.shapes or inputs.<name>.shape in gpux.yml",
         ) from None
-    return dict(zip(names, (np.asarray(v) for v in values)))
+    return dict(zip(names, (np.asarray(v) for v in values), strict=False))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -25,7 +25,8 @@ def check_signature(config: GpuxConfig, signature: ModelSignature) -> None:
             if tensor is None:
                 raise SignatureMismatch(
                     f"{config.where(section, index, 'name')}: {section[:-1]} '{spec.name}' is not an {section[:-1]} of "
-                    f"{model_file}{did_you_mean(spec.name, by_name)}; the model's {section}: {', '.join(by_name) or 'none'}"
+                    f"{model_file}{did_you_mean(spec.name, by_name)}; "
+                    f"the model's {section}: {', '.join(by_name) or 'none'}"
                 )
             _check_one(config, section, index, spec, tensor)
         if section == "inputs" and declared:
@@ -49,7 +50,7 @@ def _check_one(config: GpuxConfig, section: str, index: int, spec: TensorSpec, t
                 f"{config.where(section, index, 'shape')}: {what} is declared with rank {len(spec.shape)} "
                 f"{_fmt(spec.shape)}, but the model's has rank {len(tensor.shape)} {_fmt(tensor.shape)}"
             )
-        for axis, (want, have) in enumerate(zip(spec.shape, tensor.shape)):
+        for axis, (want, have) in enumerate(zip(spec.shape, tensor.shape, strict=False)):
             if isinstance(want, int) and want >= 0 and isinstance(have, int) and want != have:
                 raise SignatureMismatch(
                     f"{config.where(section, index, 'shape', axis)}: {what} dim {axis} is declared {want}, "

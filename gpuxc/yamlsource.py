@@ -120,8 +120,7 @@ class _Builder:
         self.count += 1
         if self.count > MAX_VALUES:
             raise ConfigError(
-                f"{self.smap.where(path)}: the document expands to more than {MAX_VALUES} values "
-                "(anchors/aliases?)"
+                f"{self.smap.where(path)}: the document expands to more than {MAX_VALUES} values (anchors/aliases?)"
             )
         if len(path) > MAX_DEPTH:
             pos = Position.of(node.start_mark)
@@ -141,7 +140,9 @@ class _Builder:
                     raise ConfigError(f"{self.smap.file}:{pos.line}:{pos.column}: mapping keys must be plain scalars")
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     pos = Position.of(key_node.start_mark)
-                    raise ConfigError(f"{self.smap.file}:{pos.line}:{pos.column}: YAML merge keys ('<<') are not supported")
+                    raise ConfigError(
+                        f"{self.smap.file}:{pos.line}:{pos.column}: YAML merge keys ('<<') are not supported"
+                    )
                 key = self.constructor.construct_object(key_node)
                 if not isinstance(key, (str, int, float, bool)) and key is not None:
                     pos = Position.of(key_node.start_mark)

@@ -92,9 +92,13 @@ def _root(
 
 def _compile(
     path: Annotated[Path, typer.Argument(help="Project folder (with gpux.yml) or a gpux.yml file.")] = Path("."),
-    target: Annotated[list[str] | None, typer.Option("--target", "-t", help="Target to build (repeatable); default: build.targets.")] = None,
+    target: Annotated[
+        list[str] | None, typer.Option("--target", "-t", help="Target to build (repeatable); default: build.targets.")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for bundles.")] = Path("dist"),
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="gpux.yml to use instead of PATH/gpux.yml.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="gpux.yml to use instead of PATH/gpux.yml.")
+    ] = None,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -128,8 +132,9 @@ def inspect(
         from gpuxc.manifest import read_manifest
 
         manifest = read_manifest(path)
-        data = manifest.model_dump(mode="json", include={"name", "version", "target", "gpuxc_version", "inputs",
-                                                         "outputs", "verification", "artifact", "runtime", "source"})  # fmt: skip
+        fields = {"name", "version", "target", "gpuxc_version", "inputs", "outputs", "verification", "artifact",
+                  "runtime", "source"}  # fmt: skip
+        data = manifest.model_dump(mode="json", include=fields)
         data["passes"] = [{"name": p.name, "status": p.status, "seconds": p.seconds} for p in manifest.build.passes]
         if json_out:
             typer.echo(json.dumps(data, indent=2, default=str))
@@ -187,7 +192,10 @@ def targets(json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
         state = "available" if row["available"] else "unavailable"
         typer.echo(f"{row['name']:<10} {state:<12} {row['description']}")
         if not row["available"]:
-            typer.echo(f"{'':<10} reason: {row['reason']}" + (f"; install: {row['install_hint']}" if row["install_hint"] else ""))
+            typer.echo(
+                f"{'':<10} reason: {row['reason']}"
+                + (f"; install: {row['install_hint']}" if row["install_hint"] else "")
+            )
         elif row["verify_note"]:
             typer.echo(f"{'':<10} not verified here: {row['verify_note']}")
 
@@ -196,7 +204,9 @@ def targets(json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
 @handle_errors
 def init(
     model: Annotated[Path, typer.Argument(help="The ONNX model to describe.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write (default: gpux.yml beside the model).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Where to write (default: gpux.yml beside the model).")
+    ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Project name (default: from the file name).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing gpux.yml.")] = False,
     verbose: VerboseOpt = False,

@@ -73,11 +73,14 @@ def _register_into(registry: Registry, kind: str, plugin: str) -> Any:
 
     def register(cls: type[Any]) -> None:
         if not isinstance(cls, type) or not issubclass(cls, base):
-            raise PluginError(f"plugin '{plugin}' registered {cls!r} as a {kind}, but it is not a {base.__name__} subclass")
+            raise PluginError(
+                f"plugin '{plugin}' registered {cls!r} as a {kind}, but it is not a {base.__name__} subclass"
+            )
         name = getattr(cls, "name", None)
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise PluginError(
-                f"plugin '{plugin}': {kind} class {cls.__name__} needs a 'name' of lowercase letters, digits, '-' or '_'"
+                f"plugin '{plugin}': {kind} class {cls.__name__} needs a 'name' of lowercase letters, "
+                "digits, '-' or '_'"
             )
         if name in table:
             first = registry.origins[f"{kind}:{name}"]
@@ -113,7 +116,9 @@ def _load_modules() -> list[tuple[str, ModuleType]]:
             try:
                 loaded = ep.load()
             except Exception as exc:
-                raise PluginError(f"plugin '{ep.name}' ({ep.value}) failed to load: {type(exc).__name__}: {exc}") from None
+                raise PluginError(
+                    f"plugin '{ep.name}' ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
+                ) from None
             if not isinstance(loaded, ModuleType):
                 raise PluginError(f"plugin '{ep.name}' ({ep.value}) must point at a module")
             add(ep.name, loaded)
@@ -145,7 +150,10 @@ def build_registry() -> Registry:
             except PluginError:
                 raise
             except Exception as exc:
-                raise PluginError(f"plugin '{impl.plugin_name}' failed registering {'passes' if kind == 'pass' else 'targets'}: {type(exc).__name__}: {exc}") from None
+                raise PluginError(
+                    f"plugin '{impl.plugin_name}' failed registering {'passes' if kind == 'pass' else 'targets'}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
     return registry
 
 

@@ -97,5 +97,3 @@ class CpuTarget(Target):
         from gpuxc.reference import run_onnxruntime
 
         return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=PROVIDERS)
-
-

@@ -36,9 +36,11 @@ class FixShapes(Pass):
             dims = value.type.tensor_type.shape.dim
             if len(dims) != len(shape):
                 raise PassError(f"build.shapes.{name} has rank {len(shape)}, the model input has rank {len(dims)}")
-            for i, (dim, size) in enumerate(zip(dims, shape)):
+            for i, (dim, size) in enumerate(zip(dims, shape, strict=False)):
                 if dim.HasField("dim_value") and dim.dim_value != size:
-                    raise PassError(f"build.shapes.{name}[{i}] is {size}, but the model fixes that dim to {dim.dim_value}")
+                    raise PassError(
+                        f"build.shapes.{name}[{i}] is {size}, but the model fixes that dim to {dim.dim_value}"
+                    )
                 if not dim.HasField("dim_value"):
                     dim.dim_value = size  # clears dim_param (protobuf oneof)
                     changed.setdefault(name, list(shape))

@@ -180,19 +180,14 @@ def running_server(python: Path | str, bundle: Path, cwd: Path) -> Iterator[str]
             deadline = time.monotonic() + GUARD_S  # a guard against a server that never comes up
             while True:
                 if server.poll() is not None:
-                    pytest.fail(
-                        f"server exited with {server.returncode}: "
-                        f"{log_path.read_text(encoding='utf-8')}"
-                    )
+                    pytest.fail(f"server exited with {server.returncode}: {log_path.read_text(encoding='utf-8')}")
                 try:
                     if httpx.get(f"{base}/health", timeout=5).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    pytest.fail(
-                        f"server did not answer /health: {log_path.read_text(encoding='utf-8')}"
-                    )
+                    pytest.fail(f"server did not answer /health: {log_path.read_text(encoding='utf-8')}")
                 time.sleep(0.2)
             yield base
         finally:
@@ -219,9 +214,7 @@ def pip_install(python: Path, *args: str) -> None:
         [python, "-m", "pip", "install", "--disable-pip-version-check", "--quiet", *args],
         timeout=PIP_GUARD_S,
     )
-    assert proc.returncode == 0, (
-        f"pip install {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    )
+    assert proc.returncode == 0, f"pip install {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
 
 def shared_config() -> dict[str, Any]:
@@ -270,8 +263,5 @@ def gpuxc_script() -> Path:
     """The ``gpuxc`` console script installed beside the interpreter running the tests."""
     script = Path(sys.executable).parent / ("gpuxc.exe" if os.name == "nt" else "gpuxc")
     if not script.exists():
-        pytest.fail(
-            f"no gpuxc console script at {script}: "
-            "install gpuxc into this environment (pip install -e .)"
-        )
+        pytest.fail(f"no gpuxc console script at {script}: install gpuxc into this environment (pip install -e .)")
     return script

@@ -112,9 +112,7 @@ def test_import_runner_from_another_cwd(api_result: dict[str, Any], shared_bundl
     assert api_result["target"] == "cpu"
 
 
-def test_infer_matches_onnxruntime_on_source(
-    api_result: dict[str, Any], shared_project: Path
-) -> None:
+def test_infer_matches_onnxruntime_on_source(api_result: dict[str, Any], shared_project: Path) -> None:
     expected = ort_run(shared_project / "model.onnx", {"image": _image()})
     assert api_result["dtypes"] == {"logits": "float32"}
     np.testing.assert_allclose(
@@ -140,9 +138,7 @@ def test_get_model_info(api_result: dict[str, Any], shared_bundle: Path) -> None
     info = api_result["model_info"]
     manifest = json.loads((shared_bundle / "gpux-bundle.json").read_text(encoding="utf-8"))
     assert (info["name"], info["version"], info["target"]) == ("shared-cnn", "2.0.0", "cpu")
-    assert [(t["name"], t["type"], t["shape"]) for t in info["inputs"]] == [
-        ("image", "float32", ["N", 3, 32, 32])
-    ]
+    assert [(t["name"], t["type"], t["shape"]) for t in info["inputs"]] == [("image", "float32", ["N", 3, 32, 32])]
     assert info["outputs"][0]["labels"] == SHARED_LABELS
     assert info["source_sha256"] == manifest["source"]["sha256"]
     assert info["verification"]["status"] == "passed"
@@ -184,9 +180,7 @@ def _logits(text: str) -> np.ndarray:
 
 
 def test_run_inline_json(shared_bundle: Path, tmp_path: Path, expected_logits: np.ndarray) -> None:
-    proc = _bundle(
-        shared_bundle, "run", "--input", json.dumps({"image": _image().tolist()}), cwd=tmp_path
-    )
+    proc = _bundle(shared_bundle, "run", "--input", json.dumps({"image": _image().tolist()}), cwd=tmp_path)
     assert proc.returncode == EXIT_OK, proc.stderr
     np.testing.assert_allclose(_logits(proc.stdout), expected_logits, rtol=1e-4, atol=1e-5)
 
@@ -205,9 +199,7 @@ def test_run_npz_input(shared_bundle: Path, tmp_path: Path, expected_logits: np.
     np.testing.assert_allclose(_logits(proc.stdout), expected_logits, rtol=1e-4, atol=1e-5)
 
 
-def test_run_output_json_file(
-    shared_bundle: Path, tmp_path: Path, expected_logits: np.ndarray
-) -> None:
+def test_run_output_json_file(shared_bundle: Path, tmp_path: Path, expected_logits: np.ndarray) -> None:
     np.savez(tmp_path / "in.npz", image=_image())
     proc = _bundle(shared_bundle, "run", "--input", "in.npz", "--output", "out.json", cwd=tmp_path)
     assert proc.returncode == EXIT_OK, proc.stderr
@@ -220,9 +212,7 @@ def test_run_output_json_file(
     )
 
 
-def test_run_output_npz_file(
-    shared_bundle: Path, tmp_path: Path, expected_logits: np.ndarray
-) -> None:
+def test_run_output_npz_file(shared_bundle: Path, tmp_path: Path, expected_logits: np.ndarray) -> None:
     np.savez(tmp_path / "in.npz", image=_image())
     proc = _bundle(shared_bundle, "run", "--input", "in.npz", "--output", "out.npz", cwd=tmp_path)
     assert proc.returncode == EXIT_OK, proc.stderr
@@ -243,9 +233,7 @@ def test_run_output_npz_file(
     ],
     ids=["invalid-json", "missing-file", "unknown-name", "wrong-rank", "wrong-dtype"],
 )
-def test_run_bad_input_exits_2_with_one_line(
-    shared_bundle: Path, tmp_path: Path, spec: str, message: str
-) -> None:
+def test_run_bad_input_exits_2_with_one_line(shared_bundle: Path, tmp_path: Path, spec: str, message: str) -> None:
     proc = _bundle(shared_bundle, "run", "--input", spec, cwd=tmp_path)
     assert proc.returncode == EXIT_INPUT, (proc.stdout, proc.stderr)
     assert_one_error_line(proc.stderr, contains=[message])
@@ -291,9 +279,7 @@ def test_verify_exits_1_when_reference_outputs_disagree(bundle_copy: Path, tmp_p
     assert "Traceback" not in proc.stderr
 
 
-def test_verify_exits_3_when_reference_outputs_are_tampered(
-    bundle_copy: Path, tmp_path: Path
-) -> None:
+def test_verify_exits_3_when_reference_outputs_are_tampered(bundle_copy: Path, tmp_path: Path) -> None:
     ref = bundle_copy / "reference" / "outputs.npz"
     outputs = load_npz(ref)
     np.savez(ref, **{k: v + np.float32(0.5) for k, v in outputs.items()})
@@ -325,19 +311,13 @@ def test_missing_model_file_is_a_bundle_error(bundle_copy: Path, tmp_path: Path)
 def test_runtime_timeout_stops_inference_with_exit_4(tmp_path: Path) -> None:
     # The reference inputs are small (generated int64 values are < 4 steps), so compiling is quick;
     # the run below asks for 2**62 iterations, which only the timeout can end.
-    project = write_project(
-        tmp_path / "p", endless_loop_model(), {"runtime": {"timeout": 0.5}}, name="endless"
-    )
+    project = write_project(tmp_path / "p", endless_loop_model(), {"runtime": {"timeout": 0.5}}, name="endless")
     [result] = compile_project(project, ["cpu"], tmp_path / "dist")
     assert result.verification["status"] == "passed"
-    small = _bundle(
-        result.path, "run", "--input", json.dumps({"steps": 3, "x": [0, 0, 0, 0]}), cwd=tmp_path
-    )
+    small = _bundle(result.path, "run", "--input", json.dumps({"steps": 3, "x": [0, 0, 0, 0]}), cwd=tmp_path)
     assert small.returncode == EXIT_OK, small.stderr
     assert json.loads(small.stdout) == {"y": [3.0, 3.0, 3.0, 3.0]}
-    endless = _bundle(
-        result.path, "run", "--input", json.dumps({"steps": 2**62, "x": [0, 0, 0, 0]}), cwd=tmp_path
-    )
+    endless = _bundle(result.path, "run", "--input", json.dumps({"steps": 2**62, "x": [0, 0, 0, 0]}), cwd=tmp_path)
     assert endless.returncode == EXIT_TIMEOUT, (endless.stdout, endless.stderr)
     assert endless.stdout == ""
     assert "Traceback" not in endless.stderr

@@ -31,18 +31,11 @@ def test_gpuxc_is_not_importable_in_the_bundle_venv(bundle_venv: Path, tmp_path:
     assert proc.returncode != 0
     assert "No module named 'gpuxc'" in proc.stderr
     # ...while the runtime the bundle needs is there (the failure above is not a broken venv).
-    assert (
-        run_cmd(
-            [bundle_venv, "-c", "import onnxruntime, numpy, fastapi, uvicorn"], cwd=tmp_path
-        ).returncode
-        == 0
-    )
+    assert run_cmd([bundle_venv, "-c", "import onnxruntime, numpy, fastapi, uvicorn"], cwd=tmp_path).returncode == 0
 
 
 @pytest.mark.network
-def test_verify_passes_in_the_bundle_venv(
-    bundle_venv: Path, shared_bundle: Path, tmp_path: Path
-) -> None:
+def test_verify_passes_in_the_bundle_venv(bundle_venv: Path, shared_bundle: Path, tmp_path: Path) -> None:
     proc = run_cmd([bundle_venv, shared_bundle, "verify"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "verification passed" in proc.stdout
@@ -54,9 +47,7 @@ def test_run_in_the_bundle_venv_matches_onnxruntime_on_source(
 ) -> None:
     image = np.random.default_rng(11).standard_normal((1, 3, 32, 32)).astype(np.float32)
     np.savez(tmp_path / "in.npz", image=image)
-    proc = run_cmd(
-        [bundle_venv, shared_bundle, "run", "--input", tmp_path / "in.npz"], cwd=tmp_path
-    )
+    proc = run_cmd([bundle_venv, shared_bundle, "run", "--input", tmp_path / "in.npz"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     got = np.asarray(json.loads(proc.stdout)["logits"], dtype=np.float32)
     expected = ort_run(shared_project / "model.onnx", {"image": image})["logits"]
@@ -64,9 +55,7 @@ def test_run_in_the_bundle_venv_matches_onnxruntime_on_source(
 
 
 @pytest.mark.network
-def test_serve_starts_in_the_bundle_venv(
-    bundle_venv: Path, shared_bundle: Path, tmp_path: Path
-) -> None:
+def test_serve_starts_in_the_bundle_venv(bundle_venv: Path, shared_bundle: Path, tmp_path: Path) -> None:
     with running_server(bundle_venv, shared_bundle, tmp_path) as base:
         health = httpx.get(f"{base}/health", timeout=30)
         assert health.status_code == 200

@@ -79,9 +79,7 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 # -- successful commands ---------------------------------------------------------------------------
 
 
-def test_compile_json_prints_one_document_of_the_documented_shape(
-    gpuxc: Invoke, project: Path, tmp_path: Path
-) -> None:
+def test_compile_json_prints_one_document_of_the_documented_shape(gpuxc: Invoke, project: Path, tmp_path: Path) -> None:
     out = tmp_path / "dist"
     proc = gpuxc("compile", project, "-t", "cpu", "-o", out, "--json")
     assert proc.returncode == 0, proc.stderr
@@ -113,9 +111,7 @@ def test_build_alias_compiles(project: Path, tmp_path: Path) -> None:
 
 
 def test_compile_takes_targets_from_gpux_yml_by_default(tmp_path: Path) -> None:
-    project = write_project(
-        tmp_path / "p", models.mlp(), {"build": {"targets": ["cpu"]}}, name="fromyml"
-    )
+    project = write_project(tmp_path / "p", models.mlp(), {"build": {"targets": ["cpu"]}}, name="fromyml")
     proc = _clirunner(["compile", str(project), "-o", str(tmp_path / "dist"), "--json"])
     assert proc.returncode == 0, proc.stderr
     assert [b["target"] for b in json.loads(proc.stdout)["bundles"]] == ["cpu"]
@@ -136,12 +132,8 @@ def test_inspect_model_json(gpuxc: Invoke, project: Path) -> None:
     proc = gpuxc("inspect", project / "model.onnx", "--json")
     assert proc.returncode == 0, proc.stderr
     sig = json.loads(proc.stdout)
-    assert [(t["name"], t["dtype"], t["shape"]) for t in sig["inputs"]] == [
-        ("x", "float32", ["N", 8])
-    ]
-    assert [(t["name"], t["dtype"], t["shape"]) for t in sig["outputs"]] == [
-        ("probs", "float32", ["N", 3])
-    ]
+    assert [(t["name"], t["dtype"], t["shape"]) for t in sig["inputs"]] == [("x", "float32", ["N", 8])]
+    assert [(t["name"], t["dtype"], t["shape"]) for t in sig["outputs"]] == [("probs", "float32", ["N", 3])]
     assert sig["sha256"] == hashlib.sha256((project / "model.onnx").read_bytes()).hexdigest()
     assert sig["opsets"] == {"": 17}
 
@@ -391,17 +383,12 @@ def perturbed_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     real = CpuTarget.execute
 
     def execute(self, bundle_dir, artifact, inputs):  # type: ignore[no-untyped-def]
-        return {
-            k: (v + np.ones_like(v)).astype(v.dtype)
-            for k, v in real(self, bundle_dir, artifact, inputs).items()
-        }
+        return {k: (v + np.ones_like(v)).astype(v.dtype) for k, v in real(self, bundle_dir, artifact, inputs).items()}
 
     monkeypatch.setattr(CpuTarget, "execute", execute)
 
 
-def test_verification_failure_exits_10_and_writes_no_bundle(
-    project: Path, tmp_path: Path, perturbed_cpu: None
-) -> None:
+def test_verification_failure_exits_10_and_writes_no_bundle(project: Path, tmp_path: Path, perturbed_cpu: None) -> None:
     out = tmp_path / "dist"
     proc = _clirunner(["compile", str(project), "-o", str(out), "--json"])
     assert proc.returncode == ExitCode.VERIFICATION_FAILED, proc.stderr
@@ -438,9 +425,7 @@ def test_verification_failure_leaves_an_existing_bundle_untouched(
     assert sorted(p.name for p in out.iterdir()) == ["demo-1.0.0-cpu"]
 
 
-def test_recompiling_replaces_the_bundle_and_leaves_no_staging(
-    project: Path, tmp_path: Path
-) -> None:
+def test_recompiling_replaces_the_bundle_and_leaves_no_staging(project: Path, tmp_path: Path) -> None:
     out = tmp_path / "dist"
     assert _clirunner(["compile", str(project), "-o", str(out)]).returncode == 0
     bundle = out / "demo-1.0.0-cpu"
@@ -452,9 +437,7 @@ def test_recompiling_replaces_the_bundle_and_leaves_no_staging(
     assert _staging(out) == []
 
 
-def test_compile_refuses_to_replace_a_folder_that_is_not_a_bundle(
-    project: Path, tmp_path: Path
-) -> None:
+def test_compile_refuses_to_replace_a_folder_that_is_not_a_bundle(project: Path, tmp_path: Path) -> None:
     out = tmp_path / "dist"
     (out / "demo-1.0.0-cpu").mkdir(parents=True)
     (out / "demo-1.0.0-cpu" / "precious.txt").write_text("keep me", encoding="utf-8")
@@ -466,9 +449,7 @@ def test_compile_refuses_to_replace_a_folder_that_is_not_a_bundle(
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
-def test_bundle_folder_gets_the_usual_mode_not_a_private_temp_mode(
-    project: Path, tmp_path: Path
-) -> None:
+def test_bundle_folder_gets_the_usual_mode_not_a_private_temp_mode(project: Path, tmp_path: Path) -> None:
     """The bundle is assembled in a mkdtemp folder (0700); once published, other users (a service
     account, a container user) must be able to read it like any folder made by ``mkdir``."""
     out = tmp_path / "dist"

@@ -57,18 +57,14 @@ def _domains(graph: onnx.GraphProto) -> set[str]:
         found.add(node.domain)
         for attr in node.attribute:
             for sub in (
-                [attr.g, *attr.graphs]
-                if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                else []
+                [attr.g, *attr.graphs] if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) else []
             ):
                 found |= _domains(sub)
     return found
 
 
 @pytest.mark.parametrize("key", list(BUILDERS))
-def test_fixture_model_compiles_and_verifies(
-    compiled: dict[str, tuple[Path, BundleResult]], key: str
-) -> None:
+def test_fixture_model_compiles_and_verifies(compiled: dict[str, tuple[Path, BundleResult]], key: str) -> None:
     project, result = compiled[key]
     assert result.target == "cpu"
     assert result.verification["status"] == "passed", result.verification
@@ -77,9 +73,7 @@ def test_fixture_model_compiles_and_verifies(
     assert manifest["verification"]["status"] == "passed"
     assert manifest["verification"]["failures"] == []
     # The artifact really runs and reproduces the recorded reference outputs.
-    actual = ort_run(
-        result.path / manifest["artifact"]["entry"], load_npz(result.path / "reference/inputs.npz")
-    )
+    actual = ort_run(result.path / manifest["artifact"]["entry"], load_npz(result.path / "reference/inputs.npz"))
     expected = load_npz(result.path / "reference/outputs.npz")
     assert set(actual) == set(expected)
     for name, value in expected.items():
@@ -131,9 +125,7 @@ def test_manifest_lists_every_file_with_sha256_and_size(
 
 
 @pytest.mark.parametrize("key", list(BUILDERS))
-def test_passes_provenance_records_ort_optimize(
-    compiled: dict[str, tuple[Path, BundleResult]], key: str
-) -> None:
+def test_passes_provenance_records_ort_optimize(compiled: dict[str, tuple[Path, BundleResult]], key: str) -> None:
     _, result = compiled[key]
     passes = _manifest(result.path)["build"]["passes"]
     [record] = [p for p in passes if p["name"] == "ort-optimize"]
@@ -143,9 +135,7 @@ def test_passes_provenance_records_ort_optimize(
 
 
 @pytest.mark.parametrize("key", list(BUILDERS))
-def test_model_artifact_is_portable(
-    compiled: dict[str, tuple[Path, BundleResult]], key: str
-) -> None:
+def test_model_artifact_is_portable(compiled: dict[str, tuple[Path, BundleResult]], key: str) -> None:
     _, result = compiled[key]
     artifact = onnx.load(str(result.path / "model/model.onnx"))
     assert NCHWC_DOMAIN not in _domains(artifact.graph)
@@ -184,9 +174,7 @@ def test_legacy_initializer_inputs_are_not_bundle_inputs(
 
 
 @pytest.fixture(scope="module")
-def magika_bundle(
-    magika_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, Path]:
+def magika_bundle(magika_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(source model, bundle) for Magika, compiled through the CLI in a subprocess."""
     root = tmp_path_factory.mktemp("magika")
     project = write_project(root / "project", onnx.load(str(magika_model)), name="magika")
@@ -223,9 +211,7 @@ def test_magika_compiles_and_verifies(magika_bundle: tuple[Path, Path]) -> None:
 
 
 @pytest.mark.network
-def test_magika_run_npz_matches_onnxruntime(
-    magika_bundle: tuple[Path, Path], tmp_path: Path
-) -> None:
+def test_magika_run_npz_matches_onnxruntime(magika_bundle: tuple[Path, Path], tmp_path: Path) -> None:
     source, bundle = magika_bundle
     rng = np.random.default_rng(7)
     # Real Magika inputs: byte values 0..255 plus 256 as padding, a batch of 2.

@@ -33,9 +33,7 @@ PATH_RE = re.compile(r"(?<![\w.])/(?:tmp|home|root|usr|opt|var|private|Users)/")
 @pytest.fixture(scope="module")
 def server(shared_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One running server for this module; always terminated at the end."""
-    with running_server(
-        sys.executable, shared_bundle, tmp_path_factory.mktemp("server-cwd")
-    ) as base:
+    with running_server(sys.executable, shared_bundle, tmp_path_factory.mktemp("server-cwd")) as base:
         yield base
 
 
@@ -64,9 +62,7 @@ def _clean(response: httpx.Response, shared_bundle: Path) -> httpx.Response:
     return response
 
 
-def _client_error(
-    response: httpx.Response, status: int, error: str, shared_bundle: Path
-) -> dict[str, Any]:
+def _client_error(response: httpx.Response, status: int, error: str, shared_bundle: Path) -> dict[str, Any]:
     _clean(response, shared_bundle)
     assert response.status_code == status, response.text
     body = response.json()
@@ -101,16 +97,12 @@ def test_predict_matches_the_runtime(
     assert list(served) == ["logits"]
     # The same bundle's runtime, through its CLI: identical numbers.
     np.savez(tmp_path / "in.npz", image=image)
-    proc = run_cmd(
-        [sys.executable, shared_bundle, "run", "--input", tmp_path / "in.npz"], cwd=tmp_path
-    )
+    proc = run_cmd([sys.executable, shared_bundle, "run", "--input", tmp_path / "in.npz"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert served == json.loads(proc.stdout)
     # And ONNX Runtime on the source model, within the fp32 tolerance.
     expected = ort_run(shared_project / "model.onnx", {"image": image})["logits"]
-    np.testing.assert_allclose(
-        np.asarray(served["logits"], np.float32), expected, rtol=1e-4, atol=1e-5
-    )
+    np.testing.assert_allclose(np.asarray(served["logits"], np.float32), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_predict_accepts_gpux_inputs_wrapper(client: httpx.Client, shared_bundle: Path) -> None:
@@ -131,9 +123,7 @@ def test_info(client: httpx.Client, shared_bundle: Path) -> None:
         "cpu",
         "onnx",
     )
-    assert [(t["name"], t["type"], t["shape"]) for t in info["inputs"]] == [
-        ("image", "float32", ["N", 3, 32, 32])
-    ]
+    assert [(t["name"], t["type"], t["shape"]) for t in info["inputs"]] == [("image", "float32", ["N", 3, 32, 32])]
     assert [(t["name"], t["labels"]) for t in info["outputs"]] == [("logits", SHARED_LABELS)]
     assert info["verification"]["status"] == "passed"
 
@@ -194,9 +184,7 @@ def test_predict_bad_input_is_400(
 
 
 def test_predict_invalid_json_is_400(client: httpx.Client, shared_bundle: Path) -> None:
-    reply = client.post(
-        "/predict", content=b'{"image": [1, 2', headers={"content-type": "application/json"}
-    )
+    reply = client.post("/predict", content=b'{"image": [1, 2', headers={"content-type": "application/json"})
     _client_error(reply, 400, "invalid_json", shared_bundle)
 
 
@@ -241,9 +229,7 @@ def test_body_over_the_cap_streamed_in_chunks_is_413(
     _client_error(reply, 413, "payload_too_large", shared_bundle)
 
 
-def test_body_at_the_cap_is_read(
-    client: httpx.Client, shared_bundle: Path, max_body_bytes: int
-) -> None:
+def test_body_at_the_cap_is_read(client: httpx.Client, shared_bundle: Path, max_body_bytes: int) -> None:
     """Control for the 413 tests: a body of exactly the cap is read and parsed (JSON padded with
     spaces)."""
     payload = json.dumps({"image": _image().tolist()}).encode()
@@ -252,9 +238,7 @@ def test_body_at_the_cap_is_read(
     assert _clean(reply, shared_bundle).status_code == 200, reply.text[:300]
 
 
-def test_declared_length_over_the_cap_is_413(
-    client: httpx.Client, shared_bundle: Path, max_body_bytes: int
-) -> None:
+def test_declared_length_over_the_cap_is_413(client: httpx.Client, shared_bundle: Path, max_body_bytes: int) -> None:
     body = b" " * (max_body_bytes + 1)
     reply = client.post("/predict", content=body, headers={"content-type": "application/json"})
     assert reply.request.headers["content-length"] == str(max_body_bytes + 1)
@@ -270,17 +254,13 @@ def test_server_still_serves_after_client_errors(client: httpx.Client, shared_bu
 
 def test_predict_accepts_json_with_a_charset(client: httpx.Client, shared_bundle: Path) -> None:
     body = json.dumps({"image": _image().tolist()}).encode()
-    reply = client.post(
-        "/predict", content=body, headers={"content-type": "application/json; charset=utf-8"}
-    )
+    reply = client.post("/predict", content=body, headers={"content-type": "application/json; charset=utf-8"})
     assert _clean(reply, shared_bundle).status_code == 200, reply.text
 
 
 def test_runtime_timeout_is_504_and_the_server_keeps_serving(tmp_path: Path) -> None:
     """An inference that can only end by runtime.timeout (a Loop of 2**62 steps) answers 504."""
-    project = write_project(
-        tmp_path / "p", endless_loop_model(), {"runtime": {"timeout": 0.5}}, name="endless"
-    )
+    project = write_project(tmp_path / "p", endless_loop_model(), {"runtime": {"timeout": 0.5}}, name="endless")
     [result] = compile_project(project, ["cpu"], tmp_path / "dist")
     with (
         running_server(sys.executable, result.path, tmp_path) as base,

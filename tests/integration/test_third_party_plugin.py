@@ -101,14 +101,10 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (package / "templates" / "echo").mkdir(parents=True)
     (package / "__init__.py").write_text(PLUGIN, encoding="utf-8")
     adapter = (template_root() / "onnxruntime" / "runtime.py.j2").read_text(encoding="utf-8")
-    (package / "templates" / "echo" / "runtime.py.j2").write_text(
-        MARKER + "\n" + adapter, encoding="utf-8"
-    )
+    (package / "templates" / "echo" / "runtime.py.j2").write_text(MARKER + "\n" + adapter, encoding="utf-8")
     info = site / "gpuxc_echo-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: gpuxc_echo\nVersion: 0.1\n", encoding="utf-8"
-    )
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gpuxc_echo\nVersion: 0.1\n", encoding="utf-8")
     (info / "entry_points.txt").write_text("[gpuxc]\necho = gpuxc_echo\n", encoding="utf-8")
     return site
 

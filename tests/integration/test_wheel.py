@@ -20,9 +20,7 @@ EXAMPLE = REPO / "examples" / "image-classifier"
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    proc = run_cmd(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "-o", out], cwd=REPO
-    )
+    proc = run_cmd([sys.executable, "-m", "build", "--wheel", "--no-isolation", "-o", out], cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     [built] = sorted(out.glob("gpuxc-*.whl"))
     return built
@@ -82,13 +80,9 @@ def test_wheel_in_a_fresh_venv_compiles_the_example(wheel: Path, tmp_path: Path)
     gpuxc = python.parent / "gpuxc"
     targets = run_cmd([gpuxc, "targets", "--json"], cwd=work)
     assert targets.returncode == 0, targets.stderr
-    assert {row["name"]: row["available"] for row in json.loads(targets.stdout)["targets"]} == {
-        "cpu": True
-    }
+    assert {row["name"]: row["available"] for row in json.loads(targets.stdout)["targets"]} == {"cpu": True}
 
-    compiled = run_cmd(
-        [gpuxc, "compile", project, "-t", "cpu", "-o", work / "dist", "--json"], cwd=work
-    )
+    compiled = run_cmd([gpuxc, "compile", project, "-t", "cpu", "-o", work / "dist", "--json"], cwd=work)
     assert compiled.returncode == 0, compiled.stderr
     [bundle] = json.loads(compiled.stdout)["bundles"]
     assert bundle["verification"]["status"] == "passed"

@@ -97,9 +97,7 @@ def test_text_line_strips_control_characters_and_backticks() -> None:
     assert len(text_line("x" * 1000)) == 200
 
 
-@pytest.mark.parametrize(
-    "line", ["numpy==2.1.0", "onnxruntime>=1.18", "fastapi", "uvicorn[standard]==0.30.0"]
-)
+@pytest.mark.parametrize("line", ["numpy==2.1.0", "onnxruntime>=1.18", "fastapi", "uvicorn[standard]==0.30.0"])
 def test_requirement_accepts_plain_pins(line: str) -> None:
     assert requirement(line) == line
 
@@ -154,9 +152,7 @@ def test_each_python_template_renders_valid_python(template: str) -> None:
 
 
 def test_render_refuses_a_template_that_renders_invalid_python(tmp_path: Path) -> None:
-    (tmp_path / "broken.py.j2").write_text(
-        "def f(:\n    return {{ target | py_literal }}\n", encoding="utf-8"
-    )
+    (tmp_path / "broken.py.j2").write_text("def f(:\n    return {{ target | py_literal }}\n", encoding="utf-8")
     with pytest.raises(GpuxcError, match="rendered invalid Python"):
         render("broken.py.j2", context(), (tmp_path,))
 
@@ -193,9 +189,7 @@ def compile_mlp(make_project, tmp_path: Path, config: dict[str, Any], out: str) 
     return result.path
 
 
-def test_hostile_strings_in_the_config_do_not_change_generated_code(
-    make_project, tmp_path: Path
-) -> None:
+def test_hostile_strings_in_the_config_do_not_change_generated_code(make_project, tmp_path: Path) -> None:
     benign = compile_mlp(
         make_project,
         tmp_path,
@@ -239,12 +233,8 @@ EXAMPLE_LIKE = {
     "name": "image-classifier",
     "version": "1.0.0",
     "description": "A tiny image classifier",
-    "inputs": {
-        "image": {"type": "float32", "shape": [1, 3, 32, 32], "description": "RGB image, NCHW"}
-    },
-    "outputs": {
-        "logits": {"type": "float32", "shape": [1, 4], "labels": ["cat", "dog", "bird", "fish"]}
-    },
+    "inputs": {"image": {"type": "float32", "shape": [1, 3, 32, 32], "description": "RGB image, NCHW"}},
+    "outputs": {"logits": {"type": "float32", "shape": [1, 4], "labels": ["cat", "dog", "bird", "fish"]}},
     "runtime": {"gpu": {"memory": "2GB", "backend": "auto"}, "batch_size": 1, "timeout": 30},
     "serving": {"host": "127.0.0.1", "port": 8080},
     "build": {"targets": ["cpu"]},

@@ -51,9 +51,7 @@ def test_rtol_scales_with_the_expected_magnitude() -> None:
 
 
 def test_cosine_of_orthogonal_vectors_is_zero() -> None:
-    metrics = output_metrics(
-        np.array([1.0, 0.0]), np.array([0.0, 1.0]), atol=1e-4, rtol=1e-3, top1=False
-    )
+    metrics = output_metrics(np.array([1.0, 0.0]), np.array([0.0, 1.0]), atol=1e-4, rtol=1e-3, top1=False)
     assert metrics["cosine"] == pytest.approx(0.0, abs=1e-12)
 
 
@@ -129,17 +127,12 @@ def test_bool_outputs_are_compared_exactly() -> None:
 def test_string_outputs_are_compared_exactly() -> None:
     expected = np.array(["cat", "dog"], dtype=object)
     assert compare({"s": expected}, {"s": expected.copy()}, TOL)["status"] == "passed"
-    assert (
-        compare({"s": expected}, {"s": np.array(["cat", "cow"], dtype=object)}, TOL)["status"]
-        == "failed"
-    )
+    assert compare({"s": expected}, {"s": np.array(["cat", "cow"], dtype=object)}, TOL)["status"] == "failed"
 
 
 def test_top1_agreement_only_for_class_outputs() -> None:
     scores = np.array([[0.1, 0.5, 0.4], [0.7, 0.2, 0.1]], dtype=np.float32)
-    swapped = np.array(
-        [[0.1, 0.4, 0.5], [0.7, 0.2, 0.1]], dtype=np.float32
-    )  # first row's argmax moves
+    swapped = np.array([[0.1, 0.4, 0.5], [0.7, 0.2, 0.1]], dtype=np.float32)  # first row's argmax moves
     tolerance = {**TOL, "atol": 1.0, "rtol": 0.0, "min_cosine": 0.0}
     as_class = compare({"probs": scores}, {"probs": swapped}, tolerance, class_outputs={"probs"})
     assert as_class["outputs"]["probs"]["top1_agreement"] == pytest.approx(0.5)
@@ -194,17 +187,9 @@ def test_judge_reports_errors_and_exact_mismatches_verbatim() -> None:
 
 def test_default_tolerances_loosen_with_precision() -> None:
     for key in ("atol", "rtol", "max_mismatch_ratio"):
-        assert (
-            DEFAULT_TOLERANCE["fp32"][key]
-            < DEFAULT_TOLERANCE["fp16"][key]
-            < DEFAULT_TOLERANCE["int8"][key]
-        )
+        assert DEFAULT_TOLERANCE["fp32"][key] < DEFAULT_TOLERANCE["fp16"][key] < DEFAULT_TOLERANCE["int8"][key]
     for key in ("min_cosine", "min_top1"):
-        assert (
-            DEFAULT_TOLERANCE["fp32"][key]
-            > DEFAULT_TOLERANCE["fp16"][key]
-            > DEFAULT_TOLERANCE["int8"][key]
-        )
+        assert DEFAULT_TOLERANCE["fp32"][key] > DEFAULT_TOLERANCE["fp16"][key] > DEFAULT_TOLERANCE["int8"][key]
 
 
 def test_compare_module_imports_only_numpy_and_the_standard_library() -> None:

@@ -126,9 +126,7 @@ def test_full_config_parses_every_section(tmp_path: Path) -> None:
     assert cfg.outputs[0].labels == ["cat", "dog", "bird", "fish", "frog"]
     assert cfg.runtime.gpu.backend == "cuda" and cfg.runtime.batch_size == 2
     assert cfg.runtime.enable_profiling is True
-    assert (
-        cfg.serving.host == "0.0.0.0" and cfg.serving.port == 9000 and cfg.serving.max_workers == 4
-    )
+    assert cfg.serving.host == "0.0.0.0" and cfg.serving.port == 9000 and cfg.serving.max_workers == 4
     assert cfg.metadata == {"author": "someone", "tags": ["a", "b"]}
     assert cfg.build.optimization_level == "basic" and cfg.build.seed == 3
     assert cfg.build.shapes == {"mask": [1, 7]}
@@ -164,9 +162,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
 
 
 def test_yaml_float_version_becomes_the_string_the_user_wrote(tmp_path: Path) -> None:
-    cfg = load_config(
-        write(tmp_path, "name: a\nversion: 1.0\nmodel:\n  source: m.onnx\n  version: 2.5\n")
-    )
+    cfg = load_config(write(tmp_path, "name: a\nversion: 1.0\nmodel:\n  source: m.onnx\n  version: 2.5\n"))
     assert cfg.version == "1.0"
     assert cfg.model.version == "2.5"
 
@@ -185,9 +181,7 @@ def test_memory_from_file_is_reachable_as_bytes(tmp_path: Path) -> None:
 
 
 def test_dtype_alias_is_normalised(tmp_path: Path) -> None:
-    cfg = load_config(
-        write(tmp_path, MINIMAL + "inputs:\n  x:\n    type: float\n  y:\n    type: long\n")
-    )
+    cfg = load_config(write(tmp_path, MINIMAL + "inputs:\n  x:\n    type: float\n  y:\n    type: long\n"))
     assert [t.type for t in cfg.inputs] == ["float32", "int64"]
 
 
@@ -279,9 +273,7 @@ def test_missing_model_section(in_tmp: Path) -> None:
         ("preprocessing:\n  tokenizer: null\n  max_length: 128\n", 6, 15),
     ],
 )
-def test_preprocessing_fields_are_not_supported_yet(
-    in_tmp: Path, section: str, line: int, column: int
-) -> None:
+def test_preprocessing_fields_are_not_supported_yet(in_tmp: Path, section: str, line: int, column: int) -> None:
     message = error_of(in_tmp, MINIMAL + section)
     assert message.startswith(f"gpux.yml:{line}:{column}: "), message
     assert "not supported yet" in message
@@ -294,10 +286,7 @@ def test_serving_batch_size_above_one_is_not_supported_yet(in_tmp: Path) -> None
 
 
 def test_serving_batch_size_of_one_is_accepted(tmp_path: Path) -> None:
-    assert (
-        load_config(write(tmp_path, MINIMAL + "serving:\n  batch_size: 1\n")).serving.batch_size
-        == 1
-    )
+    assert load_config(write(tmp_path, MINIMAL + "serving:\n  batch_size: 1\n")).serving.batch_size == 1
 
 
 def test_fp16_precision_is_not_supported_yet(in_tmp: Path) -> None:
@@ -312,9 +301,7 @@ def test_required_false_is_not_supported_yet(in_tmp: Path) -> None:
     assert "not supported yet" in message
 
 
-@pytest.mark.parametrize(
-    "url", ["https://example.com/m.onnx", "s3://bucket/m.onnx", "file:///etc/passwd"]
-)
+@pytest.mark.parametrize("url", ["https://example.com/m.onnx", "s3://bucket/m.onnx", "file:///etc/passwd"])
 def test_url_model_source_is_not_supported_yet(in_tmp: Path, url: str) -> None:
     message = error_of(in_tmp, f"name: a\nmodel:\n  source: {url}\n")
     assert message.startswith("gpux.yml:3:11: model.source: "), message
@@ -339,9 +326,7 @@ def test_unknown_backend_is_a_literal_error(in_tmp: Path) -> None:
     assert message.startswith("gpux.yml:6:14: runtime.gpu.backend: "), message
 
 
-def test_error_names_the_file_relative_to_the_working_directory(
-    tmp_path: Path, monkeypatch
-) -> None:
+def test_error_names_the_file_relative_to_the_working_directory(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "proj").mkdir()
     path = write(tmp_path / "proj", "name: a\nmodel:\n  sourc: m.onnx\n")
     monkeypatch.chdir(tmp_path)
@@ -366,9 +351,7 @@ def test_error_names_the_file_relative_to_the_working_directory(
         MINIMAL + "metadata:\n  x: !!python/name:os.system\n",
     ],
 )
-def test_python_tags_are_refused_and_never_executed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
-) -> None:
+def test_python_tags_are_refused_and_never_executed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
     marker = tmp_path / "executed"
     calls: list[object] = []
     monkeypatch.setattr(os, "system", lambda *args: calls.append(args) or 0)
@@ -381,9 +364,7 @@ def test_python_tags_are_refused_and_never_executed(
 
 
 def test_unsupported_tag_names_the_tag_and_its_position(in_tmp: Path) -> None:
-    message = error_of(
-        in_tmp, MINIMAL + "metadata:\n  x: !!python/object/apply:os.system ['true']\n"
-    )
+    message = error_of(in_tmp, MINIMAL + "metadata:\n  x: !!python/object/apply:os.system ['true']\n")
     assert message.startswith("gpux.yml:5:6: "), message
     assert "python/object/apply:os.system" in message
 
@@ -401,9 +382,7 @@ i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]
 """
 
 
-def test_alias_bomb_is_refused_before_it_expands(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_alias_bomb_is_refused_before_it_expands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # 10**9 values if expanded; the builder must stop at its limit, not walk them all.
     visits = {"n": 0}
     original = yamlsource._Builder.build

@@ -27,9 +27,7 @@ SCHEMA_DOC = REPO / "docs" / "bundle-format.schema.json"
 
 
 def test_documented_schema_equals_the_generated_one() -> None:
-    assert SCHEMA_DOC.is_file(), (
-        "regenerate with: python -m gpuxc.manifest > docs/bundle-format.schema.json"
-    )
+    assert SCHEMA_DOC.is_file(), "regenerate with: python -m gpuxc.manifest > docs/bundle-format.schema.json"
     documented = json.loads(SCHEMA_DOC.read_text(encoding="utf-8"))
     assert documented == json_schema(), (
         "docs/bundle-format.schema.json is out of date; regenerate it with "

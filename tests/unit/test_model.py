@@ -185,9 +185,7 @@ class ReadSpy:
     """Records every attempt to touch a file: Python audit events naming it, and calls into
     ONNX's external-data loader (which opens files from C++, invisible to audit hooks)."""
 
-    _installed: ReadSpy | None = (
-        None  # audit hooks cannot be removed: one hook, re-targeted per test
-    )
+    _installed: ReadSpy | None = None  # audit hooks cannot be removed: one hook, re-targeted per test
 
     def __init__(self, watched: str, monkeypatch: pytest.MonkeyPatch) -> None:
         self.watched = watched
@@ -380,8 +378,7 @@ def test_opset_7_is_accepted(tmp_path: Path) -> None:
 
 def test_invalid_graph_is_a_model_error(tmp_path: Path) -> None:
     proto = onnx.parser.parse_model(
-        '<ir_version: 8, opset_import: ["" : 17]>\n'
-        "g (float[2] x) => (float[2] y) { y = Relu(nope) }"
+        '<ir_version: 8, opset_import: ["" : 17]>\ng (float[2] x) => (float[2] y) { y = Relu(nope) }'
     )
     path = tmp_path / "bad.onnx"
     onnx.save(proto, path)
@@ -393,8 +390,7 @@ def test_invalid_graph_is_a_model_error(tmp_path: Path) -> None:
 
 def test_non_tensor_input_is_a_model_error(tmp_path: Path) -> None:
     proto = onnx.parser.parse_model(
-        '<ir_version: 8, opset_import: ["" : 17]>\n'
-        "g (seq(float[2]) s) => (int64 n) { n = SequenceLength(s) }"
+        '<ir_version: 8, opset_import: ["" : 17]>\ng (seq(float[2]) s) => (int64 n) { n = SequenceLength(s) }'
     )
     with pytest.raises(ModelError, match="not a tensor"):
         load_model(saved(tmp_path, proto))

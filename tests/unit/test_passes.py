@@ -39,9 +39,7 @@ def run_model(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str
 
 
 @pytest.mark.parametrize("build", [models.tiny_cnn, models.mlp])
-def test_basic_level_leaves_only_standard_onnx_ops(
-    manager: PassManager, ctx: PassContext, build
-) -> None:
+def test_basic_level_leaves_only_standard_onnx_ops(manager: PassManager, ctx: PassContext, build) -> None:
     model, [record] = manager.run(build(), [PassSpec("ort-optimize", {"level": "basic"})], ctx)
     assert "com.microsoft" not in domains(model)
     assert record.stats["contrib_ops"] == 0
@@ -49,9 +47,7 @@ def test_basic_level_leaves_only_standard_onnx_ops(
 
 
 def test_extended_level_may_fuse_into_contrib_ops(manager: PassManager, ctx: PassContext) -> None:
-    model, [record] = manager.run(
-        models.tiny_cnn(), [PassSpec("ort-optimize", {"level": "extended"})], ctx
-    )
+    model, [record] = manager.run(models.tiny_cnn(), [PassSpec("ort-optimize", {"level": "extended"})], ctx)
     contrib = [n.op_type for n in iter_nodes(model.graph) if n.domain == "com.microsoft"]
     assert record.stats["contrib_ops"] == len(contrib)
     # On this conv net ONNX Runtime's CPU provider fuses Conv+BN+Relu at EXTENDED; BASIC does not.
@@ -64,9 +60,7 @@ def test_optimized_model_computes_the_same_outputs(manager: PassManager, ctx: Pa
     expected = run_model(source, {"image": image})["logits"]
     for level in ("basic", "extended"):
         model, _ = manager.run(source, [PassSpec("ort-optimize", {"level": level})], ctx)
-        np.testing.assert_allclose(
-            run_model(model, {"image": image})["logits"], expected, rtol=1e-4, atol=1e-5
-        )
+        np.testing.assert_allclose(run_model(model, {"image": image})["logits"], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_records_carry_provenance(manager: PassManager, ctx: PassContext) -> None:
@@ -105,18 +99,13 @@ def test_the_callers_model_is_not_modified(manager: PassManager, ctx: PassContex
 
 def input_dims(model: onnx.ModelProto, name: str) -> list[int | str]:
     value = next(v for v in model.graph.input if v.name == name)
-    return [
-        d.dim_value if d.HasField("dim_value") else d.dim_param
-        for d in value.type.tensor_type.shape.dim
-    ]
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
 
 
 def test_fix_shapes_replaces_symbolic_dims(manager: PassManager, ctx: PassContext) -> None:
     source = models.tiny_cnn(dynamic_spatial=True)
     assert input_dims(source, "image") == ["N", 3, "H", "W"]
-    model, [record] = manager.run(
-        source, [PassSpec("fix-shapes", {"shapes": {"image": [2, 3, 40, 48]}})], ctx
-    )
+    model, [record] = manager.run(source, [PassSpec("fix-shapes", {"shapes": {"image": [2, 3, 40, 48]}})], ctx)
     assert input_dims(model, "image") == [2, 3, 40, 48]
     assert record.status == "applied"
     assert record.stats["fixed"] == {"image": [2, 3, 40, 48]}
@@ -127,12 +116,8 @@ def test_fix_shapes_replaces_symbolic_dims(manager: PassManager, ctx: PassContex
     assert run_model(model, {"image": image})["logits"].shape == (2, 4)
 
 
-def test_fix_shapes_with_nothing_symbolic_is_unchanged(
-    manager: PassManager, ctx: PassContext
-) -> None:
-    _, [record] = manager.run(
-        models.multi_io(), [PassSpec("fix-shapes", {"shapes": {"a": [2, 3]}})], ctx
-    )
+def test_fix_shapes_with_nothing_symbolic_is_unchanged(manager: PassManager, ctx: PassContext) -> None:
+    _, [record] = manager.run(models.multi_io(), [PassSpec("fix-shapes", {"shapes": {"a": [2, 3]}})], ctx)
     assert record.status == "unchanged"
 
 
@@ -141,9 +126,7 @@ def test_fix_shapes_rank_mismatch_is_a_pass_error(manager: PassManager, ctx: Pas
         manager.run(models.mlp(), [PassSpec("fix-shapes", {"shapes": {"x": [1, 8, 1]}})], ctx)
 
 
-def test_fix_shapes_fixed_dim_conflict_is_a_pass_error(
-    manager: PassManager, ctx: PassContext
-) -> None:
+def test_fix_shapes_fixed_dim_conflict_is_a_pass_error(manager: PassManager, ctx: PassContext) -> None:
     with pytest.raises(PassError, match=r"x\[1\] is 9, but the model fixes that dim to 8"):
         manager.run(models.mlp(), [PassSpec("fix-shapes", {"shapes": {"x": [1, 9]}})], ctx)
 
@@ -169,9 +152,7 @@ class NotApplicable(Pass):
     def requires(self, model: onnx.ModelProto) -> str | None:
         return "needs something this model lacks"
 
-    def run(
-        self, model: onnx.ModelProto, ctx: PassContext
-    ) -> PassResult:  # pragma: no cover - never called
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:  # pragma: no cover - never called
         raise AssertionError("run() must not be called when requires() gives a reason")
 
 
@@ -190,15 +171,11 @@ class NoOp(Pass):
 @pytest.fixture
 def custom_manager() -> PassManager:
     builtin = get_registry()
-    registry = Registry(
-        passes={**builtin.passes, "boom": Boom, "not-applicable": NotApplicable, "noop": NoOp}
-    )
+    registry = Registry(passes={**builtin.passes, "boom": Boom, "not-applicable": NotApplicable, "noop": NoOp})
     return PassManager(registry)
 
 
-def test_failing_required_pass_names_the_passes_that_ran_before(
-    custom_manager: PassManager, ctx
-) -> None:
+def test_failing_required_pass_names_the_passes_that_ran_before(custom_manager: PassManager, ctx) -> None:
     specs = [PassSpec("ort-optimize", {"level": "basic"}), PassSpec("noop"), PassSpec("boom")]
     with pytest.raises(PassError) as info:
         custom_manager.run(models.mlp(), specs, ctx)
@@ -218,9 +195,7 @@ def test_gpuxc_error_in_a_required_pass_keeps_its_message(manager: PassManager, 
         PassSpec("ort-optimize", {"level": "basic"}),
         PassSpec("fix-shapes", {"shapes": {"x": [1, 9]}}),
     ]
-    with pytest.raises(
-        PassError, match=r"pass 'fix-shapes' failed \(after ort-optimize\): build.shapes.x\[1\]"
-    ):
+    with pytest.raises(PassError, match=r"pass 'fix-shapes' failed \(after ort-optimize\): build.shapes.x\[1\]"):
         manager.run(models.mlp(), specs, ctx)
 
 
@@ -235,9 +210,7 @@ def test_failing_optional_pass_is_recorded_as_skipped(custom_manager: PassManage
     assert records[1].status == "applied"  # the build went on
 
 
-def test_pass_that_does_not_apply_is_skipped_with_its_reason(
-    custom_manager: PassManager, ctx
-) -> None:
+def test_pass_that_does_not_apply_is_skipped_with_its_reason(custom_manager: PassManager, ctx) -> None:
     source = models.mlp()
     model, [record] = custom_manager.run(source, [PassSpec("not-applicable")], ctx)
     assert record.status == "skipped"
@@ -265,24 +238,18 @@ def test_typed_params_reach_the_pass(custom_manager: PassManager, ctx) -> None:
         ({"providers": "CPUExecutionProvider"}, "bad parameter providers"),
     ],
 )
-def test_bad_pass_params_are_a_pass_error(
-    manager: PassManager, ctx: PassContext, params, match: str
-) -> None:
+def test_bad_pass_params_are_a_pass_error(manager: PassManager, ctx: PassContext, params, match: str) -> None:
     with pytest.raises(PassError, match=match) as info:
         manager.run(models.mlp(), [PassSpec("ort-optimize", params)], ctx)
     assert "pass 'ort-optimize'" in str(info.value)
 
 
 def test_unknown_pass_is_a_plugin_error(manager: PassManager, ctx: PassContext) -> None:
-    with pytest.raises(
-        PluginError, match="unknown pass 'ort-optimise'.*did you mean 'ort-optimize'"
-    ):
+    with pytest.raises(PluginError, match="unknown pass 'ort-optimise'.*did you mean 'ort-optimize'"):
         manager.run(models.mlp(), [PassSpec("ort-optimise")], ctx)
 
 
 def test_progress_callback_hears_each_pass(custom_manager: PassManager, ctx) -> None:
     heard: list[str] = []
-    custom_manager.run(
-        models.mlp(), [PassSpec("noop"), PassSpec("not-applicable")], ctx, progress=heard.append
-    )
+    custom_manager.run(models.mlp(), [PassSpec("noop"), PassSpec("not-applicable")], ctx, progress=heard.append)
     assert heard == ["pass noop", "pass not-applicable"]

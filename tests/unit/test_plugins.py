@@ -49,12 +49,8 @@ def install_plugin(
     site = tmp_path / f"site-{module}"
     dist_info = site / "thirdparty-0.1.dist-info"
     dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: thirdparty\nVersion: 0.1\n", encoding="utf-8"
-    )
-    (dist_info / "entry_points.txt").write_text(
-        f"[gpuxc]\n{entry} = {value or module}\n", encoding="utf-8"
-    )
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty\nVersion: 0.1\n", encoding="utf-8")
+    (dist_info / "entry_points.txt").write_text(f"[gpuxc]\n{entry} = {value or module}\n", encoding="utf-8")
     (site / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.delenv(DISABLE_AUTOLOAD_ENV, raising=False)
@@ -100,9 +96,7 @@ def test_third_party_entry_point_is_loaded(tmp_path: Path, monkeypatch: pytest.M
 
 
 @pytest.mark.parametrize("value", ["1", "true", "yes"])
-def test_disable_autoload_loads_only_builtins(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
-) -> None:
+def test_disable_autoload_loads_only_builtins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     module = install_plugin(tmp_path, monkeypatch, TARGET_PLUGIN.format(target_name="foo"))
     monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, value)
     registry = build_registry()
@@ -112,9 +106,7 @@ def test_disable_autoload_loads_only_builtins(
     assert sorted(registry.plugins) == sorted(manager.BUILTINS)
 
 
-def test_duplicate_target_name_names_both_plugins(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_duplicate_target_name_names_both_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     install_plugin(tmp_path, monkeypatch, TARGET_PLUGIN.format(target_name="cpu"))
     with pytest.raises(PluginError) as info:
         build_registry()
@@ -123,9 +115,7 @@ def test_duplicate_target_name_names_both_plugins(
     assert "plugin 'cpu'" in message and "plugin 'foo'" in message
 
 
-def test_registering_a_non_target_class_is_an_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_registering_a_non_target_class_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = """
     from gpuxc.plugin import hookimpl
 
@@ -142,9 +132,7 @@ def test_registering_a_non_target_class_is_an_error(
     assert "plugin 'foo'" in str(info.value)
 
 
-def test_registering_a_target_as_a_pass_is_an_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_registering_a_target_as_a_pass_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = """
     from gpuxc.plugin import hookimpl
     from gpuxc.target import Target
@@ -162,17 +150,13 @@ def test_registering_a_target_as_a_pass_is_an_error(
 
 
 @pytest.mark.parametrize("bad_name", ["Has Space", "UPPER", "", "x" * 41])
-def test_target_names_must_be_plain(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad_name: str
-) -> None:
+def test_target_names_must_be_plain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad_name: str) -> None:
     install_plugin(tmp_path, monkeypatch, TARGET_PLUGIN.format(target_name=bad_name))
     with pytest.raises(PluginError, match="needs a 'name'"):
         build_registry()
 
 
-def test_target_options_must_be_a_pydantic_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_target_options_must_be_a_pydantic_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = """
     from gpuxc.plugin import hookimpl
     from gpuxc.target import Target
@@ -212,12 +196,8 @@ def test_entry_point_must_name_a_module(tmp_path: Path, monkeypatch: pytest.Monk
     (site / f"{module}.py").write_text("thing = object()\n", encoding="utf-8")
     dist_info = site / "thirdparty-0.1.dist-info"
     dist_info.mkdir()
-    (dist_info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: thirdparty\nVersion: 0.1\n", encoding="utf-8"
-    )
-    (dist_info / "entry_points.txt").write_text(
-        f"[gpuxc]\nfoo = {module}:thing\n", encoding="utf-8"
-    )
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty\nVersion: 0.1\n", encoding="utf-8")
+    (dist_info / "entry_points.txt").write_text(f"[gpuxc]\nfoo = {module}:thing\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.delenv(DISABLE_AUTOLOAD_ENV, raising=False)
     try:
@@ -227,9 +207,7 @@ def test_entry_point_must_name_a_module(tmp_path: Path, monkeypatch: pytest.Monk
         sys.modules.pop(module, None)
 
 
-def test_misspelt_hook_is_an_error_not_silence(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_misspelt_hook_is_an_error_not_silence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = """
     from gpuxc.plugin import hookimpl
     from gpuxc.target import Target
@@ -248,9 +226,7 @@ def test_misspelt_hook_is_an_error_not_silence(
     assert "gpuxc_register_target" in str(info.value)
 
 
-def test_hook_that_raises_is_a_plugin_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_hook_that_raises_is_a_plugin_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = """
     from gpuxc.plugin import hookimpl
 
@@ -259,15 +235,11 @@ def test_hook_that_raises_is_a_plugin_error(
         raise ValueError("broken plugin")
     """
     install_plugin(tmp_path, monkeypatch, source)
-    with pytest.raises(
-        PluginError, match="plugin 'foo' failed registering passes: ValueError: broken plugin"
-    ):
+    with pytest.raises(PluginError, match="plugin 'foo' failed registering passes: ValueError: broken plugin"):
         build_registry()
 
 
-def test_get_registry_is_cached_until_cleared(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_get_registry_is_cached_until_cleared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = get_registry()
     assert get_registry() is first
     install_plugin(tmp_path, monkeypatch, TARGET_PLUGIN.format(target_name="foo"))

@@ -46,9 +46,7 @@ def test_default_batch_size_is_one(make_project) -> None:
 
 
 def test_declared_shape_sets_a_symbolic_dim(make_project) -> None:
-    config, loaded = load(
-        make_project, models.mlp(), "inputs:\n  x:\n    shape: [5, 8]\nruntime:\n  batch_size: 3\n"
-    )
+    config, loaded = load(make_project, models.mlp(), "inputs:\n  x:\n    shape: [5, 8]\nruntime:\n  batch_size: 3\n")
     assert resolve_shapes(loaded.signature, config) == {"x": [5, 8]}
 
 
@@ -56,9 +54,7 @@ def test_build_shapes_win_over_declared_shape_and_batch_size(make_project) -> No
     config, loaded = load(
         make_project,
         models.mlp(),
-        "inputs:\n  x:\n    shape: [5, 8]\n"
-        "runtime:\n  batch_size: 3\n"
-        "build:\n  shapes:\n    x: [7, 8]\n",
+        "inputs:\n  x:\n    shape: [5, 8]\nruntime:\n  batch_size: 3\nbuild:\n  shapes:\n    x: [7, 8]\n",
     )
     assert resolve_shapes(loaded.signature, config) == {"x": [7, 8]}
 
@@ -69,9 +65,7 @@ def test_fixed_model_dims_are_kept(make_project) -> None:
 
 
 def test_shared_symbolic_dims_get_one_value(make_project) -> None:
-    config, loaded = load(
-        make_project, models.int64_text_model(), "build:\n  shapes:\n    input_ids: [2, 7]\n"
-    )
+    config, loaded = load(make_project, models.int64_text_model(), "build:\n  shapes:\n    input_ids: [2, 7]\n")
     shapes = resolve_shapes(loaded.signature, config)
     assert shapes == {"input_ids": [2, 7], "attention_mask": [2, 7]}
 
@@ -80,9 +74,7 @@ def test_a_value_given_on_a_later_input_reaches_earlier_inputs_sharing_the_dim(
     make_project,
 ) -> None:
     # attention_mask comes after input_ids in the graph; both use [batch, seq].
-    config, loaded = load(
-        make_project, models.int64_text_model(), "build:\n  shapes:\n    attention_mask: [2, 7]\n"
-    )
+    config, loaded = load(make_project, models.int64_text_model(), "build:\n  shapes:\n    attention_mask: [2, 7]\n")
     assert resolve_shapes(loaded.signature, config) == {
         "input_ids": [2, 7],
         "attention_mask": [2, 7],
@@ -114,9 +106,7 @@ def test_unknown_sequence_dim_gets_the_default_or_max_length(make_project) -> No
 
 def test_rank4_float_input_gets_spatial_defaults(make_project) -> None:
     config, loaded = load(make_project, models.tiny_cnn(dynamic_spatial=True))
-    assert resolve_shapes(loaded.signature, config) == {
-        "image": [1, 3, DEFAULT_SPATIAL, DEFAULT_SPATIAL]
-    }
+    assert resolve_shapes(loaded.signature, config) == {"image": [1, 3, DEFAULT_SPATIAL, DEFAULT_SPATIAL]}
 
 
 def test_scalar_input_has_an_empty_shape(make_project) -> None:
@@ -162,9 +152,7 @@ def test_scalar_and_bool_inputs_are_arrays_ort_accepts(make_project) -> None:
 
 
 def test_token_ids_stay_below_the_embedding_vocabulary(make_project) -> None:
-    config, loaded = load(
-        make_project, models.int64_text_model(), "build:\n  shapes:\n    input_ids: [8, 64]\n"
-    )
+    config, loaded = load(make_project, models.int64_text_model(), "build:\n  shapes:\n    input_ids: [8, 64]\n")
     embedding = next(t for t in loaded.proto.graph.initializer if t.name == "embedding")
     vocab = embedding.dims[0]
     assert index_bounds(loaded.proto) == {"input_ids": vocab}
@@ -232,9 +220,7 @@ def test_calibration_folder_uses_the_first_file_by_name(make_project) -> None:
     np.savez(folder / "b.npz", x=np.full((1, 8), 2.0, dtype=np.float32))
     np.savez(folder / "a.npz", x=np.full((1, 8), 1.0, dtype=np.float32))
     (folder / "notes.txt").write_text("ignored")
-    np.testing.assert_array_equal(
-        load_calibration_sample(config, loaded.signature)["x"], np.ones((1, 8), np.float32)
-    )
+    np.testing.assert_array_equal(load_calibration_sample(config, loaded.signature)["x"], np.ones((1, 8), np.float32))
 
 
 def test_calibration_missing_array_is_a_config_error(make_project) -> None:

@@ -93,9 +93,7 @@ def test_max_length_below_the_fixed_length(make_project) -> None:
 
 
 def test_partially_declared_inputs_are_an_error(make_project) -> None:
-    message = mismatch(
-        make_project, "inputs:\n  input_ids:\n    type: int64\n", model=models.int64_text_model()
-    )
+    message = mismatch(make_project, "inputs:\n  input_ids:\n    type: int64\n", model=models.int64_text_model())
     assert message.startswith(f"{CFG}:5:3: "), message
     assert "model input 'attention_mask' is not declared" in message
 
@@ -105,9 +103,7 @@ def test_no_declared_inputs_takes_them_from_the_model(make_project) -> None:
 
 
 def test_declared_fixed_value_may_pin_a_symbolic_dim(make_project) -> None:
-    check(
-        make_project(models.mlp(), HEAD + "inputs:\n  x:\n    type: float32\n    shape: [4, 8]\n")
-    )
+    check(make_project(models.mlp(), HEAD + "inputs:\n  x:\n    type: float32\n    shape: [4, 8]\n"))
 
 
 @pytest.mark.parametrize("dim", ["-1", "null", "batch"])
@@ -116,18 +112,13 @@ def test_declared_open_dims_match_anything(make_project, dim: str) -> None:
 
 
 def test_legacy_initializer_inputs_need_not_be_declared(make_project) -> None:
-    check(
-        make_project(
-            models.legacy_initializer_inputs(), HEAD + "inputs:\n  x:\n    shape: [1, 4]\n"
-        )
-    )
+    check(make_project(models.legacy_initializer_inputs(), HEAD + "inputs:\n  x:\n    shape: [1, 4]\n"))
 
 
 def test_bundle_io_merges_descriptions_and_labels(make_project) -> None:
     project = make_project(
         models.mlp(),
-        HEAD
-        + "inputs:\n  x:\n    description: features\noutputs:\n  probs:\n    labels: [a, b, c]\n",
+        HEAD + "inputs:\n  x:\n    description: features\noutputs:\n  probs:\n    labels: [a, b, c]\n",
     )
     config = load_config(project / "gpux.yml")
     sig = load_model(config.model_path).signature
