@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from gpuxc.codegen import PACKAGE_DIR, render
+from gpuxc.compare import dense
 from gpuxc.errors import BundleError
 from gpuxc.manifest import MANIFEST_NAME, FileEntry, Manifest
 from gpuxc.model import sha256_file
@@ -90,7 +91,9 @@ def write_reference(bundle: Path, inputs: dict[str, np.ndarray], outputs: dict[s
 
 
 def _storable(value: np.ndarray) -> np.ndarray:
-    # Object arrays would need pickle; string tensors are stored as fixed-width unicode.
+    # Object arrays would need pickle: sequences of maps become dense arrays and string
+    # tensors fixed-width unicode.
+    value = dense(value)
     return value.astype(str) if value.dtype == object else value
 
 

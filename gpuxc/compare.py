@@ -21,10 +21,22 @@ DEFAULT_TOLERANCE: dict[str, dict[str, float]] = {
 }
 
 
-def output_metrics(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float, top1: bool) -> dict[str, Any]:
+def dense(value: Any) -> np.ndarray:
+    """An output as an array; a sequence of maps (ZipMap's ``[{label: score}]``) becomes a
+    ``[N, labels]`` array with the labels in sorted order, so it can be stored and compared."""
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return value
+    items = list(value) if isinstance(value, (list, tuple, np.ndarray)) else None
+    if items and all(isinstance(item, dict) for item in items):
+        keys = sorted(items[0])
+        return np.asarray([[item[k] for k in keys] for item in items])
+    return np.asarray(value)
+
+
+def output_metrics(expected: Any, actual: Any, atol: float, rtol: float, top1: bool) -> dict[str, Any]:
     """max abs/rel error, cosine similarity, mismatch count and (for class scores) top-1 agreement."""
-    expected = np.asarray(expected)
-    actual = np.asarray(actual)
+    expected = dense(expected)
+    actual = dense(actual)
     out: dict[str, Any] = {"shape": list(expected.shape), "dtype": str(expected.dtype)}
     if expected.shape != actual.shape:
         error = f"shape {list(actual.shape)} != expected {list(expected.shape)}"

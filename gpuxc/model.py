@@ -222,7 +222,8 @@ def describe(proto: ModelProto, *, sha256: str, size_bytes: int, external: list[
     initializer_names = {t.name for t in graph.initializer}
     # Old exporters (IR < 4) list initializers among the graph inputs; they are not user inputs.
     inputs = [tensor_info(v) for v in graph.input if v.name not in initializer_names]
-    outputs = [tensor_info(v) for v in graph.output]
+    # Outputs may be sequences/maps (scikit-learn classifiers' ZipMap probabilities).
+    outputs = [tensor_info(v, allow_non_tensor=True) for v in graph.output]
     counts: Counter[str] = Counter()
     has_subgraphs = False
     for node in iter_nodes(graph):
@@ -244,11 +245,13 @@ def describe(proto: ModelProto, *, sha256: str, size_bytes: int, external: list[
     )
 
 
-def tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
+def tensor_info(value: onnx.ValueInfoProto, allow_non_tensor: bool = False) -> TensorInfo:
     tensor_type = value.type.tensor_type if value.type.HasField("tensor_type") else None
     if tensor_type is None:
+        if allow_non_tensor:
+            return TensorInfo(name=value.name, dtype=type_name(value.type), shape=None)
         kind = value.type.WhichOneof("value")
-        raise ModelError(f"graph input/output '{value.name}' is a {kind}, not a tensor; gpuxc bundles take tensors")
+        raise ModelError(f"graph input '{value.name}' is a {kind}, not a tensor; gpuxc bundles take tensor inputs")
     dtype = dtype_name(tensor_type.elem_type)
     shape: list[int | str | None] | None
     if tensor_type.HasField("shape"):
@@ -263,6 +266,20 @@ def tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
     else:
         shape = None
     return TensorInfo(name=value.name, dtype=dtype, shape=shape)
+
+
+def type_name(tp: onnx.TypeProto) -> str:
+    """``seq(map(int64,float32))``-style name of a non-tensor type."""
+    kind = tp.WhichOneof("value")
+    if kind == "tensor_type":
+        return dtype_name(tp.tensor_type.elem_type)
+    if kind == "sequence_type":
+        return f"seq({type_name(tp.sequence_type.elem_type)})"
+    if kind == "map_type":
+        return f"map({dtype_name(tp.map_type.key_type)},{type_name(tp.map_type.value_type)})"
+    if kind == "optional_type":
+        return f"optional({type_name(tp.optional_type.elem_type)})"
+    return str(kind)
 
 
 def dtype_name(elem_type: int) -> str:
