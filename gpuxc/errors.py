@@ -29,6 +29,12 @@ class ExitCode(IntEnum):
     REFERENCE = 12  # reference inputs could not be made or run on the source model
 
 
+def first_line(exc: BaseException, limit: int = 400) -> str:
+    """The first line of an exception's message (library errors can be pages long)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:limit]
+
+
 class GpuxcError(Exception):
     """Base of all user-facing gpuxc errors: ``str(err)`` is the one-line message."""
 

@@ -132,7 +132,7 @@ class Manifest(_M):
 
 
 def read_manifest(bundle: Path) -> Manifest:
-    from gpuxc.errors import BundleError
+    from gpuxc.errors import BundleError, first_line
 
     path = bundle / MANIFEST_NAME
     if not path.is_file():
@@ -150,7 +150,7 @@ def read_manifest(bundle: Path) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except Exception as exc:
-        raise BundleError(f"{path}: malformed manifest: {str(exc).splitlines()[0]}") from None
+        raise BundleError(f"{path}: malformed manifest: {first_line(exc)}") from None
 
 
 def _finite(value: Any) -> Any:

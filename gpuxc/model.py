@@ -19,7 +19,7 @@ import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 from pydantic import BaseModel, ConfigDict
 
-from gpuxc.errors import ModelError, UnsafeModelError
+from gpuxc.errors import ModelError, UnsafeModelError, first_line
 
 # ONNX Runtime no longer implements operators from opsets below 7 (FIELD_NOTES).
 MIN_DEFAULT_OPSET = 7
@@ -87,7 +87,7 @@ def load_model(path: Path, *, check: bool = True) -> LoadedModel:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, others raise their own
-        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {first_line(exc)})") from None
     if not proto.HasField("graph"):
         raise ModelError(f"{path}: not an ONNX model (no graph)")
 
@@ -96,7 +96,7 @@ def load_model(path: Path, *, check: bool = True) -> LoadedModel:
         try:
             onnx.load_external_data_for_model(proto, str(path.parent))
         except Exception as exc:
-            raise ModelError(f"{path}: cannot read external data ({_first_line(exc)})") from None
+            raise ModelError(f"{path}: cannot read external data ({first_line(exc)})") from None
 
     opsets = opset_map(proto)
     default_opset = opsets.get("", opsets.get("ai.onnx"))
@@ -110,9 +110,9 @@ def load_model(path: Path, *, check: bool = True) -> LoadedModel:
             # The path form handles models over 2 GB and external data; the proto form is faster.
             onnx.checker.check_model(str(path) if external else proto)
         except onnx.checker.ValidationError as exc:
-            raise ModelError(f"{path}: invalid ONNX model: {_first_line(exc)}") from None
+            raise ModelError(f"{path}: invalid ONNX model: {first_line(exc)}") from None
         except Exception as exc:
-            raise ModelError(f"{path}: ONNX checker failed: {_first_line(exc)}") from None
+            raise ModelError(f"{path}: ONNX checker failed: {first_line(exc)}") from None
 
     proto = infer_shapes(proto)
     size = path.stat().st_size + sum((path.parent / rel).stat().st_size for rel in external)
@@ -292,11 +292,6 @@ def dtype_name(elem_type: int) -> str:
         return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
     except Exception:
         return onnx.TensorProto.DataType.Name(elem_type).lower()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 def save_model(proto: ModelProto, path: Path) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from onnx import ModelProto
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from gpuxc.errors import GpuxcError, PassError, PluginError
+from gpuxc.errors import GpuxcError, PassError, PluginError, first_line
 
 
 class PassConfig(BaseModel):
@@ -128,10 +128,10 @@ class PassManager:
             except Exception as exc:
                 if spec.required:
                     raise PassError(
-                        f"pass '{spec.name}' failed{_after(records)}: {type(exc).__name__}: {_first_line(exc)}"
+                        f"pass '{spec.name}' failed{_after(records)}: {type(exc).__name__}: {first_line(exc)}"
                     ) from exc
                 result = None
-                reason = f"{type(exc).__name__}: {_first_line(exc)}"
+                reason = f"{type(exc).__name__}: {first_line(exc)}"
             seconds = round(time.perf_counter() - started, 4)
             if result is None:
                 records.append(PassRecord(name=spec.name, params=params, required=False, status="skipped",
@@ -154,8 +154,3 @@ def _size(model: ModelProto) -> tuple[int, int]:
 def _after(records: list[PassRecord]) -> str:
     ran = [r.name for r in records if r.status != "skipped"]
     return f" (after {', '.join(ran)})" if ran else ""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

@@ -36,6 +36,7 @@ from gpuxc.errors import (
     ReferenceError_,
     TargetUnavailable,
     VerificationFailed,
+    first_line,
 )
 from gpuxc.manifest import (
     ArtifactInfo,
@@ -184,7 +185,7 @@ def compile_target(project: Project, target: Target, out_dir: Path, say: Progres
             raise
         except Exception as exc:
             raise CompileError(
-                f"target '{target.name}' failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                f"target '{target.name}' failed: {type(exc).__name__}: {first_line(exc)}"
             ) from exc
         verification = _verify(project, target, stage, artifact, say)
         if verification.status == "failed":

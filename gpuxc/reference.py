@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpuxc.errors import ConfigError, ModelError, ReferenceError_
+from gpuxc.errors import ConfigError, ModelError, ReferenceError_, first_line
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -220,19 +220,14 @@ def run_onnxruntime(model: Path | bytes, inputs: dict[str, np.ndarray], provider
     try:
         session = ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from None
+        raise ModelError(f"ONNX Runtime cannot load the model: {first_line(exc)}") from None
     try:
         names = [o.name for o in session.get_outputs()]
         values = session.run(names, inputs)
     except Exception as exc:
         shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in inputs.items())
         raise ReferenceError_(
-            f"ONNX Runtime failed on the reference inputs ({shapes}): {_first_line(exc)}",
+            f"ONNX Runtime failed on the reference inputs ({shapes}): {first_line(exc)}",
             hint="give input shapes with build.shapes or inputs.<name>.shape in gpux.yml",
         ) from None
     return dict(zip(names, (np.asarray(v) for v in values), strict=False))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:400]

@@ -21,7 +21,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from gpuxc import __version__
-from gpuxc.errors import BundleError, ExitCode, GpuxcError
+from gpuxc.errors import BundleError, ExitCode, GpuxcError, first_line
 
 app = typer.Typer(
     name="gpuxc",
@@ -64,7 +64,7 @@ def handle_errors(func: F) -> F:
         except Exception as exc:
             if verbose:
                 traceback.print_exc()
-            _err(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            _err(f"internal error: {type(exc).__name__}: {first_line(exc)} "
                  "(run with -v for the traceback, and please report it)")  # fmt: skip
             raise typer.Exit(int(ExitCode.INTERNAL)) from None
 
