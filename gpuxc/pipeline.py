@@ -280,7 +280,8 @@ def _manifest(project: Project, target: Target, options: Any, records: list[Any]
             adapter=runtime.adapter,
             requirements=runtime.requirements,
             providers=runtime.providers,
-            python_requires=">=3.10",
+            # The pins come from this host, whose wheels may need its Python (numpy 2.4 needs 3.11+).
+            python_requires=f">={sys.version_info.major}.{sys.version_info.minor}",
             settings=settings,
         ),
         serving=ServingInfo(
