@@ -31,6 +31,11 @@ class PassResult:
     model: ModelProto
     modified: bool
     stats: dict[str, Any] = field(default_factory=dict)
+    # Extra files the pass produced (e.g. ort-format's model.ort), by file name; the target
+    # copies them into the bundle's model/ folder.
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    # Warnings a user must see in the manifest (e.g. random calibration data).
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -40,6 +45,7 @@ class PassContext:
     workdir: Path  # a private scratch folder, removed after the build
     target: str
     model_dir: Path  # folder of the source model (external data lives there)
+    project_dir: Path | None = None  # folder of gpux.yml: relative paths in pass params resolve here
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,11 @@ class PassRecord(BaseModel):
     reason: str | None = None
     seconds: float
     stats: dict[str, Any]
+    warnings: list[str] = []
+
+
+class PassSkipped(Exception):
+    """Raised by a pass that finds nothing to do on this model (recorded as skipped, never an error)."""
 
 
 class Pass:
@@ -91,6 +102,7 @@ class Pass:
 class PassManager:
     def __init__(self, registry: Any) -> None:
         self.registry = registry
+        self.artifacts: dict[str, Path] = {}  # extra files produced by the passes of the last run
 
     def instantiate(self, spec: PassSpec) -> Pass:
         cls = self.registry.pass_(spec.name)
@@ -120,6 +132,11 @@ class PassManager:
                 continue
             try:
                 result = instance.run(model, ctx)
+            except PassSkipped as exc:
+                records.append(PassRecord(name=spec.name, params=params, required=spec.required, status="skipped",
+                                          reason=str(exc), seconds=round(time.perf_counter() - started, 4),
+                                          stats={}))  # fmt: skip
+                continue
             except GpuxcError as exc:
                 if spec.required:
                     raise PassError(f"pass '{spec.name}' failed{_after(records)}: {exc}") from exc
@@ -142,7 +159,8 @@ class PassManager:
                      "bytes_before": before[1], "bytes_after": after[1], **result.stats}  # fmt: skip
             records.append(PassRecord(name=spec.name, params=params, required=spec.required,
                                       status="applied" if result.modified else "unchanged",
-                                      seconds=seconds, stats=stats))  # fmt: skip
+                                      seconds=seconds, stats=stats, warnings=result.warnings))  # fmt: skip
+            self.artifacts.update(result.artifacts)
             model = result.model
         return model, records
 
