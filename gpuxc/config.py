@@ -198,8 +198,20 @@ class PreprocessingSection(_Section):
 
 
 class CalibrationSection(_Section):
-    data: str
-    samples: Annotated[int, Field(ge=1)] = 32
+    """Representative inputs for static quantization (and the reference run)."""
+
+    data: str | None = None  # folder of .npz/.npy files (one sample each) or one .npz with N samples
+    samples: Annotated[int, Field(ge=1, le=100_000)] = 32
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    random: bool = False  # calibrate on generated inputs: only when asked, and recorded as a warning
+
+    @model_validator(mode="after")
+    def _source(self) -> CalibrationSection:
+        if self.data is None and not self.random:
+            raise ValueError("calibration needs 'data' (a folder of .npz/.npy files or one .npz) or 'random: true'")
+        if self.data is not None and self.random:
+            raise ValueError("calibration 'data' and 'random: true' exclude each other")
+        return self
 
 
 class ToleranceSection(_Section):
@@ -216,20 +228,12 @@ class BuildSection(_Section):
     targets: list[str] = Field(default_factory=lambda: ["cpu"])
     optimization_level: Literal[OPT_LEVELS] | None = None  # type: ignore[valid-type]
     precision: Literal[PRECISIONS] = "fp32"  # type: ignore[valid-type]
+    optimize: Literal["fixed", "auto"] = "fixed"  # auto: build candidate variants, keep the fastest in tolerance
     calibration: CalibrationSection | None = None
     tolerance: ToleranceSection = Field(default_factory=ToleranceSection)
     shapes: dict[str, list[Annotated[int, Field(ge=0)]]] = Field(default_factory=dict)
     seed: Annotated[int, Field(ge=0)] = 0
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, value: str) -> str:
-        if value != "fp32":
-            raise ValueError(
-                not_supported(f"build.precision '{value}'", "fp16 and int8 passes land with the quantization release")
-            )
-        return value
 
     @field_validator("targets")
     @classmethod

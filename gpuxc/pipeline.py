@@ -106,7 +106,7 @@ def load_project(path: Path, config_path: Path | None = None, progress: Progress
         f"opsets {sig.opsets}")  # fmt: skip
     check_signature(config, sig)
     say("reference: ONNX Runtime on the source model")
-    if config.build.calibration is not None:
+    if config.build.calibration is not None and config.build.calibration.data is not None:
         inputs = load_calibration_sample(config, sig)
         outputs = run_onnxruntime(model_path, inputs)
         shapes = {k: list(v.shape) for k, v in inputs.items()}

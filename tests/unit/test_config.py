@@ -289,10 +289,20 @@ def test_serving_batch_size_of_one_is_accepted(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, MINIMAL + "serving:\n  batch_size: 1\n")).serving.batch_size == 1
 
 
-def test_fp16_precision_is_not_supported_yet(in_tmp: Path) -> None:
-    message = error_of(in_tmp, MINIMAL + "build:\n  precision: fp16\n")
+def test_every_precision_is_accepted_and_a_typo_is_not(in_tmp: Path) -> None:
+    for precision in ("fp32", "fp16", "int8-dynamic", "int8-static", "auto"):
+        config = load_config(write(in_tmp, MINIMAL + f"build:\n  precision: {precision}\n"))
+        assert config.build.precision == precision
+    message = error_of(in_tmp, MINIMAL + "build:\n  precision: int4\n")
     assert message.startswith("gpux.yml:5:14: build.precision: "), message
-    assert "not supported yet" in message
+
+
+def test_calibration_needs_data_or_an_explicit_random(in_tmp: Path) -> None:
+    message = error_of(in_tmp, MINIMAL + "build:\n  calibration:\n    samples: 8\n")
+    assert message.startswith("gpux.yml:6:5: build.calibration: "), message
+    assert "random: true" in message
+    config = load_config(write(in_tmp, MINIMAL + "build:\n  calibration:\n    random: true\n"))
+    assert config.build.calibration is not None and config.build.calibration.random
 
 
 def test_required_false_is_not_supported_yet(in_tmp: Path) -> None:
