@@ -27,6 +27,7 @@ class ExitCode(IntEnum):
     VERIFICATION_FAILED = 10  # target output outside tolerance
     BUNDLE = 11  # bundle missing, unreadable or malformed; output path unusable
     REFERENCE = 12  # reference inputs could not be made or run on the source model
+    MEMORY_BUDGET = 13  # no build fits runtime.gpu.memory
 
 
 def first_line(exc: BaseException, limit: int = 400) -> str:
@@ -100,3 +101,9 @@ class ReferenceError_(GpuxcError):
     """
 
     exit_code = ExitCode.REFERENCE
+
+
+class MemoryBudgetExceeded(GpuxcError):
+    """The build's estimated memory is over ``runtime.gpu.memory``."""
+
+    exit_code = ExitCode.MEMORY_BUDGET

@@ -50,10 +50,16 @@ class SourceInfo(_M):
 
 
 class BuildInfo(_M):
-    precision: str
+    precision: str  # of the shipped variant
     optimization_level: str | None
     target_options: dict[str, Any]
-    passes: list[PassRecord]
+    passes: list[PassRecord]  # of the shipped variant, in order: replayable
+    optimize: Literal["fixed", "auto"] = "fixed"
+    variant: str = "fp32"  # the shipped variant
+    # Under auto: every candidate with status, reason, latency_ms, speedup_vs_fp32, min_cosine, max_abs,
+    # size_bytes, memory_bytes and the passes applied.
+    candidates: list[dict[str, Any]] = Field(default_factory=list)
+    memory: dict[str, int] | None = None  # estimate: weights_bytes, activations_bytes (upper bound), total_bytes
 
 
 class ArtifactInfo(_M):

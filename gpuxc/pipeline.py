@@ -13,9 +13,13 @@ gpux.yml + model.onnx
 
 from __future__ import annotations
 
+import os
 import platform
+import shutil
+import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +36,7 @@ from gpuxc.errors import (
     CompileError,
     ConfigError,
     GpuxcError,
+    MemoryBudgetExceeded,
     ModelError,
     ReferenceError_,
     TargetUnavailable,
@@ -49,8 +54,10 @@ from gpuxc.manifest import (
     SourceInfo,
     Verification,
 )
+from gpuxc.memory import MemoryEstimate, human
+from gpuxc.memory import estimate as memory_estimate
 from gpuxc.model import LoadedModel, describe, load_model, sha256_file
-from gpuxc.passes import PassContext, PassManager
+from gpuxc.passes import PassContext, PassManager, PassRecord
 from gpuxc.plugin import get_registry
 from gpuxc.reference import (
     DEFAULT_DIM,
@@ -63,7 +70,7 @@ from gpuxc.reference import (
 )
 from gpuxc.runtime_versions import SERVE_DISTS, pinned, version_of
 from gpuxc.signature import bundle_io, check_signature
-from gpuxc.target import CompileContext, Target
+from gpuxc.target import Artifact, CompileContext, Target, Variant
 
 Progress = Callable[[str], None]
 
@@ -73,9 +80,11 @@ class BundleResult:
     target: str
     path: Path
     verification: dict[str, Any]
+    variant: str = "fp32"
 
     def to_json(self) -> dict[str, Any]:
-        return {"target": self.target, "path": str(self.path), "verification": self.verification}
+        return {"target": self.target, "path": str(self.path), "variant": self.variant,
+                "verification": self.verification}  # fmt: skip
 
 
 @dataclass
@@ -141,12 +150,21 @@ def compile_project(
     out: Path | None = None,
     config_path: Path | None = None,
     progress: Progress | None = None,
+    precision: str | None = None,
+    optimize: str | None = None,
 ) -> list[BundleResult]:
-    """Compile the project at ``path`` for each target; returns one result per bundle written."""
+    """Compile the project at ``path`` for each target; returns one result per bundle written.
+
+    ``precision`` and ``optimize`` override build.precision and build.optimize (CLI flags).
+    """
     say = progress or (lambda _msg: None)
     registry = get_registry()
     project = load_project(path, config_path, say)
     config = project.config
+    if precision is not None:
+        config.build.precision = precision
+    if optimize is not None:
+        config.build.optimize = optimize
     _check_target_options(config, registry.targets)
     names = targets or config.build.targets
     for index, name in enumerate(names):
@@ -160,6 +178,49 @@ def compile_project(
     return [compile_target(project, registry.targets[name](), out_dir, say) for name in names]
 
 
+# --optimize auto timing: interleaved rounds, each a median over enough runs to fill ~0.2 s.
+AUTO_ROUNDS = 5
+AUTO_ROUND_SECONDS = 0.2
+AUTO_MAX_RUNS = 100
+# A candidate must beat fp32 by this much to be kept: a smaller gain is timing noise.
+AUTO_MIN_GAIN = 0.05
+
+
+@dataclass
+class Candidate:
+    """One variant built, verified and (under auto) timed."""
+
+    variant: Variant
+    root: Path  # bundle-shaped folder holding model/
+    status: str = "pending"  # passed | failed | skipped | over-budget | unverified
+    reason: str | None = None
+    model: onnx.ModelProto | None = None
+    records: list[PassRecord] = field(default_factory=list)
+    artifact: Artifact | None = None
+    verification: Verification | None = None
+    memory: MemoryEstimate | None = None
+    latency_ms: float | None = None
+
+    def summary(self, baseline_ms: float | None) -> dict[str, Any]:
+        metrics = self.verification.outputs if self.verification else {}
+        cosines = [m["cosine"] for m in metrics.values() if isinstance(m, dict) and "cosine" in m]
+        max_abs = [m["max_abs"] for m in metrics.values() if isinstance(m, dict) and "max_abs" in m]
+        size = sum(p.stat().st_size for p in (self.root / "model").rglob("*") if p.is_file()) if self.artifact else None
+        return {
+            "name": self.variant.name,
+            "precision": self.variant.precision,
+            "status": self.status,
+            "reason": self.reason,
+            "latency_ms": self.latency_ms,
+            "speedup_vs_fp32": (baseline_ms / self.latency_ms) if baseline_ms and self.latency_ms else None,
+            "min_cosine": min(cosines) if cosines else None,
+            "max_abs": max(max_abs) if max_abs else None,
+            "size_bytes": size,
+            "memory_bytes": self.memory.total_bytes if self.memory else None,
+            "passes": [r.name for r in self.records if r.status == "applied"],
+        }
+
+
 def compile_target(project: Project, target: Target, out_dir: Path, say: Progress) -> BundleResult:
     config = project.config
     availability = target.check_available()
@@ -167,70 +228,274 @@ def compile_target(project: Project, target: Target, out_dir: Path, say: Progres
         hint = availability.install_hint or target.install_hint
         raise TargetUnavailable(f"target '{target.name}' is not available here: {availability.reason}", hint=hint)
     options = _target_options(config, target)
-    specs = target.plan(config, project.model.signature, options)
+    auto = config.build.optimize == "auto" or config.build.precision == "auto"
+    variants = target.variants(config, options, auto)
     final = out_dir / bundle.bundle_name(config.name, config.version, target.name)
-    say(f"[{target.name}] plan: {', '.join(s.name for s in specs) or 'no passes'}")
+
+    def tsay(message: str) -> None:
+        say(f"[{target.name}] {message}")
+
     with tempfile.TemporaryDirectory(prefix="gpuxc-work-") as work, bundle.staging_dir(final) as stage:
         workdir = Path(work)
-        proto = onnx.ModelProto()
-        proto.CopyFrom(project.model.proto)
-        ctx = PassContext(workdir=workdir, target=target.name, model_dir=project.model.path.parent)
-        model, records = PassManager(get_registry()).run(
-            proto, specs, ctx, progress=lambda m: say(f"[{target.name}] {m}")
-        )
-        say(f"[{target.name}] compile")
-        try:
-            artifact = target.compile(model, CompileContext(config, project.model.signature, options, stage, workdir))
-        except GpuxcError:
-            raise
-        except Exception as exc:
-            raise CompileError(
-                f"target '{target.name}' failed: {type(exc).__name__}: {first_line(exc)}"
-            ) from exc
-        verification = _verify(project, target, stage, artifact, say)
-        if verification.status == "failed":
-            raise VerificationFailed(
-                f"[{target.name}] output differs from the source model beyond tolerance: {verification.failures[0]}"
-                + (f" (and {len(verification.failures) - 1} more)" if len(verification.failures) > 1 else ""),
-                hint="loosen build.tolerance only if the difference is acceptable for your model",
-            )
+        if len(variants) == 1:
+            chosen = _build_candidate(project, target, options, variants[0], stage, workdir, tsay)
+            candidates = [chosen]
+            _check_budget(project, [chosen], tsay, fixed=True)
+            if chosen.status == "failed":
+                raise VerificationFailed(_failure_message(target, chosen), hint=_failure_hint(chosen))
+        else:
+            candidates = [
+                _build_candidate(project, target, options, v, stage / ".candidates" / v.name, workdir, tsay, True)
+                for v in variants
+            ]
+            _check_budget(project, candidates, tsay, fixed=False)
+            chosen = _choose(target, candidates, project.reference_inputs, tsay)
+            os.rename(chosen.root / "model", stage / "model")
+            shutil.rmtree(stage / ".candidates")
+            chosen.root = stage
+        assert chosen.artifact is not None and chosen.verification is not None and chosen.model is not None
+        _print_report(chosen.verification, tsay)
         bundle.write_reference(stage, project.reference_inputs, project.reference_outputs)
-        runtime = target.runtime(options, artifact)
+        runtime = target.runtime(options, chosen.artifact)
         context = {
             "gpuxc_version": __version__,
             "target": target.name,
             "name": config.name,
             "version": config.version,
-            "verification_status": verification.status,
-            "verification_reason": verification.reason,
+            "verification_status": chosen.verification.status,
+            "verification_reason": chosen.verification.reason,
             "requirements": runtime.requirements,
             "serve_requirements": pinned(SERVE_DISTS),
         }
         extra = (target.template_dir,) if target.template_dir else ()
         bundle.write_runner(stage, context, runtime.adapter, extra)
-        manifest = _manifest(project, target, options, records, artifact, runtime, verification, model, stage)
+        baseline = candidates[0].latency_ms
+        build = BuildInfo(
+            precision=chosen.variant.precision,
+            optimization_level=config.build.optimization_level,
+            target_options=options.model_dump(mode="json"),
+            passes=chosen.records,
+            optimize="auto" if len(variants) > 1 else "fixed",
+            variant=chosen.variant.name,
+            candidates=[c.summary(baseline) for c in candidates] if len(variants) > 1 else [],
+            memory=chosen.memory.model_dump() if chosen.memory else None,
+        )
+        manifest = _manifest(project, target, build, chosen.artifact, runtime, chosen.verification, chosen.model, stage)
         bundle.write_manifest(stage, manifest)
         bundle.publish(stage, final)
-    say(f"[{target.name}] bundle {final} ({verification.status})")
+    tsay(f"bundle {final} ({chosen.variant.name}, verification {chosen.verification.status})")
     return BundleResult(
-        target.name, final, verification.model_dump(include={"status", "reason", "runtime", "failures"})
+        target.name,
+        final,
+        chosen.verification.model_dump(include={"status", "reason", "runtime", "failures"}),
+        variant=chosen.variant.name,
     )
 
 
-def tolerance_for(config: GpuxConfig) -> dict[str, float]:
-    base = dict(DEFAULT_TOLERANCE["int8" if config.build.precision.startswith("int8") else
-                                  "fp16" if config.build.precision == "fp16" else "fp32"])  # fmt: skip
+def _build_candidate(
+    project: Project,
+    target: Target,
+    options: Any,
+    variant: Variant,
+    root: Path,
+    workdir: Path,
+    say: Progress,
+    search: bool = False,
+) -> Candidate:
+    """Passes, compile and verification of one variant into ``root``."""
+    config = project.config
+    candidate = Candidate(variant, root)
+    specs = target.plan(config, project.model.signature, options, variant)
+    say(f"{variant.name}: plan {', '.join(s.name for s in specs) or 'no passes'}")
+    scratch = workdir / variant.name
+    scratch.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    proto = onnx.ModelProto()
+    proto.CopyFrom(project.model.proto)
+    ctx = PassContext(workdir=scratch, target=target.name, model_dir=project.model.path.parent,
+                      project_dir=config.project_dir)  # fmt: skip
+    manager = PassManager(get_registry())
+    model, records = manager.run(proto, specs, ctx, progress=lambda m: say(f"{variant.name}: {m}"))
+    candidate.model, candidate.records = model, records
+    skipped = _skipped_precision_pass(records)
+    if skipped is not None and search:
+        # e.g. int8-dynamic on a CNN: nothing to quantize, so this would be the fp32 build again.
+        # (A fixed build still ships it: the manifest records the pass as skipped and why.)
+        candidate.status, candidate.reason = "skipped", skipped
+        say(f"{variant.name}: skipped ({skipped})")
+        return candidate
+    say(f"{variant.name}: compile")
+    cctx = CompileContext(config, project.model.signature, options, root, scratch, variant, dict(manager.artifacts))
+    try:
+        candidate.artifact = target.compile(model, cctx)
+    except GpuxcError:
+        raise
+    except Exception as exc:
+        raise CompileError(f"target '{target.name}' failed: {type(exc).__name__}: {first_line(exc)}") from exc
+    candidate.verification = _verify(project, target, root, candidate.artifact, variant, say)
+    candidate.status = candidate.verification.status
+    candidate.reason = candidate.verification.reason
+    candidate.memory = memory_estimate(model, project.reference_shapes)
+    return candidate
+
+
+LOSSY_PASSES = {"fp16", "quantize-dynamic", "quantize-static"}
+
+
+def _skipped_precision_pass(records: list[PassRecord]) -> str | None:
+    for record in records:
+        if record.name in LOSSY_PASSES and record.status == "skipped":
+            return f"{record.name}: {record.reason}"
+    return None
+
+
+def _failure_message(target: Target, candidate: Candidate) -> str:
+    verification = candidate.verification
+    assert verification is not None
+    lossy = [r.name for r in candidate.records if r.name in LOSSY_PASSES and r.status == "applied"]
+    by = f" after pass {', '.join(lossy)}" if lossy else ""
+    more = f" (and {len(verification.failures) - 1} more)" if len(verification.failures) > 1 else ""
+    return (
+        f"[{target.name}] {candidate.variant.name} output differs from the source model beyond tolerance{by}: "
+        f"{verification.failures[0]}{more}"
+    )
+
+
+def _failure_hint(candidate: Candidate) -> str:
+    if candidate.variant.precision != "fp32":
+        return "try build.optimize: auto (keeps the fastest variant inside tolerance) or a higher precision"
+    return "loosen build.tolerance only if the difference is acceptable for your model"
+
+
+def _print_report(verification: Verification, say: Progress) -> None:
+    """The verification report as a table on stderr (the manifest holds the same numbers)."""
+    if verification.status == "unverified":
+        say(f"verification: unverified ({verification.reason})")
+        return
+    say(f"  {'output':<20} {'max abs':>10} {'max rel':>10} {'cosine':>10} {'top-1':>7} {'mismatches':>10}")
+    for name, m in verification.outputs.items():
+        cells = [_cell(m, "max_abs", ".3g"), _cell(m, "max_rel", ".3g"), _cell(m, "cosine", ".6f")]
+        say(
+            f"  {name[:20]:<20} {cells[0]:>10} {cells[1]:>10} {cells[2]:>10} "
+            f"{_cell(m, 'top1_agreement', '.3f'):>7} {_cell(m, 'mismatches', 'd'):>10}"
+        )
+    say(f"verification {verification.status}")
+
+
+def _cell(metrics: dict[str, Any], key: str, fmt: str) -> str:
+    value = metrics.get(key)
+    return format(value, fmt) if isinstance(value, (int, float)) else "-"
+
+
+def _check_budget(project: Project, candidates: list[Candidate], say: Progress, fixed: bool) -> None:
+    budget = project.config.runtime.gpu.memory_bytes
+    if budget is None:
+        return
+    where = project.config.where("runtime", "gpu", "memory")
+    for c in candidates:
+        if c.memory is not None and c.memory.total_bytes > budget:
+            if fixed:
+                weights, acts = c.memory.weights_bytes, c.memory.activations_bytes
+                advice = {  # weights scale with precision; activations stay fp32 at the boundaries
+                    "fp16": weights // 2 + acts,
+                    "int8": weights // 4 + acts,
+                }
+                fits = [p for p, need in advice.items() if need <= budget and p != c.variant.precision[:4]]
+                hint = (
+                    f"{' or '.join(fits)} would fit (estimated {', '.join(human(advice[p]) for p in fits)})"
+                    if fits
+                    else "no precision fits: raise runtime.gpu.memory or fix smaller shapes with build.shapes"
+                )
+                raise MemoryBudgetExceeded(
+                    f"{where}: {c.variant.name} needs an estimated {human(c.memory.total_bytes)} "
+                    f"(weights {human(weights)}, activations {human(acts)}), over the {human(budget)} budget",
+                    hint=hint,
+                )
+            c.status, c.reason = "over-budget", f"estimated {human(c.memory.total_bytes)} > {human(budget)}"
+            say(f"{c.variant.name}: over the memory budget ({c.reason})")
+    if not fixed and all(c.status == "over-budget" for c in candidates):
+        raise MemoryBudgetExceeded(f"{where}: no candidate fits the {human(budget)} budget")
+
+
+def _choose(target: Target, candidates: list[Candidate], feeds: dict[str, np.ndarray], say: Progress) -> Candidate:
+    """Time the candidates that passed; keep the fastest that beats fp32 by AUTO_MIN_GAIN."""
+    baseline = candidates[0]
+    if baseline.status == "failed":
+        raise VerificationFailed(_failure_message(target, baseline), hint=_failure_hint(baseline))
+    timed = [c for c in candidates if c.status == "passed" and c.artifact is not None]
+    runners = {}
+    for c in timed:
+        fn = target.timer(c.root, c.artifact)  # type: ignore[arg-type]
+        if fn is not None:
+            runners[c.variant.name] = (c, fn)
+    if runners:
+        _time_candidates(runners, feeds, say)
+    say("candidates:")
+    say(f"  {'variant':<14} {'status':<12} {'latency ms':>10} {'vs fp32':>8} {'min cosine':>11}  reason")
+    for c in candidates:
+        s = c.summary(baseline.latency_ms)
+        lat = f"{s['latency_ms']:.3f}" if s["latency_ms"] else "-"
+        ratio = f"{s['speedup_vs_fp32']:.2f}x" if s["speedup_vs_fp32"] else "-"
+        cos = f"{s['min_cosine']:.6f}" if s["min_cosine"] is not None else "-"
+        say(f"  {c.variant.name:<14} {c.status:<12} {lat:>10} {ratio:>8} {cos:>11}  {c.reason or ''}")
+    if baseline.status == "over-budget":
+        fits = [c for c in timed if c.status == "passed"]
+        chosen = min(fits, key=lambda c: c.latency_ms or float("inf")) if fits else baseline
+    else:
+        chosen = baseline
+        for c in timed:
+            if c is baseline or c.latency_ms is None or baseline.latency_ms is None:
+                continue
+            if c.latency_ms < baseline.latency_ms * (1 - AUTO_MIN_GAIN) and c.latency_ms < (
+                chosen.latency_ms or float("inf")
+            ):
+                chosen = c
+    if chosen.status != "passed" and chosen.status != "unverified":
+        raise VerificationFailed(f"[{target.name}] no candidate passed verification")
+    say(f"chose {chosen.variant.name}")
+    return chosen
+
+
+def _time_candidates(runners: dict[str, tuple[Candidate, Any]], feeds: dict[str, np.ndarray], say: Progress) -> None:
+    say(f"timing {len(runners)} candidate(s) on this host")
+    runs: dict[str, int] = {}
+    for name, (_c, fn) in runners.items():
+        start = time.perf_counter()
+        for _ in range(3):  # warm-up: first runs allocate and tune
+            fn(feeds)
+        per_run = max((time.perf_counter() - start) / 3, 1e-6)
+        runs[name] = int(min(AUTO_MAX_RUNS, max(3, AUTO_ROUND_SECONDS / per_run)))
+    rounds: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(AUTO_ROUNDS):  # interleaved, so drift on the host hits every candidate alike
+        for name, (_c, fn) in runners.items():
+            samples = []
+            for _ in range(runs[name]):
+                start = time.perf_counter()
+                fn(feeds)
+                samples.append(time.perf_counter() - start)
+            rounds[name].append(statistics.median(samples) * 1000.0)
+    for name, (c, _fn) in runners.items():
+        c.latency_ms = statistics.median(rounds[name])
+
+
+def tolerance_for(config: GpuxConfig, precision: str | None = None) -> dict[str, float]:
+    """The gate for a build at ``precision``: that precision's defaults, then build.tolerance."""
+    precision = precision or config.build.precision
+    key = "int8" if precision.startswith("int8") else "fp16" if precision == "fp16" else "fp32"
+    base = dict(DEFAULT_TOLERANCE[key])
     base.update({k: v for k, v in config.build.tolerance.model_dump().items() if v is not None})
     return base
 
 
-def _verify(project: Project, target: Target, stage: Path, artifact: Any, say: Progress) -> Verification:
-    tolerance = tolerance_for(project.config)
+def _verify(
+    project: Project, target: Target, stage: Path, artifact: Any, variant: Variant, say: Progress
+) -> Verification:
+    tolerance = tolerance_for(project.config, variant.precision)
     reason = target.verification_unsupported()
     if reason is not None:
-        say(f"[{target.name}] verify: skipped ({reason})")
+        say(f"{variant.name}: verify skipped ({reason})")
         return Verification(status="unverified", reason=reason, tolerance=tolerance)
-    say(f"[{target.name}] verify against the reference outputs")
+    say(f"{variant.name}: verify against the reference outputs")
     actual = target.execute(stage, artifact, project.reference_inputs)
     class_outputs = {s.name for s in project.config.outputs if s.labels}
     report = compare(project.reference_outputs, actual, tolerance, class_outputs)
@@ -244,7 +509,7 @@ def _verify(project: Project, target: Target, stage: Path, artifact: Any, say: P
     )
 
 
-def _manifest(project: Project, target: Target, options: Any, records: list[Any], artifact: Any, runtime: Any,
+def _manifest(project: Project, target: Target, build: BuildInfo, artifact: Any, runtime: Any,
               verification: Verification, model: onnx.ModelProto, stage: Path) -> Manifest:  # fmt: skip
     config = project.config
     sig = project.model.signature
@@ -269,12 +534,7 @@ def _manifest(project: Project, target: Target, options: Any, records: list[Any]
         inputs=bundle_io(config, passed.inputs, "inputs"),
         outputs=bundle_io(config, passed.outputs, "outputs"),
         metadata=config.metadata,
-        build=BuildInfo(
-            precision=config.build.precision,
-            optimization_level=config.build.optimization_level,
-            target_options=options.model_dump(mode="json"),
-            passes=records,
-        ),
+        build=build,
         artifact=ArtifactInfo(entry=artifact.entry, format=artifact.format, settings=artifact.settings),
         runtime=RuntimeInfo(
             adapter=runtime.adapter,

@@ -8,6 +8,7 @@ verification. See docs/plugins.md for a worked third-party example.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -46,6 +47,22 @@ class RuntimeSpec(BaseModel):
     settings: dict[str, Any] = {}  # read by the adapter from the manifest at run time
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One way to build a target: a precision plus target-specific settings.
+
+    ``--optimize auto`` builds several and keeps the fastest inside tolerance; a fixed
+    build has exactly one, from ``build.precision``.
+    """
+
+    name: str  # "fp32", "int8-dynamic", ... or target-specific ("fp32-bf16-hint")
+    precision: str  # fp32 | fp16 | int8-dynamic | int8-static
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
 @dataclass
 class CompileContext:
     config: GpuxConfig
@@ -53,6 +70,8 @@ class CompileContext:
     options: TargetOptions
     bundle_dir: Path  # the staging bundle root; write artifacts under bundle_dir / "model"
     workdir: Path  # scratch space, removed after the build
+    variant: Variant = field(default_factory=lambda: Variant("fp32", "fp32"))
+    extra_files: dict[str, Path] = field(default_factory=dict)  # pass artifacts (e.g. model.ort), by name
 
 
 @dataclass
@@ -90,7 +109,19 @@ class Target:
         """What executes the artifact in ``execute``, for the manifest (e.g. "onnxruntime 1.31.1 CPU")."""
         return self.name
 
-    def plan(self, config: GpuxConfig, signature: ModelSignature, options: TargetOptions) -> list[PassSpec]:
+    def variants(self, config: GpuxConfig, options: TargetOptions, auto: bool) -> list[Variant]:
+        """Variants to build: the configured precision, or under ``auto`` every candidate that applies.
+
+        The first variant of an auto search is the baseline no other may be slower than.
+        """
+        precision = config.build.precision
+        if auto or precision == "auto":
+            return [Variant("fp32", "fp32")]
+        return [Variant(precision, precision)]
+
+    def plan(
+        self, config: GpuxConfig, signature: ModelSignature, options: TargetOptions, variant: Variant
+    ) -> list[PassSpec]:
         return []
 
     def compile(self, model: ModelProto, ctx: CompileContext) -> Artifact:
@@ -102,3 +133,8 @@ class Target:
     def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the artifact on this host (for compile-time verification)."""
         raise NotImplementedError
+
+    def timer(self, bundle_dir: Path, artifact: Artifact) -> Callable[[dict[str, np.ndarray]], Any] | None:
+        """A function running the artifact once with an already open session, as the runner
+        would (for ``--optimize auto`` timing); ``None`` when it cannot run here."""
+        return None

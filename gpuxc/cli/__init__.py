@@ -14,6 +14,7 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Callable
+from enum import Enum
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -33,6 +34,21 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8_dynamic = "int8-dynamic"
+    int8_static = "int8-static"
+    auto = "auto"
+
+
+class Optimize(str, Enum):
+    fixed = "fixed"
+    auto = "auto"
+
+
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show progress details and tracebacks.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
@@ -99,6 +115,11 @@ def _compile(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="gpux.yml to use instead of PATH/gpux.yml.")
     ] = None,
+    precision: Annotated[Precision | None, typer.Option("--precision", help="Override build.precision.")] = None,
+    optimize: Annotated[
+        Optimize | None,
+        typer.Option("--optimize", help="auto: build candidate variants, keep the fastest inside tolerance."),
+    ] = None,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -108,12 +129,20 @@ def _compile(
     def progress(message: str) -> None:
         _err(f"gpuxc: {message}")
 
-    results = compile_project(path, target or None, out, config, progress)
+    results = compile_project(
+        path,
+        target or None,
+        out,
+        config,
+        progress,
+        precision=precision.value if precision else None,
+        optimize=optimize.value if optimize else None,
+    )
     if json_out:
         typer.echo(json.dumps({"bundles": [r.to_json() for r in results]}, indent=2))
     else:
         for r in results:
-            _err(f"{r.target}: {r.path} (verification {r.verification['status']})")
+            _err(f"{r.target}: {r.path} ({r.variant}, verification {r.verification['status']})")
 
 
 app.command("compile")(handle_errors(_compile))

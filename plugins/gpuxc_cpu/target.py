@@ -8,16 +8,19 @@ optimizations when the runner opens the model on the deployment machine. ALL
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
 from gpuxc.errors import CompileError, ConfigError
 from gpuxc.model import save_model
 from gpuxc.passes import PassSpec
+from gpuxc.plans import has_calibration, onnx_plan
 from gpuxc.runtime_versions import pinned
-from gpuxc.target import Artifact, CompileContext, RuntimeSpec, Target, TargetOptions
+from gpuxc.target import Artifact, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,6 +43,10 @@ class CpuOptions(TargetOptions):
     """Threads across operators in parallel mode; 0 lets ONNX Runtime choose."""
     execution_mode: Literal["sequential", "parallel"] = "sequential"
     """ONNX Runtime execution mode; parallel only helps graphs with independent branches."""
+    simplify: Literal["off", "onnxsim", "onnxslim"] = "off"
+    """Run the simplify pass first (optional: skipped with the reason recorded when it fails)."""
+    ort_format: bool = False
+    """Ship model.ort plus its required-operators config, for ONNX Runtime minimal builds on edge devices."""
 
 
 class CpuTarget(Target):
@@ -48,31 +55,54 @@ class CpuTarget(Target):
     Options = CpuOptions
     install_hint = "pip install onnxruntime"
 
-    def plan(self, config: GpuxConfig, signature: ModelSignature, options: CpuOptions) -> list[PassSpec]:  # type: ignore[override]
-        specs: list[PassSpec] = []
-        if config.build.shapes:
-            specs.append(PassSpec("fix-shapes", {"shapes": config.build.shapes}))
+    def variants(self, config: GpuxConfig, options: CpuOptions, auto: bool) -> list[Variant]:  # type: ignore[override]
+        if not (auto or config.build.precision == "auto"):
+            return [Variant(config.build.precision, config.build.precision)]
+        # fp16 is no candidate here: ONNX Runtime's CPU kernels are fp32 and would add casts.
+        found = [Variant("fp32", "fp32"), Variant("int8-dynamic", "int8-dynamic")]
+        if has_calibration(config):
+            found.append(Variant("int8-static", "int8-static"))
+        return found
+
+    def plan(
+        self, config: GpuxConfig, signature: ModelSignature, options: CpuOptions, variant: Variant
+    ) -> list[PassSpec]:  # type: ignore[override]
         level = config.build.optimization_level or "extended"
         if level == "all" and not options.host_specific:
             raise ConfigError(
                 f"{config.where('build', 'optimization_level')}: optimization level 'all' makes the cpu bundle "
                 "specific to this host's CPU; set build.options.cpu.host_specific: true to ask for that"
             )
-        if level != "none":
-            specs.append(PassSpec("ort-optimize", {"level": level, "providers": PROVIDERS}))
+        specs = onnx_plan(config, variant, level, PROVIDERS, options.simplify)
+        if options.ort_format:
+            specs.append(PassSpec("ort-format", {}))
         return specs
 
     def compile(self, model: ModelProto, ctx: CompileContext) -> Artifact:
-        target = ctx.bundle_dir / "model" / "model.onnx"
-        try:
-            extra = save_model(model, target)
-        except Exception as exc:
-            raise CompileError(f"cpu: cannot write the model: {exc}") from None
         options: CpuOptions = ctx.options  # type: ignore[assignment]
+        model_dir = ctx.bundle_dir / "model"
+        if options.ort_format:
+            # A minimal ONNX Runtime build reads only .ort; the full build reads it too.
+            ort_file = ctx.extra_files.get("model.ort")
+            if ort_file is None:
+                raise CompileError("cpu: ort_format is set but the ort-format pass produced no model.ort")
+            model_dir.mkdir(parents=True, exist_ok=True)
+            files = []
+            for name, path in sorted(ctx.extra_files.items()):
+                shutil.copyfile(path, model_dir / name)
+                files.append(f"model/{name}")
+            entry, fmt = "model/model.ort", "ort"
+        else:
+            try:
+                extra = save_model(model, model_dir / "model.onnx")
+            except Exception as exc:
+                raise CompileError(f"cpu: cannot write the model: {exc}") from None
+            files = ["model/model.onnx", *(f"model/{name}" for name in extra)]
+            entry, fmt = "model/model.onnx", "onnx"
         return Artifact(
-            entry="model/model.onnx",
-            format="onnx",
-            files=["model/model.onnx", *(f"model/{name}" for name in extra)],
+            entry=entry,
+            format=fmt,
+            files=files,
             settings={
                 "intra_op_threads": options.intra_op_threads,
                 "inter_op_threads": options.inter_op_threads,
@@ -97,3 +127,17 @@ class CpuTarget(Target):
         from gpuxc.reference import run_onnxruntime
 
         return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=PROVIDERS)
+
+    def timer(self, bundle_dir: Path, artifact: Artifact) -> Callable[[dict[str, np.ndarray]], Any]:
+        import onnxruntime as ort
+
+        # The session the runner opens: ALL optimizations at load, the artifact's thread settings.
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = int(artifact.settings.get("intra_op_threads", 0))
+        options.inter_op_num_threads = int(artifact.settings.get("inter_op_threads", 0))
+        if artifact.settings.get("execution_mode") == "parallel":
+            options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        session = ort.InferenceSession(str(bundle_dir / artifact.entry), options, providers=PROVIDERS)
+        return lambda feeds: session.run(None, feeds)

@@ -57,7 +57,7 @@ PLUGIN = textwrap.dedent(
         Options = EchoOptions
         template_dir = Path(__file__).resolve().parent / "templates"
 
-        def plan(self, config, signature, options):
+        def plan(self, config, signature, options, variant):
             return [PassSpec("ort-optimize", {"level": "basic"}), PassSpec("echo-stamp")]
 
         def compile(self, model, ctx):

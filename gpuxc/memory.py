@@ -1,0 +1,67 @@
+"""Memory estimates for the ``runtime.gpu.memory`` budget (GPUX's memory setting).
+
+An estimate, not a measurement: weights are the initializers' bytes; activations
+are every intermediate tensor at the reference shapes, summed as if none shared
+memory (an upper bound: runtimes reuse buffers). Both are in the manifest.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import ModelProto
+from pydantic import BaseModel
+
+from gpuxc.model import infer_shapes, iter_tensors
+
+
+class MemoryEstimate(BaseModel):
+    weights_bytes: int
+    activations_bytes: int  # upper bound: no buffer reuse
+    total_bytes: int
+
+
+def _bytes(elem_type: int, dims: list[int]) -> int:
+    if elem_type == onnx.TensorProto.STRING:
+        return 0
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(elem_type).itemsize
+    except Exception:
+        itemsize = 4
+    count = 1
+    for d in dims:
+        count *= d
+    return count * itemsize
+
+
+def estimate(model: ModelProto, shapes: dict[str, list[int]]) -> MemoryEstimate:
+    weights = sum(_bytes(t.data_type, list(t.dims)) for t in iter_tensors(model.graph))
+    probe = ModelProto()
+    probe.CopyFrom(model)
+    # Shape inference needs small constants (Reshape targets) but not the weights: drop big ones.
+    for tensor in probe.graph.initializer:
+        if len(tensor.raw_data) > 4096:
+            tensor.ClearField("raw_data")
+    for value in probe.graph.input:
+        if value.name in shapes and value.type.HasField("tensor_type"):
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, shapes[value.name], strict=False):
+                dim.dim_value = size
+    del probe.graph.value_info[:]
+    inferred = infer_shapes(probe)
+    activations = 0
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output):
+        tensor_type = value.type.tensor_type
+        if not value.type.HasField("tensor_type") or not tensor_type.HasField("shape"):
+            continue
+        dims = [d.dim_value for d in tensor_type.shape.dim]
+        if all(d.HasField("dim_value") for d in tensor_type.shape.dim):
+            activations += _bytes(tensor_type.elem_type, dims)
+    return MemoryEstimate(weights_bytes=weights, activations_bytes=activations, total_bytes=weights + activations)
+
+
+def human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} B"
