@@ -1,4 +1,4 @@
-"""Output comparison against a tolerance: the one implementation gpuxc and bundles share.
+"""Output comparison against a tolerance, and latency statistics: code gpuxc and bundles share.
 
 This module imports only NumPy and the standard library: the bundle writer
 copies it verbatim into every bundle as ``runner/compare.py``, so compile-time
@@ -129,3 +129,36 @@ def _num(value: Any) -> float:
 
 def _ratio(count: int, size: int) -> float:
     return float(count / size) if size else 0.0
+
+
+def latency_stats(times_ms: list[float]) -> dict[str, float]:
+    """Latency summary in milliseconds, with GPUX's key names and the percentiles gpuxc reports."""
+    ms = np.asarray(times_ms, dtype=np.float64)
+    mean = float(ms.mean())
+    p50 = float(np.percentile(ms, 50))
+    return {
+        "num_runs": int(ms.size),
+        "avg_time_ms": mean,
+        "mean_time_ms": mean,
+        "std_time_ms": float(ms.std()),
+        "min_time_ms": float(ms.min()),
+        "max_time_ms": float(ms.max()),
+        "p50_time_ms": p50,
+        "median_time_ms": p50,
+        "p90_time_ms": float(np.percentile(ms, 90)),
+        "p95_time_ms": float(np.percentile(ms, 95)),
+        "p99_time_ms": float(np.percentile(ms, 99)),
+        "fps": 1000.0 / mean if mean > 0 else float("inf"),
+        "throughput_fps": 1000.0 / mean if mean > 0 else float("inf"),
+    }
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process in MiB (None where the platform cannot tell)."""
+    try:
+        import resource
+        import sys
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024

@@ -106,13 +106,17 @@ def _dim_value(i: int, dim: Any, tensor: TensorInfo, shape: list[Any], explicit:
 def make_inputs(signature: ModelSignature, config: GpuxConfig, model: ModelProto,
                 shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
     """Deterministic inputs for ``signature`` (seed ``build.seed``)."""
-    shapes = shapes or resolve_shapes(signature, config)
-    bounds = index_bounds(model)
-    rng = np.random.default_rng(config.build.seed)
+    return generate(signature, shapes or resolve_shapes(signature, config), config.build.seed, index_bounds(model))
+
+
+def generate(signature: ModelSignature, shapes: dict[str, list[int]], seed: int,
+             bounds: dict[str, int] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Inputs of the given shapes from ``seed``; ``bounds`` caps integer index inputs."""
+    rng = np.random.default_rng(seed)
     inputs: dict[str, np.ndarray] = {}
     for tensor in signature.inputs:
         # np.asarray: scalar (rank-0) draws come back as NumPy scalars, which ORT refuses.
-        inputs[tensor.name] = np.asarray(_values(tensor, shapes[tensor.name], rng, bounds.get(tensor.name)))
+        inputs[tensor.name] = np.asarray(_values(tensor, shapes[tensor.name], rng, (bounds or {}).get(tensor.name)))
     return inputs
 
 

@@ -263,10 +263,92 @@ def _delegate(command: str) -> Callable[..., None]:
     return run_bundle
 
 
-for _name in ("run", "serve", "verify", "bench"):
+for _name in ("run", "serve"):
     app.command(_name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
         handle_errors(_delegate(_name))
     )
+
+
+def _require_bundle(bundle: Path) -> None:
+    if not (bundle / "gpux-bundle.json").is_file() or not (bundle / "__main__.py").is_file():
+        raise BundleError(f"{bundle}: not a gpuxc bundle (no gpux-bundle.json / __main__.py)")
+
+
+@app.command()
+@handle_errors
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder made by gpuxc compile.")],
+    against: Annotated[
+        Path | None, typer.Option("--against", help="Compare with this ONNX model instead of the reference outputs.")
+    ] = None,
+    inputs: Annotated[
+        Path | None, typer.Option("--inputs", help="With --against: .npz of inputs (optional leading sample axis).")
+    ] = None,
+    samples: Annotated[int, typer.Option("--samples", min=1, help="With --against: fresh generated samples.")] = 4,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Verify a bundle: its reference outputs (bundle runner), or --against a model on fresh inputs."""
+    _require_bundle(bundle)
+    if against is None:
+        if inputs is not None:
+            raise BundleError("--inputs needs --against MODEL.onnx")
+        cmd = [sys.executable, str(bundle), "verify"] + (["--json"] if json_out else [])
+        raise typer.Exit(subprocess.call(cmd))
+    from gpuxc.check import verify_against
+    from gpuxc.errors import VerificationFailed
+
+    report = verify_against(bundle, against, inputs, samples)
+    if json_out:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        typer.echo(f"{report['target']} bundle vs {against.name} on {report['samples']} sample(s) ({report['inputs']})")
+        typer.echo(f"  {'output':<24} {'max abs':>10} {'max rel':>10} {'cosine':>10} {'top-1':>7} {'mismatches':>10}")
+        for name, m in report["outputs"].items():
+
+            def cell(key: str, fmt: str, m: dict[str, Any] = m) -> str:
+                value = m.get(key)
+                return format(value, fmt) if isinstance(value, (int, float)) else "-"
+
+            typer.echo(
+                f"  {name[:24]:<24} {cell('max_abs', '.3g'):>10} {cell('max_rel', '.3g'):>10} "
+                f"{cell('cosine', '.6f'):>10} {cell('top1_agreement', '.3f'):>7} {cell('mismatches', 'd'):>10}"
+            )
+        typer.echo(f"verification {report['status']}")
+    if report["status"] != "passed":
+        raise VerificationFailed(f"bundle differs from {against.name} beyond tolerance: {report['failures'][0]}")
+
+
+@app.command()
+@handle_errors
+def bench(
+    bundles: Annotated[list[Path], typer.Argument(help="Bundle folder(s).")],
+    compare: Annotated[
+        Path | None, typer.Option("--compare", help="Also run this ONNX model in a default ONNX Runtime session.")
+    ] = None,
+    runs: Annotated[int, typer.Option("--runs", min=1)] = 100,
+    warmup: Annotated[int, typer.Option("--warmup", min=0)] = 10,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads.")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="With --compare: turns each takes.")] = 3,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Latency p50/p90/p99, throughput and peak RSS of bundles (and of the raw model with --compare)."""
+    from gpuxc import bench as benchmod
+
+    for b in bundles:
+        _require_bundle(b)
+    if compare is not None:
+        result = benchmod.compare_runs(compare, bundles, runs, warmup, threads, rounds)
+        summary = result["results"]
+    else:
+        summary = {str(b): benchmod.bench_bundle(b, runs, warmup, threads) for b in bundles}
+        result = {"runs": runs, "results": summary}
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        for line in benchmod.table(summary):
+            typer.echo(line)
 
 
 def main() -> int:
