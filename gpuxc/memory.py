@@ -1,8 +1,10 @@
 """Memory estimates for the ``runtime.gpu.memory`` budget (GPUX's memory setting).
 
-An estimate, not a measurement: weights are the initializers' bytes; activations
-are every intermediate tensor at the reference shapes, summed as if none shared
-memory (an upper bound: runtimes reuse buffers). Both are in the manifest.
+An estimate, not a measurement: weights are the candidate's initializers' bytes;
+activations are every intermediate tensor of the *source* model at the reference
+shapes (optimized graphs hold contrib ops that ONNX shape inference cannot type),
+summed as if none shared memory (an upper bound: runtimes reuse buffers), halved
+for fp16 variants. Both are in the manifest.
 """
 
 from __future__ import annotations
@@ -33,10 +35,17 @@ def _bytes(elem_type: int, dims: list[int]) -> int:
     return count * itemsize
 
 
-def estimate(model: ModelProto, shapes: dict[str, list[int]]) -> MemoryEstimate:
+def estimate(model: ModelProto, activations: int, precision: str) -> MemoryEstimate:
+    """The estimate for a candidate ``model`` given the source model's ``activations`` bytes."""
     weights = sum(_bytes(t.data_type, list(t.dims)) for t in iter_tensors(model.graph))
+    acts = activations // 2 if precision == "fp16" else activations
+    return MemoryEstimate(weights_bytes=weights, activations_bytes=acts, total_bytes=weights + acts)
+
+
+def activation_bytes(source: ModelProto, shapes: dict[str, list[int]]) -> int:
+    """Bytes of every intermediate and output tensor of ``source`` at ``shapes`` (no reuse)."""
     probe = ModelProto()
-    probe.CopyFrom(model)
+    probe.CopyFrom(source)
     # Shape inference needs small constants (Reshape targets) but not the weights: drop big ones.
     for tensor in probe.graph.initializer:
         if len(tensor.raw_data) > 4096:
@@ -56,7 +65,7 @@ def estimate(model: ModelProto, shapes: dict[str, list[int]]) -> MemoryEstimate:
         dims = [d.dim_value for d in tensor_type.shape.dim]
         if all(d.HasField("dim_value") for d in tensor_type.shape.dim):
             activations += _bytes(tensor_type.elem_type, dims)
-    return MemoryEstimate(weights_bytes=weights, activations_bytes=activations, total_bytes=weights + activations)
+    return activations
 
 
 def human(n: int) -> str:

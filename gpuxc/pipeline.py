@@ -13,6 +13,7 @@ gpux.yml + model.onnx
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
@@ -54,7 +55,7 @@ from gpuxc.manifest import (
     SourceInfo,
     Verification,
 )
-from gpuxc.memory import MemoryEstimate, human
+from gpuxc.memory import MemoryEstimate, activation_bytes, human
 from gpuxc.memory import estimate as memory_estimate
 from gpuxc.model import LoadedModel, describe, load_model, sha256_file
 from gpuxc.passes import PassContext, PassManager, PassRecord
@@ -97,6 +98,10 @@ class Project:
     reference_outputs: dict[str, np.ndarray]
     reference_origin: str
     reference_shapes: dict[str, list[int]] = field(default_factory=dict)
+
+    @functools.cached_property
+    def activation_bytes(self) -> int:
+        return activation_bytes(self.model.proto, self.reference_shapes)
 
 
 def load_project(path: Path, config_path: Path | None = None, progress: Progress | None = None) -> Project:
@@ -335,7 +340,7 @@ def _build_candidate(
     candidate.verification = _verify(project, target, root, candidate.artifact, variant, say)
     candidate.status = candidate.verification.status
     candidate.reason = candidate.verification.reason
-    candidate.memory = memory_estimate(model, project.reference_shapes)
+    candidate.memory = memory_estimate(model, project.activation_bytes, variant.precision)
     return candidate
 
 
