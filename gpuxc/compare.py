@@ -17,7 +17,8 @@ import numpy as np
 DEFAULT_TOLERANCE: dict[str, dict[str, float]] = {
     "fp32": {"atol": 1e-4, "rtol": 1e-3, "min_cosine": 0.9999, "min_top1": 0.99, "max_mismatch_ratio": 0.001},
     "fp16": {"atol": 1e-2, "rtol": 1e-2, "min_cosine": 0.999, "min_top1": 0.98, "max_mismatch_ratio": 0.01},
-    "int8": {"atol": 5e-2, "rtol": 5e-2, "min_cosine": 0.99, "min_top1": 0.95, "max_mismatch_ratio": 0.05},
+    # int8: elementwise error is expected; the gate is the overall agreement (cosine, top-1).
+    "int8": {"atol": 5e-2, "rtol": 5e-2, "min_cosine": 0.999, "min_top1": 0.98, "max_mismatch_ratio": 0.1},
 }
 
 
