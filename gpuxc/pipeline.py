@@ -39,6 +39,7 @@ from gpuxc.errors import (
     GpuxcError,
     MemoryBudgetExceeded,
     ModelError,
+    PassError,
     ReferenceError_,
     TargetUnavailable,
     VerificationFailed,
@@ -197,7 +198,7 @@ class Candidate:
 
     variant: Variant
     root: Path  # bundle-shaped folder holding model/
-    status: str = "pending"  # passed | failed | skipped | over-budget | unverified
+    status: str = "pending"  # passed | failed | skipped | error | over-budget | unverified
     reason: str | None = None
     model: onnx.ModelProto | None = None
     records: list[PassRecord] = field(default_factory=list)
@@ -250,8 +251,8 @@ def compile_target(project: Project, target: Target, out_dir: Path, say: Progres
                 raise VerificationFailed(_failure_message(target, chosen), hint=_failure_hint(chosen))
         else:
             candidates = [
-                _build_candidate(project, target, options, v, stage / ".candidates" / v.name, workdir, tsay, True)
-                for v in variants
+                _try_candidate(project, target, options, v, stage / ".candidates" / v.name, workdir, tsay, i == 0)
+                for i, v in enumerate(variants)
             ]
             _check_budget(project, candidates, tsay, fixed=False)
             chosen = _choose(target, candidates, project.reference_inputs, tsay)
@@ -342,6 +343,26 @@ def _build_candidate(
     candidate.reason = candidate.verification.reason
     candidate.memory = memory_estimate(model, project.activation_bytes, variant.precision)
     return candidate
+
+
+def _try_candidate(
+    project: Project,
+    target: Target,
+    options: Any,
+    variant: Variant,
+    root: Path,
+    workdir: Path,
+    say: Progress,
+    baseline: bool,
+) -> Candidate:
+    """An auto candidate: a build failure is a result to report, except for the baseline."""
+    try:
+        return _build_candidate(project, target, options, variant, root, workdir, say, search=True)
+    except (PassError, CompileError) as exc:
+        if baseline:
+            raise
+        say(f"{variant.name}: failed ({exc})")
+        return Candidate(variant, root, status="error", reason=str(exc))
 
 
 LOSSY_PASSES = {"fp16", "quantize-dynamic", "quantize-static"}
@@ -443,22 +464,32 @@ def _choose(target: Target, candidates: list[Candidate], feeds: dict[str, np.nda
         ratio = f"{s['speedup_vs_fp32']:.2f}x" if s["speedup_vs_fp32"] else "-"
         cos = f"{s['min_cosine']:.6f}" if s["min_cosine"] is not None else "-"
         say(f"  {c.variant.name:<14} {c.status:<12} {lat:>10} {ratio:>8} {cos:>11}  {c.reason or ''}")
-    if baseline.status == "over-budget":
-        fits = [c for c in timed if c.status == "passed"]
-        chosen = min(fits, key=lambda c: c.latency_ms or float("inf")) if fits else baseline
-    else:
-        chosen = baseline
-        for c in timed:
-            if c is baseline or c.latency_ms is None or baseline.latency_ms is None:
-                continue
-            if c.latency_ms < baseline.latency_ms * (1 - AUTO_MIN_GAIN) and c.latency_ms < (
-                chosen.latency_ms or float("inf")
-            ):
-                chosen = c
-    if chosen.status != "passed" and chosen.status != "unverified":
-        raise VerificationFailed(f"[{target.name}] no candidate passed verification")
+    chosen = select_candidate(candidates)
+    if chosen is None:
+        raise VerificationFailed(f"[{target.name}] no candidate passed verification within the memory budget")
     say(f"chose {chosen.variant.name}")
     return chosen
+
+
+def select_candidate(candidates: list[Candidate]) -> Candidate | None:
+    """The rule of --optimize auto, on measured candidates (the first is the fp32 baseline).
+
+    Only candidates that passed verification (and fit the budget) are eligible. The baseline
+    is kept unless another is faster by more than AUTO_MIN_GAIN: a smaller gain is noise,
+    and a candidate slower than fp32 is never kept. If the baseline is over budget, the
+    fastest eligible candidate wins.
+    """
+    baseline = candidates[0]
+    eligible = [c for c in candidates if c.status == "passed" and c.latency_ms is not None]
+    if baseline.status == "unverified":
+        return baseline  # nothing could run here: the plain build, recorded as unverified
+    if baseline.status != "passed":
+        return min(eligible, key=lambda c: c.latency_ms or float("inf")) if eligible else None
+    if baseline.latency_ms is None:
+        return baseline  # the target cannot time here: keep the plain build
+    limit = baseline.latency_ms * (1 - AUTO_MIN_GAIN)
+    faster = [c for c in eligible if c is not baseline and c.latency_ms is not None and c.latency_ms < limit]
+    return min(faster, key=lambda c: c.latency_ms or 0.0) if faster else baseline
 
 
 def _time_candidates(runners: dict[str, tuple[Candidate, Any]], feeds: dict[str, np.ndarray], say: Progress) -> None:

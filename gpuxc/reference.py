@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpuxc.errors import ConfigError, ModelError, ReferenceError_, first_line
+from gpuxc.errors import ModelError, ReferenceError_, first_line
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -167,45 +167,14 @@ def index_bounds(model: ModelProto) -> dict[str, int]:
 
 
 def load_calibration_sample(config: GpuxConfig, signature: ModelSignature) -> dict[str, np.ndarray]:
-    """The first sample of ``build.calibration.data``: an .npz (arrays named like the inputs, a
-    leading sample axis when it holds several) or a folder of .npz files, one sample each."""
-    assert config.build.calibration is not None
+    """The first sample of ``build.calibration.data`` (any layout of :mod:`gpuxc.calibration`),
+    checked against the signature; errors point at ``build.calibration.data`` in gpux.yml."""
+    from gpuxc.calibration import load_samples
+
+    assert config.build.calibration is not None and config.build.calibration.data is not None
     where = config.where("build", "calibration", "data")
     path = (config.project_dir / config.build.calibration.data).resolve()
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix == ".npz")
-        if not files:
-            raise ConfigError(f"{where}: calibration folder '{path.name}' holds no .npz files")
-        path, several = files[0], False
-    elif path.is_file() and path.suffix == ".npz":
-        several = True
-    else:
-        raise ConfigError(
-            f"{where}: calibration data '{config.build.calibration.data}' is not an .npz file or a folder of them"
-        )
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except Exception as exc:
-        raise ConfigError(f"{where}: cannot read '{path.name}': {exc}") from None
-    sample: dict[str, np.ndarray] = {}
-    for tensor in signature.inputs:
-        if tensor.name not in arrays:
-            raise ConfigError(f"{where}: '{path.name}' has no array named '{tensor.name}' (has: {', '.join(arrays)})")
-        value = arrays[tensor.name]
-        rank = len(tensor.shape) if tensor.shape is not None else value.ndim
-        if several and value.ndim == rank + 1:
-            value = value[0]
-        if value.ndim != rank:
-            raise ConfigError(
-                f"{where}: '{tensor.name}' in '{path.name}' has rank {value.ndim}, the model wants {rank}"
-            )
-        sample[tensor.name] = value.astype(_np_dtype(tensor.dtype))
-    return sample
-
-
-def _np_dtype(name: str) -> Any:
-    return object if name == "string" else (np.float32 if name == "bfloat16" else np.dtype(name))
+    return load_samples(path, signature, 1, where=where)[0]
 
 
 def run_onnxruntime(model: Path | bytes, inputs: dict[str, np.ndarray], providers: list[str] | None = None,

@@ -1,0 +1,243 @@
+"""Calibration samples: representative inputs read from files, or generated ones.
+
+``build.calibration.data`` names one of three layouts (``load_samples`` reads all three):
+
+- a folder of ``.npz`` files, one sample each, arrays named like the model inputs;
+- a folder of ``.npy`` files, one array each: only for a model with a single input;
+- one ``.npz`` whose arrays carry a leading sample axis (``N`` samples), or exactly the
+  input's rank (one sample).
+
+Files are read in sorted name order, at most ``samples`` of them, always with
+``allow_pickle=False``. Every sample is checked against the model's signature (names,
+dtype kind, rank, fixed dims, symbolic dims shared between inputs) and every problem is a
+``ConfigError`` of one line naming the file, the input, what the model wants and what the
+file holds. Values are cast to the model's dtype only within a kind: any float width to
+the model's float (NumPy writes float64 by default), integers to the model's integer type
+when every value fits; never across kinds (int to float, float to int, bool to int).
+
+``random_samples`` generates inputs with the generator of the reference inputs
+(:func:`gpuxc.reference.generate`), from seeds derived from ``seed`` but never equal to it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gpuxc.errors import ConfigError, first_line
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
+
+    from gpuxc.model import ModelSignature, TensorInfo
+
+__all__ = ["load_samples", "random_samples", "resolve_model_shapes"]
+
+Sample = dict[str, np.ndarray]
+# Separates the calibration seeds from the reference seed (any constant would do).
+_CALIBRATION_STREAM = 0xCA11B
+_KINDS = {
+    "f": "floats",
+    "i": "integers",
+    "u": "integers",
+    "b": "bools",
+    "U": "strings",
+    "S": "bytes",
+    "c": "complex numbers",
+}
+
+
+def load_samples(data: Path, signature: ModelSignature, samples: int, *, where: str | None = None) -> list[Sample]:
+    """At most ``samples`` checked samples from ``data`` (see the module doc for the layouts).
+
+    ``where`` (``file:line:col`` of the setting) prefixes every error message.
+    """
+    prefix = f"{where}: " if where else ""
+    data = Path(data)
+    if samples < 1:
+        raise ConfigError(f"{prefix}calibration needs at least one sample, asked for {samples}")
+    if data.is_dir():
+        return _load_folder(data, signature, samples, prefix)
+    if data.is_file() and data.suffix == ".npz":
+        return _load_npz(data, signature, samples, prefix)
+    if not data.exists():
+        raise ConfigError(f"{prefix}calibration data '{data.name}' does not exist")
+    raise ConfigError(f"{prefix}calibration data '{data.name}' is not an .npz file or a folder of .npz/.npy files")
+
+
+def random_samples(signature: ModelSignature, shapes: dict[str, list[int]], n: int, seed: int,
+                   model: ModelProto) -> list[Sample]:  # fmt: skip
+    """``n`` generated samples of the given concrete ``shapes``, drawn like the reference inputs
+    (:func:`gpuxc.reference.generate`: realistic values per dtype, token ids inside the vocabulary).
+
+    Each sample has its own seed derived from ``seed``, never ``seed`` itself: the reference
+    inputs (drawn from ``build.seed``) are not among them, so verification does not run on the
+    data a quantizer was calibrated on.
+    """
+    from gpuxc.reference import generate, index_bounds
+
+    bounds = index_bounds(model)
+    seeds = np.random.SeedSequence([seed, _CALIBRATION_STREAM]).generate_state(n)
+    return [generate(signature, shapes, int(s), bounds) for s in seeds]
+
+
+def resolve_model_shapes(signature: ModelSignature, given: dict[str, list[int]] | None = None,
+                         defaults: tuple[int, int] | None = None) -> dict[str, list[int]]:  # fmt: skip
+    """Concrete input shapes without a gpux.yml: ``given`` shapes first, then the model's fixed
+    dims, then the rules of :func:`gpuxc.reference.resolve_shapes` (batch 1, ``defaults``)."""
+    from gpuxc.config import GpuxConfig
+    from gpuxc.reference import DEFAULT_DIM, DEFAULT_SPATIAL, resolve_shapes
+
+    config = GpuxConfig.model_validate(
+        {"name": "shapes", "model": {"source": "model.onnx"}, "build": {"shapes": dict(given or {})}}
+    )
+    return resolve_shapes(signature, config, defaults or (DEFAULT_DIM, DEFAULT_SPATIAL))
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def _load_folder(folder: Path, signature: ModelSignature, samples: int, prefix: str) -> list[Sample]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".npz", ".npy"))
+    npz = [p for p in files if p.suffix == ".npz"]
+    npy = [p for p in files if p.suffix == ".npy"]
+    if not files:
+        raise ConfigError(f"{prefix}calibration folder '{folder.name}' holds no .npz files and no .npy files")
+    if npz and npy:
+        raise ConfigError(
+            f"{prefix}calibration folder '{folder.name}' mixes .npz and .npy files; use one kind "
+            "(.npz: arrays named like the inputs; .npy: single-input models)"
+        )
+    out: list[Sample] = []
+    if npz:
+        for path in npz[:samples]:
+            label = f"{folder.name}/{path.name}"
+            arrays = _read(path, label, prefix)
+            out.append(_check_sample(arrays, signature, label, prefix, sample_axis=False))
+        return out
+    if len(signature.inputs) != 1:
+        names = ", ".join(t.name for t in signature.inputs)
+        raise ConfigError(
+            f"{prefix}calibration folder '{folder.name}' holds .npy files, which only work for a model with one "
+            f"input; this model has {len(signature.inputs)} ({names}): use .npz files with arrays named like the inputs"
+        )
+    name = signature.inputs[0].name
+    for path in npy[:samples]:
+        label = f"{folder.name}/{path.name}"
+        out.append(_check_sample({name: _read(path, label, prefix)}, signature, label, prefix, sample_axis=False))
+    return out
+
+
+def _load_npz(path: Path, signature: ModelSignature, samples: int, prefix: str) -> list[Sample]:
+    label = path.name
+    arrays = _read(path, label, prefix)
+    _check_names(arrays, signature, label, prefix)
+    # A leading sample axis when every input of known rank has one more dim than the model's.
+    extra = {t.name: arrays[t.name].ndim - len(t.shape) for t in signature.inputs if t.shape is not None}
+    if extra and all(v == 1 for v in extra.values()):
+        counts = {name: arrays[name].shape[0] for name in arrays}
+        if len(set(counts.values())) > 1:
+            listed = ", ".join(f"'{k}' {v}" for k, v in counts.items())
+            raise ConfigError(f"{prefix}'{label}': the arrays hold different numbers of samples ({listed})")
+        total = next(iter(counts.values()))
+        if total == 0:
+            raise ConfigError(f"{prefix}'{label}' holds 0 samples")
+        return [
+            _check_sample({k: v[i] for k, v in arrays.items()}, signature, f"{label}[{i}]", prefix, sample_axis=True)
+            for i in range(min(total, samples))
+        ]
+    return [_check_sample(arrays, signature, label, prefix, sample_axis=True)]
+
+
+def _read(path: Path, label: str, prefix: str) -> Any:
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise ConfigError(f"{prefix}cannot read '{label}': {first_line(exc)}") from None
+
+
+# -- checking ---------------------------------------------------------------------------------
+
+
+def _check_names(arrays: dict[str, np.ndarray], signature: ModelSignature, label: str, prefix: str) -> None:
+    wanted = [t.name for t in signature.inputs]
+    for name in wanted:
+        if name not in arrays:
+            has = ", ".join(arrays) or "nothing"
+            raise ConfigError(f"{prefix}'{label}' has no array named '{name}' (has: {has}; the model wants: "
+                              f"{', '.join(wanted)})")  # fmt: skip
+    for name in arrays:
+        if name not in wanted:
+            raise ConfigError(
+                f"{prefix}'{label}' has an array '{name}' that is not a model input (inputs: {', '.join(wanted)})"
+            )
+
+
+def _check_sample(arrays: dict[str, np.ndarray], signature: ModelSignature, label: str, prefix: str,
+                  sample_axis: bool) -> Sample:  # fmt: skip
+    _check_names(arrays, signature, label, prefix)
+    sample: Sample = {}
+    symbols: dict[str, tuple[int, str]] = {}
+    for tensor in signature.inputs:
+        value = np.asarray(arrays[tensor.name])
+        where = f"{prefix}'{label}': '{tensor.name}'"
+        if tensor.shape is not None:
+            if value.ndim != len(tensor.shape):
+                also = f" (or {len(tensor.shape) + 1} with a leading sample axis)" if sample_axis else ""
+                raise ConfigError(
+                    f"{where} has rank {value.ndim} (shape {list(value.shape)}), the model wants rank "
+                    f"{len(tensor.shape)}{also}: {_shape_text(tensor.shape)}"
+                )
+            for i, (dim, size) in enumerate(zip(tensor.shape, value.shape, strict=True)):
+                if isinstance(dim, int) and dim != size:
+                    raise ConfigError(
+                        f"{where} has shape {list(value.shape)}, the model fixes dim {i} to {dim}: "
+                        f"{_shape_text(tensor.shape)}"
+                    )
+                if isinstance(dim, str):
+                    seen = symbols.setdefault(dim, (size, tensor.name))
+                    if seen[0] != size:
+                        raise ConfigError(
+                            f"{prefix}'{label}': dim '{dim}' is {seen[0]} in '{seen[1]}' but {size} in '{tensor.name}'"
+                        )
+        sample[tensor.name] = _cast(value, tensor, where)
+    return sample
+
+
+def _cast(value: np.ndarray, tensor: TensorInfo, where: str) -> np.ndarray:
+    want = tensor.dtype
+    got = value.dtype
+    if want == "string":
+        if got.kind not in "US":
+            raise ConfigError(f"{where} is {got}, the model wants string")
+        return value.astype(object)
+    target = np.dtype(np.float32 if want == "bfloat16" else want)
+    if got == target:
+        return value
+    refused = f"{where} is {got}, the model wants {want}"
+    kind = _KINDS.get(got.kind, got.kind)
+    if target.kind == "f":
+        if got.kind != "f":
+            raise ConfigError(f"{refused} (calibration data is cast between float widths only, never from {kind})")
+        with np.errstate(over="ignore"):  # overflow is what the next line looks for
+            cast = value.astype(target)
+        if np.any(np.isfinite(value) & ~np.isfinite(cast)):
+            raise ConfigError(f"{refused}, and some values overflow {want}")
+        return cast
+    if target.kind in "iu":
+        if got.kind not in "iu":
+            raise ConfigError(f"{refused} (integers are cast only from other integers, never from {kind})")
+        info = np.iinfo(target)
+        if value.size and (value.min() < info.min or value.max() > info.max):
+            raise ConfigError(f"{refused}, and holds values {value.min()}..{value.max()} outside {want}")
+        return value.astype(target)
+    raise ConfigError(refused)
+
+
+def _shape_text(shape: list[Any]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
