@@ -46,6 +46,9 @@ class PassContext:
     target: str
     model_dir: Path  # folder of the source model (external data lives there)
     project_dir: Path | None = None  # folder of gpux.yml: relative paths in pass params resolve here
+    # Concrete input shapes the source model verified at: what checks and generated samples use
+    # when a pass's own shape parameters are not given.
+    reference_shapes: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -319,7 +319,7 @@ def _build_candidate(
     proto = onnx.ModelProto()
     proto.CopyFrom(project.model.proto)
     ctx = PassContext(workdir=scratch, target=target.name, model_dir=project.model.path.parent,
-                      project_dir=config.project_dir)  # fmt: skip
+                      project_dir=config.project_dir, reference_shapes=project.reference_shapes)  # fmt: skip
     manager = PassManager(get_registry())
     model, records = manager.run(proto, specs, ctx, progress=lambda m: say(f"{variant.name}: {m}"))
     candidate.model, candidate.records = model, records

@@ -1,0 +1,230 @@
+"""``quantize-static``: int8 weights and activations, scales calibrated on representative inputs.
+
+ONNX Runtime's ``quantize_static`` with a ``CalibrationDataReader`` over samples from
+``data`` (the layouts of :mod:`gpuxc.calibration`: a folder of .npz/.npy files, one sample
+each, or one .npz holding N samples per input) or, only when asked with ``random: true``,
+over generated inputs; a random calibration is a smoke test and says so in the manifest.
+
+Defaults are what ONNX Runtime recommends for x86-64 CPUs: QDQ format, uint8 activations,
+int8 weights (U8S8), per-channel weights (cosine about 0.9999 on CNNs here, FIELD_NOTES).
+
+``preprocess`` runs ``quant_pre_process`` (ONNX Runtime optimization + shape inference)
+first, with symbolic shape inference skipped because it fails on most real models. It is
+off by default: targets run ``ort-optimize`` at BASIC before quantizing, which does the same
+folding, and on the magika model the quantizer itself then failed inside ONNX Runtime. When
+it is on and fails, or quantization fails after it, the pass goes on without it and records
+that in the stats.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import onnx
+from onnx import ModelProto
+from pydantic import Field, model_validator
+
+from gpuxc.errors import PassError, first_line
+from gpuxc.model import infer_shapes, iter_nodes, save_model
+from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSkipped
+from gpuxc_passes._common import (
+    CALIBRATION_SIZES,
+    generated_inputs,
+    has_float32,
+    is_large,
+    op_counts,
+    op_diff,
+    quiet_quantizer,
+    signature_of,
+)
+
+NEEDS_DATA = (
+    "static quantization needs calibration data: set build.calibration.data to a folder of .npz/.npy files "
+    "(one sample each) or one .npz holding N samples per input, or build.calibration.random: true for a smoke test"
+)
+RANDOM_WARNING = "calibrated on random inputs: accuracy on real data is unknown"
+# Ops the quantizer adds: QDQ pairs, or QOperator's integer kernels.
+QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+
+
+class QuantizeStaticConfig(PassConfig):
+    data: str | None = None
+    """Calibration samples: a folder of .npz/.npy files or one .npz (relative to gpux.yml's folder, or absolute)."""
+    samples: Annotated[int, Field(ge=1)] = 32
+    """How many samples to calibrate on (the first ones, in file-name order)."""
+    random: bool = False
+    """Calibrate on generated inputs instead of data: a smoke test, recorded as a warning."""
+    seed: Annotated[int, Field(ge=0)] = 0
+    """Seed of the generated samples (random: true); they never equal the reference inputs."""
+    shapes: dict[str, list[int]] = {}
+    """Input name -> full shape of the generated samples; unknown dims not given take the reference's defaults."""
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    """Calibration method: min/max of the activations, or entropy/percentile of their histograms."""
+    format: Literal["qdq", "qoperator"] = "qdq"
+    """QDQ: QuantizeLinear/DequantizeLinear pairs that any runtime can fuse; QOperator: QLinear* ops."""
+    per_channel: bool = True
+    """One scale per output channel of each weight."""
+    reduce_range: bool = False
+    """7-bit weights, for CPUs without VNNI where 8-bit U8S8 products can saturate."""
+    activation_type: Literal["quint8", "qint8"] = "quint8"
+    """Activation integer type (uint8 is what ONNX Runtime recommends on x86-64)."""
+    weight_type: Literal["qint8", "quint8"] = "qint8"
+    """Weight integer type."""
+    op_types_to_quantize: list[str] | None = ["Conv", "MatMul", "Gemm"]
+    """Op types to quantize (default: the compute-heavy ones); null: every op type ONNX Runtime's static
+    quantizer supports. Quantizing element-wise Mul/Add too moved magika to cosine 0.745."""
+    nodes_to_exclude: list[str] = []
+    """Node names left in float."""
+    preprocess: bool = False
+    """Run quant_pre_process first (skip_symbolic_shape); on failure the pass goes on without it."""
+    extra_options: dict[str, Any] = {}
+    """Passed unchanged to onnxruntime.quantization.quantize_static (e.g. ActivationSymmetric)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> QuantizeStaticConfig:
+        if self.data is not None and self.random:
+            raise ValueError("'data' and 'random: true' exclude each other")
+        return self
+
+
+class QuantizeStatic(Pass):
+    name = "quantize-static"
+    description = "static int8 quantization (QDQ), calibrated on build.calibration data (ONNX Runtime)"
+    Config = QuantizeStaticConfig
+
+    def run(self, model: ModelProto, ctx: PassContext) -> PassResult:
+        config: QuantizeStaticConfig = self.config  # type: ignore[assignment]
+        if config.data is None and not config.random:
+            raise PassError(NEEDS_DATA)
+        if not has_float32(model if is_large(model) else infer_shapes(model)):
+            raise PassSkipped("no float32 computation to quantize")
+        handled = _handled_nodes(model, config)
+        if not handled:
+            raise PassSkipped("no node of an op type ONNX Runtime's static quantizer handles")
+        signature = signature_of(model)
+        result_warnings: list[str] = []
+        if config.data is not None:
+            from gpuxc.calibration import load_samples
+
+            path = Path(config.data)
+            if not path.is_absolute():
+                path = (ctx.project_dir or ctx.model_dir) / path
+            samples = load_samples(path, signature, config.samples)
+            source = f"data: {config.data}"
+        else:
+            from gpuxc.calibration import random_samples
+
+            first, _ = generated_inputs(
+                model, signature, config.shapes or ctx.reference_shapes, ctx.workdir, CALIBRATION_SIZES, "shapes"
+            )
+            shapes = {k: list(v.shape) for k, v in first.items()}
+            samples = random_samples(signature, shapes, config.samples, config.seed, model)
+            source = f"random (seed {config.seed}, shapes {shapes})"
+            result_warnings.append(RANDOM_WARNING)
+
+        src = ctx.workdir / "quantize-static-in.onnx"
+        save_model(model, src)
+        stats: dict[str, Any] = {
+            "calibration": source,
+            "samples": len(samples),
+            "method": config.method,
+            "candidates": len(handled),
+        }
+        quantize_from = src
+        if config.preprocess:
+            quantize_from, stats["preprocess"] = _preprocess(src, ctx.workdir, is_large(model))
+        try:
+            quantized, messages = _quantize(quantize_from, samples, config, ctx.workdir, is_large(model))
+        except Exception as exc:
+            if quantize_from == src:
+                raise PassError(
+                    f"ONNX Runtime's quantize_static failed: {type(exc).__name__}: {first_line(exc)}"
+                ) from exc
+            stats["preprocess"] = f"dropped: quantization failed after it ({type(exc).__name__}: {first_line(exc)})"
+            quantized, messages = _quantize(src, samples, config, ctx.workdir, is_large(model))
+        added = op_counts(quantized) - op_counts(model)
+        quant_ops = sum(v for k, v in added.items() if k in QUANT_OPS or k.startswith("QLinear") or "Integer" in k)
+        if quant_ops == 0:
+            raise PassSkipped("ONNX Runtime's static quantizer found nothing to quantize")
+        stats["quantize_ops_added"] = quant_ops
+        stats.update(op_diff(model, quantized))
+        if messages:
+            stats["quantizer_messages"] = messages[:20]
+        return PassResult(model=quantized, modified=True, stats=stats, warnings=result_warnings)
+
+
+def _handled_nodes(model: ModelProto, config: QuantizeStaticConfig) -> list[str]:
+    """Nodes of op types the quantizer would quantize (QDQ: main graph; QOperator: subgraphs too)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    wanted = set(config.op_types_to_quantize or [*QDQRegistry, *QLinearOpsRegistry])
+    nodes = iter_nodes(model.graph) if config.format == "qoperator" else iter(model.graph.node)
+    skip = set(config.nodes_to_exclude)
+    return [n.name or n.op_type for n in nodes if n.op_type in wanted and n.name not in skip]
+
+
+def _preprocess(src: Path, workdir: Path, large: bool) -> tuple[Path, str]:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    dst = workdir / "quantize-static-pre.onnx"
+    try:
+        with quiet_quantizer():
+            quant_pre_process(
+                src,
+                dst,
+                skip_symbolic_shape=True,
+                save_as_external_data=large,
+                all_tensors_to_one_file=True,
+                external_data_location="quantize-static-pre.data",
+            )
+    except Exception as exc:
+        return src, f"failed, went on without it: {type(exc).__name__}: {first_line(exc)}"
+    return dst, "applied"
+
+
+def _quantize(
+    src: Path, samples: list[dict[str, np.ndarray]], config: QuantizeStaticConfig, workdir: Path, large: bool
+) -> tuple[ModelProto, list[str]]:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._next = iter(samples)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._next, None)
+
+        def __len__(self) -> int:
+            return len(samples)
+
+    dst = workdir / "quantize-static-out.onnx"
+    types = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}
+    with quiet_quantizer() as messages:
+        quantize_static(
+            src,
+            dst,
+            Reader(),
+            quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
+            op_types_to_quantize=config.op_types_to_quantize,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            activation_type=types[config.activation_type],
+            weight_type=types[config.weight_type],
+            nodes_to_exclude=list(config.nodes_to_exclude),
+            use_external_data_format=large,
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
+            }[config.method],
+            extra_options=dict(config.extra_options),
+        )
+    return onnx.load(str(dst)), messages
