@@ -257,9 +257,9 @@ def tensor_info(value: onnx.ValueInfoProto, allow_non_tensor: bool = False) -> T
     if tensor_type.HasField("shape"):
         shape = []
         for dim in tensor_type.shape.dim:
-            if dim.HasField("dim_value"):
+            if dim.HasField("dim_value") and dim.dim_value >= 0:
                 shape.append(int(dim.dim_value))
-            elif dim.HasField("dim_param") and dim.dim_param:
+            elif dim.HasField("dim_param") and dim.dim_param and dim.dim_param != "?":
                 shape.append(dim.dim_param)
             else:
                 shape.append(None)

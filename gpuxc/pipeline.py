@@ -39,7 +39,6 @@ from gpuxc.errors import (
     GpuxcError,
     MemoryBudgetExceeded,
     ModelError,
-    PassError,
     ReferenceError_,
     TargetUnavailable,
     VerificationFailed,
@@ -358,7 +357,7 @@ def _try_candidate(
     """An auto candidate: a build failure is a result to report, except for the baseline."""
     try:
         return _build_candidate(project, target, options, variant, root, workdir, say, search=True)
-    except (PassError, CompileError) as exc:
+    except GpuxcError as exc:  # a pass, the target, or its runtime refusing the result
         if baseline:
             raise
         say(f"{variant.name}: failed ({exc})")

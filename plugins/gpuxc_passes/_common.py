@@ -200,3 +200,29 @@ def quiet_quantizer() -> Iterator[list[str]]:
             logger.removeFilter(collect)
         if placeholder:
             root.removeHandler(placeholder)
+
+
+# Per-channel quantization writes DequantizeLinear with an `axis`, which needs opset 13.
+PER_CHANNEL_MIN_OPSET = 13
+
+
+def for_per_channel(model: ModelProto, per_channel: bool, stats: dict[str, Any]) -> ModelProto:
+    """``model`` upgraded to opset 13 when per-channel quantization needs it (recorded in ``stats``).
+
+    ONNX Runtime's quantizers do not upgrade it themselves and write graphs its own loader
+    rejects (seen on paddle2onnx exports at opset 11/12). Verification checks the conversion.
+    """
+    import onnx.version_converter
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if not per_channel or opset is None or opset >= PER_CHANNEL_MIN_OPSET:
+        return model
+    try:
+        upgraded = onnx.version_converter.convert_version(model, PER_CHANNEL_MIN_OPSET)
+    except Exception as exc:
+        raise PassError(
+            f"per-channel quantization needs opset {PER_CHANNEL_MIN_OPSET}, and upgrading from {opset} failed "
+            f"({reason(exc)}); set per_channel: false"
+        ) from exc
+    stats["opset_upgraded"] = f"{opset} -> {PER_CHANNEL_MIN_OPSET}"
+    return upgraded

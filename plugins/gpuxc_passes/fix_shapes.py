@@ -37,11 +37,13 @@ class FixShapes(Pass):
             if len(dims) != len(shape):
                 raise PassError(f"build.shapes.{name} has rank {len(shape)}, the model input has rank {len(dims)}")
             for i, (dim, size) in enumerate(zip(dims, shape, strict=False)):
-                if dim.HasField("dim_value") and dim.dim_value != size:
+                # Some exporters (paddle2onnx) write -1 for a dynamic dim: only >= 0 is fixed.
+                is_fixed = dim.HasField("dim_value") and dim.dim_value >= 0
+                if is_fixed and dim.dim_value != size:
                     raise PassError(
                         f"build.shapes.{name}[{i}] is {size}, but the model fixes that dim to {dim.dim_value}"
                     )
-                if not dim.HasField("dim_value"):
+                if not is_fixed:
                     dim.dim_value = size  # clears dim_param (protobuf oneof)
                     changed.setdefault(name, list(shape))
         if not changed:

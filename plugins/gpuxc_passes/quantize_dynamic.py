@@ -18,7 +18,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
 from gpuxc.model import save_model
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSkipped
-from gpuxc_passes._common import is_large, op_counts, op_diff, quiet_quantizer
+from gpuxc_passes._common import for_per_channel, is_large, op_counts, op_diff, quiet_quantizer
 
 # Which input holds the weight, per op type (other op types: any float initializer input).
 WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1, "Gather": 0, "EmbedLayerNormalization": 2}
@@ -55,6 +55,8 @@ class QuantizeDynamic(Pass):
         src = ctx.workdir / "quantize-dynamic-in.onnx"
         dst = ctx.workdir / "quantize-dynamic-out.onnx"
         large = is_large(model)
+        upgrade: dict[str, Any] = {}
+        model = for_per_channel(model, config.per_channel, upgrade)
         save_model(model, src)
         with quiet_quantizer() as messages:
             quantize_dynamic(
@@ -77,6 +79,7 @@ class QuantizeDynamic(Pass):
             "candidates": len(candidates),
             "nodes_quantized": done,
             **op_diff(model, quantized),
+            **upgrade,
         }
         if messages:
             stats["quantizer_messages"] = messages[:20]

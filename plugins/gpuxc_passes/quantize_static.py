@@ -31,6 +31,7 @@ from gpuxc.model import infer_shapes, iter_nodes, save_model
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSkipped
 from gpuxc_passes._common import (
     CALIBRATION_SIZES,
+    for_per_channel,
     generated_inputs,
     has_float32,
     is_large,
@@ -125,25 +126,29 @@ class QuantizeStatic(Pass):
             result_warnings.append(RANDOM_WARNING)
 
         src = ctx.workdir / "quantize-static-in.onnx"
-        save_model(model, src)
         stats: dict[str, Any] = {
             "calibration": source,
             "samples": len(samples),
             "method": config.method,
             "candidates": len(handled),
         }
+        model = for_per_channel(model, config.per_channel, stats)
+        save_model(model, src)
         quantize_from = src
         if config.preprocess:
             quantize_from, stats["preprocess"] = _preprocess(src, ctx.workdir, is_large(model))
         try:
-            quantized, messages = _quantize(quantize_from, samples, config, ctx.workdir, is_large(model))
+            quantized, messages = _quantize_with_bias_fallback(quantize_from, samples, config, ctx.workdir,
+                                                               is_large(model), stats)  # fmt: skip
         except Exception as exc:
             if quantize_from == src:
                 raise PassError(
                     f"ONNX Runtime's quantize_static failed: {type(exc).__name__}: {first_line(exc)}"
                 ) from exc
             stats["preprocess"] = f"dropped: quantization failed after it ({type(exc).__name__}: {first_line(exc)})"
-            quantized, messages = _quantize(src, samples, config, ctx.workdir, is_large(model))
+            quantized, messages = _quantize_with_bias_fallback(
+                src, samples, config, ctx.workdir, is_large(model), stats
+            )
         added = op_counts(quantized) - op_counts(model)
         quant_ops = sum(v for k, v in added.items() if k in QUANT_OPS or k.startswith("QLinear") or "Integer" in k)
         if quant_ops == 0:
@@ -182,6 +187,30 @@ def _preprocess(src: Path, workdir: Path, large: bool) -> tuple[Path, str]:
     except Exception as exc:
         return src, f"failed, went on without it: {type(exc).__name__}: {first_line(exc)}"
     return dst, "applied"
+
+
+BIAS_ADJUST_OPTION = "QDQDisableWeightAdjustForInt32Bias"
+
+
+def _quantize_with_bias_fallback(
+    src: Path,
+    samples: list[dict[str, np.ndarray]],
+    config: QuantizeStaticConfig,
+    workdir: Path,
+    large: bool,
+    stats: dict[str, Any],
+) -> tuple[ModelProto, list[str]]:
+    """``_quantize``; if ONNX Runtime's int32-bias weight-scale adjustment crashes (it does on a
+    per-channel Gemm with a 2-D bias: "truth value of an array ... is ambiguous"), quantize again
+    without that adjustment and record it."""
+    try:
+        return _quantize(src, samples, config, workdir, large)
+    except ValueError as exc:
+        if "truth value of an array" not in str(exc) or BIAS_ADJUST_OPTION in config.extra_options:
+            raise
+    retry = config.model_copy(update={"extra_options": {**config.extra_options, BIAS_ADJUST_OPTION: True}})
+    stats["int32_bias_weight_adjust"] = "disabled: onnxruntime's adjustment failed on a 2-D bias"
+    return _quantize(src, samples, retry, workdir, large)
 
 
 def _quantize(
