@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuxc.compare import compare
+from gpuxc.compare import compare, worst_of
 from gpuxc.errors import BundleError, ConfigError, TargetUnavailable
 from gpuxc.manifest import read_manifest
 from gpuxc.model import load_model
@@ -75,7 +75,7 @@ def verify_against(bundle: Path, model_path: Path, inputs: Path | None = None, s
         report = compare(expected, actual, tolerance, class_outputs)
         failures.extend(f"sample {index}: {f}" for f in report["failures"])
         for name, metrics in report["outputs"].items():
-            worst[name] = _worse(worst.get(name), metrics)
+            worst[name] = worst_of(worst.get(name), metrics)
     return {
         "status": "failed" if failures else "passed",
         "samples": len(batch),
@@ -86,19 +86,3 @@ def verify_against(bundle: Path, model_path: Path, inputs: Path | None = None, s
         "target": manifest.target,
         "runtime": target.verification_runtime(),
     }
-
-
-def _worse(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
-    if a is None:
-        return dict(b)
-    out = dict(a)
-    for key in ("max_abs", "max_rel", "mismatch_ratio"):
-        if key in b:
-            out[key] = max(a.get(key, 0.0), b[key])
-    for key in ("cosine", "top1_agreement"):
-        if key in b:
-            out[key] = min(a.get(key, 1.0), b[key])
-    out["mismatches"] = a.get("mismatches", 0) + b.get("mismatches", 0)
-    if "error" in b:
-        out["error"] = b["error"]
-    return out

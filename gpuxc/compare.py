@@ -111,6 +111,23 @@ def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], tole
     return {"status": "failed" if failures else "passed", "outputs": outputs, "failures": failures}
 
 
+def worst_of(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
+    """Metrics of one output over several samples: the worst value of each."""
+    if a is None:
+        return dict(b)
+    out = dict(a)
+    for key in ("max_abs", "max_rel", "mismatch_ratio"):
+        if key in b:
+            out[key] = max(a.get(key, 0.0), b[key])
+    for key in ("cosine", "top1_agreement"):
+        if key in b:
+            out[key] = min(a.get(key, 1.0), b[key])
+    out["mismatches"] = a.get("mismatches", 0) + b.get("mismatches", 0)
+    if "error" in b:
+        out["error"] = b["error"]
+    return out
+
+
 def _cosine(e: np.ndarray, a: np.ndarray) -> float:
     e = np.nan_to_num(e.ravel(), nan=0.0, posinf=0.0, neginf=0.0)
     a = np.nan_to_num(a.ravel(), nan=0.0, posinf=0.0, neginf=0.0)
@@ -155,7 +172,18 @@ def latency_stats(times_ms: list[float]) -> dict[str, float]:
 
 
 def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process in MiB (None where the platform cannot tell)."""
+    """Peak resident memory of this process in MiB (None where the platform cannot tell).
+
+    Linux: VmHWM of /proc/self/status. Not ru_maxrss: Linux carries it over fork and exec, so a
+    child started by a large parent reports the parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
         import sys

@@ -96,6 +96,7 @@ class Verification(_M):
     reason: str | None = None
     runtime: str | None = None  # what executed the artifact, e.g. "onnxruntime 1.31.1 CPUExecutionProvider"
     tolerance: dict[str, float]
+    samples: int = 1  # inputs compared: the reference, plus more for lossy variants (worst metrics kept)
     outputs: dict[str, Any] = Field(default_factory=dict)
     failures: list[str] = Field(default_factory=list)
 

@@ -31,7 +31,8 @@ import onnx
 from pydantic import ValidationError
 
 from gpuxc import __version__, bundle
-from gpuxc.compare import DEFAULT_TOLERANCE, compare
+from gpuxc.calibration import load_samples
+from gpuxc.compare import DEFAULT_TOLERANCE, compare, worst_of
 from gpuxc.config import GpuxConfig, did_you_mean, find_config, load_config
 from gpuxc.errors import (
     CompileError,
@@ -64,6 +65,8 @@ from gpuxc.reference import (
     DEFAULT_DIM,
     DEFAULT_SPATIAL,
     FALLBACK_SIZES,
+    generate,
+    index_bounds,
     load_calibration_sample,
     make_inputs,
     resolve_shapes,
@@ -74,6 +77,8 @@ from gpuxc.signature import bundle_io, check_signature
 from gpuxc.target import Artifact, CompileContext, Target, Variant
 
 Progress = Callable[[str], None]
+# Lossy variants are verified on the reference input plus this many more.
+EXTRA_SAMPLES = 4
 
 
 @dataclass
@@ -98,6 +103,18 @@ class Project:
     reference_outputs: dict[str, np.ndarray]
     reference_origin: str
     reference_shapes: dict[str, list[int]] = field(default_factory=dict)
+
+    def extra_samples(self, count: int = EXTRA_SAMPLES) -> list[dict[str, np.ndarray]]:
+        """Inputs beyond the reference for lossy variants: later calibration samples when the
+        project has calibration data, else generated ones (other seeds, the reference's shapes)."""
+        cal = self.config.build.calibration
+        if cal is not None and cal.data is not None:
+            samples = load_samples((self.config.project_dir / cal.data).resolve(), self.model.signature, count + 1)
+            return samples[1:]
+        bounds = index_bounds(self.model.proto)
+        seed = self.config.build.seed
+        return [generate(self.model.signature, self.reference_shapes, seed + 7919 * (i + 1), bounds)
+                for i in range(count)]  # fmt: skip
 
     @functools.cached_property
     def activation_bytes(self) -> int:
@@ -530,15 +547,26 @@ def _verify(
     if reason is not None:
         say(f"{variant.name}: verify skipped ({reason})")
         return Verification(status="unverified", reason=reason, tolerance=tolerance)
-    say(f"{variant.name}: verify against the reference outputs")
-    actual = target.execute(stage, artifact, project.reference_inputs)
     class_outputs = {s.name for s in project.config.outputs if s.labels}
-    report = compare(project.reference_outputs, actual, tolerance, class_outputs)
+    samples = [(project.reference_inputs, project.reference_outputs)]
+    if variant.precision != "fp32":
+        # A lossy variant must hold on more than the one input it was chosen on.
+        samples += [(feeds, run_onnxruntime(project.model.path, feeds)) for feeds in project.extra_samples()]
+    say(f"{variant.name}: verify against the source model on {len(samples)} input(s)")
+    worst: dict[str, Any] = {}
+    failures: list[str] = []
+    for index, (feeds, expected) in enumerate(samples):
+        report = compare(expected, target.execute(stage, artifact, feeds), tolerance, class_outputs)
+        failures += [f if index == 0 else f"sample {index}: {f}" for f in report["failures"]]
+        for name, metrics in report["outputs"].items():
+            worst[name] = worst_of(worst.get(name), metrics)
+    report = {"status": "failed" if failures else "passed", "outputs": worst, "failures": failures}
     return Verification(
         status=report["status"],
         reason=None if report["status"] == "passed" else "; ".join(report["failures"][:3]),
         runtime=target.verification_runtime(),
         tolerance=tolerance,
+        samples=len(samples),
         outputs=report["outputs"],
         failures=report["failures"],
     )

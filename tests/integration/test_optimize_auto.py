@@ -77,6 +77,13 @@ def test_fixed_int8_dynamic_ships_the_quantized_model(make_project, tmp_path: Pa
     shipped = onnx.load(result.path / "model" / "model.onnx")
     assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for n in shipped.graph.node)
     assert manifest["verification"]["tolerance"]["min_cosine"] == 0.999
+    # A lossy variant is judged on more inputs than the one reference input.
+    assert manifest["verification"]["samples"] == 5
+
+
+def test_fp32_is_verified_on_the_reference_input(make_project, tmp_path: Path) -> None:
+    [result] = compile_project(make_project(wide_mlp()), ["cpu"], tmp_path / "dist")
+    assert manifest_of(result)["verification"]["samples"] == 1
 
 
 def test_fixed_int8_static_without_calibration_says_how_to_provide_it(make_project, tmp_path: Path) -> None:
