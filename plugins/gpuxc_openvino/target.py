@@ -1,0 +1,213 @@
+"""OpenVINO target: ONNX → ``openvino.convert_model`` → IR (model.xml + model.bin).
+
+The CPU plugin's inference precision is a deliberate, recorded choice. On CPUs
+with AVX512_BF16/AMX the plugin infers in bf16 unless told otherwise, which is
+faster but moves accuracy (FIELD_NOTES: cosine 0.97 on a detection map), so the
+hint is always set explicitly: ``f32`` by default, or chosen among the hints the
+CPU supports by ``--optimize auto`` / ``inference_precision: auto``, each
+candidate verified against the tolerance. The runner applies the recorded hint.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from gpuxc.errors import CompileError, ConfigError, first_line
+from gpuxc.model import save_model
+from gpuxc.passes import PassSpec
+from gpuxc.runtime_versions import pinned, version_of
+from gpuxc.target import Artifact, Availability, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
+
+if TYPE_CHECKING:
+    import numpy as np
+    from onnx import ModelProto
+
+    from gpuxc.config import GpuxConfig
+    from gpuxc.model import ModelSignature
+
+# OpenVINO's names for the hints, by our names.
+HINTS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
+# CPU capability that makes each reduced-precision hint worth trying.
+HINT_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
+
+
+class OpenVinoOptions(TargetOptions):
+    """``build.options.openvino`` in gpux.yml."""
+
+    inference_precision: Literal["f32", "bf16", "f16", "auto"] = "f32"
+    """CPU plugin inference precision hint; auto tries every hint this CPU supports, verified, fastest kept."""
+    device: Literal["CPU", "GPU", "NPU", "AUTO"] = "CPU"
+    """Device the runner compiles for (override: --provider or $GPUXC_PROVIDER). Verification here uses CPU."""
+    performance_hint: Literal["latency", "throughput"] = "latency"
+    """OpenVINO performance hint the runner applies."""
+    compress_to_fp16: bool | None = None
+    """Store weights as fp16 in model.bin (halves it); default: only for precision fp16."""
+    cache_dir: str | None = None
+    """Runner CACHE_DIR for compiled blobs (relative to the bundle); default: none."""
+
+
+class OpenVinoTarget(Target):
+    name = "openvino"
+    description = "OpenVINO IR (xml + bin) for Intel CPUs, GPUs and NPUs; inference precision recorded"
+    Options = OpenVinoOptions
+    install_hint = "pip install 'gpuxc[openvino]'"
+
+    def check_available(self) -> Availability:
+        try:
+            import openvino  # noqa: F401
+        except ImportError as exc:
+            return Availability(available=False, reason=f"openvino is not installed ({exc})",
+                                install_hint=self.install_hint)  # fmt: skip
+        return Availability(available=True)
+
+    def verification_unsupported(self) -> str | None:
+        import openvino as ov
+
+        if "CPU" not in ov.Core().available_devices:
+            return "OpenVINO's CPU plugin is not available on this host"
+        return None
+
+    def verification_runtime(self) -> str:
+        return f"openvino {version_of('openvino')} CPU plugin"
+
+    # -- variants ----------------------------------------------------------------------------
+
+    def _supported_hints(self) -> list[str]:
+        import openvino as ov
+
+        caps = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        return [h for h, cap in HINT_CAPABILITY.items() if cap in caps]
+
+    def variants(self, config: GpuxConfig, options: OpenVinoOptions, auto: bool) -> list[Variant]:  # type: ignore[override]
+        precision = config.build.precision
+        if precision == "int8-dynamic":
+            raise ConfigError(
+                f"{config.where('build', 'precision')}: int8-dynamic is an ONNX Runtime technique; "
+                "the openvino target quantizes with int8-static (NNCF)"
+            )
+        search = auto or precision == "auto" or options.inference_precision == "auto"
+        if not search:
+            return [Variant(precision, precision, {"hint": options.inference_precision})]
+        found = [Variant("fp32", "fp32", {"hint": "f32"})]
+        for hint in self._supported_hints():
+            # Reduced-precision compute is judged by the fp16 tolerance (cosine >= 0.999 by default).
+            found.append(Variant(f"fp32-{hint}-hint", "fp16", {"hint": hint}))
+        if config.build.calibration is not None:
+            found.append(Variant("int8-static", "int8-static", {"hint": "f32"}))
+        return found
+
+    def plan(
+        self, config: GpuxConfig, signature: ModelSignature, options: OpenVinoOptions, variant: Variant
+    ) -> list[PassSpec]:  # type: ignore[override]
+        specs = []
+        if config.build.shapes:
+            specs.append(PassSpec("fix-shapes", {"shapes": config.build.shapes}))
+        if variant.precision == "int8-static":
+            # NNCF needs real initializers, like ONNX Runtime's quantizers.
+            specs.append(PassSpec("fold-constants", {}, required=False))
+        return specs
+
+    # -- compile -----------------------------------------------------------------------------
+
+    def compile(self, model: ModelProto, ctx: CompileContext) -> Artifact:
+        import openvino as ov
+
+        options: OpenVinoOptions = ctx.options  # type: ignore[assignment]
+        variant = ctx.variant
+        source = ctx.workdir / "openvino-in.onnx"
+        save_model(model, source)
+        try:
+            ov_model = ov.convert_model(str(source))
+        except Exception as exc:
+            raise CompileError(_conversion_message(exc, model), hint="fix input shapes with build.shapes") from None
+        if variant.precision == "int8-static":
+            ov_model = self._quantize(ov_model, model, ctx)
+        compress = options.compress_to_fp16 if options.compress_to_fp16 is not None else variant.precision == "fp16"
+        model_dir = ctx.bundle_dir / "model"
+        model_dir.mkdir(parents=True, exist_ok=True)
+        ov.save_model(ov_model, str(model_dir / "model.xml"), compress_to_fp16=compress)
+        hint = variant.settings.get("hint", "f32")
+        if hint == "auto":
+            hint = "f32"  # a fixed build with inference_precision auto searches; without search, f32
+        return Artifact(
+            entry="model/model.xml",
+            format="openvino-ir",
+            files=["model/model.xml", "model/model.bin"],
+            settings={
+                "device": options.device,
+                "inference_precision": hint,
+                "performance_hint": options.performance_hint,
+                "cache_dir": options.cache_dir,
+                "weights": "fp16" if compress else "fp32",
+            },
+        )
+
+    def _quantize(self, ov_model: Any, model: ModelProto, ctx: CompileContext) -> Any:
+        try:
+            import nncf
+        except ImportError:
+            raise CompileError("int8-static for openvino needs NNCF: pip install nncf") from None
+        from gpuxc.calibration import load_samples, random_samples
+        from gpuxc.reference import resolve_shapes
+
+        config = ctx.config
+        cal = config.build.calibration
+        if cal is None:
+            raise CompileError("int8-static needs build.calibration (data, or random: true)")
+        if cal.data is not None:
+            samples = load_samples((config.project_dir / cal.data).resolve(), ctx.signature, cal.samples)
+        else:
+            shapes = resolve_shapes(ctx.signature, config)
+            samples = random_samples(ctx.signature, shapes, cal.samples, config.build.seed, model)
+        try:
+            return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
+        except Exception as exc:
+            raise CompileError(f"openvino: NNCF quantization failed: {first_line(exc)}") from None
+
+    def runtime(self, options: OpenVinoOptions, artifact: Artifact) -> RuntimeSpec:  # type: ignore[override]
+        return RuntimeSpec(
+            adapter="openvino/runtime.py.j2",
+            requirements=pinned(["openvino", "numpy"]),
+            providers=[options.device],
+        )
+
+    # -- run here ----------------------------------------------------------------------------
+
+    def _compiled(self, bundle_dir: Path, artifact: Artifact) -> Any:
+        import openvino as ov
+
+        hint = artifact.settings.get("inference_precision", "f32")
+        config = {"INFERENCE_PRECISION_HINT": HINTS[hint], "PERFORMANCE_HINT": "LATENCY"}
+        return ov.Core().compile_model(str(bundle_dir / artifact.entry), "CPU", config)
+
+    def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import numpy as np
+
+        compiled = self._compiled(bundle_dir, artifact)
+        results = compiled.create_infer_request().infer(inputs)
+        out: dict[str, np.ndarray] = {}
+        for port in compiled.outputs:
+            for name in port.get_names():
+                out[name] = np.asarray(results[port])
+        return out
+
+    def timer(self, bundle_dir: Path, artifact: Artifact) -> Callable[[dict[str, np.ndarray]], Any]:
+        request = self._compiled(bundle_dir, artifact).create_infer_request()
+        return lambda feeds: request.infer(feeds)
+
+
+def _conversion_message(exc: Exception, model: ModelProto) -> str:
+    """One line naming what OpenVINO could not convert: the node and op when it says so."""
+    text = " ".join(str(exc).split())
+    node = re.search(r"(?:node|Node)[^A-Za-z0-9_]*['\"]?([A-Za-z0-9_./:-]+)", text)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    where = ""
+    if node and node.group(1) in ops:
+        where = f" at node '{node.group(1)}' ({ops[node.group(1)]})"
+    elif "rank" in text.lower() and any(n.op_type in ("If", "Loop") for n in model.graph.node):
+        branchy = next(n for n in model.graph.node if n.op_type in ("If", "Loop"))
+        where = f" (likely node '{branchy.name}' ({branchy.op_type}): its subgraph has a dynamic rank)"
+    return f"openvino cannot convert the model{where}: {text[:300]}"
