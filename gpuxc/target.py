@@ -105,6 +105,12 @@ class Target:
         """Why the artifact cannot be executed on this host (then it is recorded unverified), or None."""
         return None
 
+    def proxy_verification(self) -> str | None:
+        """When ``execute`` runs the artifact on a stand-in runtime (ONNX Runtime CPU for a
+        DirectML or CUDA bundle), why: the numerics gate still applies, but the manifest
+        records the bundle as unverified on its own runtime, with this reason."""
+        return None
+
     def verification_runtime(self) -> str:
         """What executes the artifact in ``execute``, for the manifest (e.g. "onnxruntime 1.31.1 CPU")."""
         return self.name

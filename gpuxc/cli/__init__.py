@@ -210,8 +210,12 @@ def targets(json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
             "available": availability.available,
             "reason": availability.reason,
             "install_hint": availability.install_hint or (None if availability.available else cls.install_hint),
-            "verifies_here": availability.available and target.verification_unsupported() is None,
-            "verify_note": target.verification_unsupported() if availability.available else None,
+            "verifies_here": availability.available
+            and target.verification_unsupported() is None
+            and target.proxy_verification() is None,
+            "verify_note": (target.verification_unsupported() or target.proxy_verification())
+            if availability.available
+            else None,
             "plugin": registry.origins.get(f"target:{name}"),
         })  # fmt: skip
     if json_out:
