@@ -200,14 +200,23 @@ class OpenVinoTarget(Target):
 
 
 def _conversion_message(exc: Exception, model: ModelProto) -> str:
-    """One line naming what OpenVINO could not convert: the node and op when it says so."""
+    """One line naming what OpenVINO could not convert: the nodes and ops when it says which."""
     text = " ".join(str(exc).split())
-    node = re.search(r"(?:node|Node)[^A-Za-z0-9_]*['\"]?([A-Za-z0-9_./:-]+)", text)
-    ops = {n.name: n.op_type for n in model.graph.node}
-    where = ""
-    if node and node.group(1) in ops:
-        where = f" at node '{node.group(1)}' ({ops[node.group(1)]})"
-    elif "rank" in text.lower() and any(n.op_type in ("If", "Loop") for n in model.graph.node):
-        branchy = next(n for n in model.graph.node if n.op_type in ("If", "Loop"))
-        where = f" (likely node '{branchy.name}' ({branchy.op_type}): its subgraph has a dynamic rank)"
-    return f"openvino cannot convert the model{where}: {text[:300]}"
+    by_output = {out: node for node in model.graph.node for out in node.output}
+    by_name = {node.name: node for node in model.graph.node if node.name}
+    failed = []
+    # OpenVINO's ONNX frontend names a node by its first output: "<Node(Conv): /m/Conv_output_0>".
+    for op, ref in re.findall(r"<Node\((\w+)\): ([^>]+)>", text):
+        node = by_output.get(ref.strip()) or by_name.get(ref.strip())
+        failed.append(f"'{node.name or ref.strip()}' ({op})" if node else f"'{ref.strip()}' ({op})")
+    if not failed:
+        named = re.search(r"node ['\"]?([A-Za-z0-9_./:-]+)", text)
+        if named and named.group(1) in by_name:
+            failed.append(f"'{named.group(1)}' ({by_name[named.group(1)].op_type})")
+    where = f" at node {', '.join(dict.fromkeys(failed))}" if failed else ""
+    if not failed and "rank" in text.lower():
+        branchy = next((n for n in model.graph.node if n.op_type in ("If", "Loop")), None)
+        if branchy is not None:
+            where = f" (likely node '{branchy.name}' ({branchy.op_type}): its subgraph has a dynamic rank)"
+    reason = "an input's rank or shape is not known there" if "rank" in text.lower() else text[:200]
+    return f"openvino cannot convert the model{where}: {reason}"

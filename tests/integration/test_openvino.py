@@ -123,3 +123,26 @@ def test_bundle_runs_in_a_venv_holding_only_its_requirements(cnn_bundle: tuple[P
     for absent in ("onnxruntime", "gpuxc"):
         probe = subprocess.run([str(py), "-c", f"import {absent}"], capture_output=True, text=True, cwd=tmp_path)
         assert probe.returncode != 0, f"{absent} is importable in the bundle's venv"
+
+
+@pytest.mark.network
+def test_real_recurrent_model_needs_shapes_and_the_error_names_the_nodes(tmp_path: Path) -> None:
+    from fixtures.real_models import CATALOG, fetch
+    from gpuxc.errors import CompileError
+
+    project = tmp_path / "vad"
+    project.mkdir()
+    (project / "model.onnx").write_bytes(fetch(CATALOG["silero-vad"]).read_bytes())
+    rng = np.random.default_rng(0)
+    np.savez(project / "cal.npz", input=rng.standard_normal((4, 1, 512)).astype(np.float32),
+             state=np.zeros((4, 2, 1, 128), np.float32), sr=np.full((4,), 16000, np.int64))  # fmt: skip
+    base = "name: vad\nmodel:\n  source: ./model.onnx\nbuild:\n  calibration:\n    data: cal.npz\n"
+    (project / "gpux.yml").write_text(base, encoding="utf-8")
+    with pytest.raises(CompileError, match=r"at node '[^']+' \(Conv\)") as info:
+        compile_project(project, ["openvino"], tmp_path / "dist")
+    assert "build.shapes" in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "dist" / "vad-1.0.0-openvino").exists()
+    shapes = "  shapes:\n    input: [1, 512]\n    state: [2, 1, 128]\n"
+    (project / "gpux.yml").write_text(base + shapes, encoding="utf-8")
+    [result] = compile_project(project, ["openvino"], tmp_path / "dist")
+    assert result.verification["status"] == "passed"
