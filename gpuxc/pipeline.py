@@ -261,7 +261,7 @@ def compile_target(project: Project, target: Target, out_dir: Path, say: Progres
         workdir = Path(work)
         if len(variants) == 1:
             chosen = _build_candidate(project, target, options, variants[0], stage, workdir, tsay)
-            candidates = [chosen]
+            summaries: list[dict[str, Any]] = []
             _check_budget(project, [chosen], tsay, fixed=True)
             if chosen.status == "failed":
                 raise VerificationFailed(_failure_message(target, chosen), hint=_failure_hint(chosen))
@@ -272,6 +272,7 @@ def compile_target(project: Project, target: Target, out_dir: Path, say: Progres
             ]
             _check_budget(project, candidates, tsay, fixed=False)
             chosen = _choose(target, candidates, project.reference_inputs, tsay)
+            summaries = [c.summary(candidates[0].latency_ms) for c in candidates]  # before the folders go
             os.rename(chosen.root / "model", stage / "model")
             shutil.rmtree(stage / ".candidates")
             chosen.root = stage
@@ -291,7 +292,6 @@ def compile_target(project: Project, target: Target, out_dir: Path, say: Progres
         }
         extra = (target.template_dir,) if target.template_dir else ()
         bundle.write_runner(stage, context, runtime.adapter, extra)
-        baseline = candidates[0].latency_ms
         build = BuildInfo(
             precision=chosen.variant.precision,
             optimization_level=config.build.optimization_level,
@@ -299,7 +299,7 @@ def compile_target(project: Project, target: Target, out_dir: Path, say: Progres
             passes=chosen.records,
             optimize="auto" if len(variants) > 1 else "fixed",
             variant=chosen.variant.name,
-            candidates=[c.summary(baseline) for c in candidates] if len(variants) > 1 else [],
+            candidates=summaries,
             memory=chosen.memory.model_dump() if chosen.memory else None,
         )
         manifest = _manifest(project, target, build, chosen.artifact, runtime, chosen.verification, chosen.model, stage)

@@ -47,6 +47,7 @@ def test_auto_records_every_candidate_and_ships_one_that_passed(make_project, tm
     assert chosen["status"] == "passed" and result.verification["status"] == "passed"
     assert chosen["latency_ms"] <= fp32["latency_ms"]  # never slower than the plain build
     assert all(c["latency_ms"] > 0 for c in build["candidates"] if c["status"] == "passed")
+    assert all(c["size_bytes"] > 0 for c in build["candidates"] if c["status"] == "passed")  # measured before cleanup
     int8 = build["candidates"][1]
     assert "quantize-dynamic" in int8["passes"] and int8["min_cosine"] >= 0.999
     # The shipped passes are the chosen variant's, in order.
