@@ -32,6 +32,7 @@ RUNNER_TEMPLATES = {
     "runner/__init__.py.j2": "runner/__init__.py",
     "runner/api.py.j2": "runner/api.py",
     "runner/server.py.j2": "runner/server.py",
+    "runner/v2.py.j2": "runner/v2.py",
     "runner/cli.py.j2": "runner/cli.py",
     "runner/README.md.j2": "README.md",
     "runner/requirements.txt.j2": "requirements.txt",

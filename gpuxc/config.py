@@ -161,6 +161,8 @@ class ServingSection(_Section):
     batch_size: Annotated[int, Field(ge=1)] = 1
     timeout: Annotated[float, Field(gt=0)] = 5.0
     max_workers: Annotated[int, Field(ge=1, le=64)] = 1
+    max_concurrency: Annotated[int, Field(ge=1, le=10_000)] = 64  # in-flight inferences per worker; more: 503
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024  # larger request bodies: 413
 
     @field_validator("batch_size")
     @classmethod

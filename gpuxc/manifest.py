@@ -81,6 +81,8 @@ class ServingInfo(_M):
     port: int
     timeout: float
     max_workers: int
+    max_concurrency: int = 64
+    max_body_bytes: int = 64 * 1024 * 1024
 
 
 class ReferenceInfo(_M):

@@ -618,6 +618,8 @@ def _manifest(project: Project, target: Target, build: BuildInfo, artifact: Any,
             port=config.serving.port,
             timeout=config.serving.timeout,
             max_workers=config.serving.max_workers,
+            max_concurrency=config.serving.max_concurrency,
+            max_body_bytes=config.serving.max_body_bytes,
         ),  # fmt: skip
         reference=ReferenceInfo(
             inputs="reference/inputs.npz",

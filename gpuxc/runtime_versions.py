@@ -10,7 +10,7 @@ import importlib.metadata
 
 # Used when a serving dependency is not installed on the build host (gpuxc without [serve]):
 # the oldest versions the generated server is written against.
-FALLBACK_FLOORS = {"fastapi": ">=0.110", "uvicorn": ">=0.29"}
+FALLBACK_FLOORS = {"fastapi": ">=0.110", "uvicorn": ">=0.29", "prometheus-client": ">=0.20"}
 
 
 def version_of(dist: str) -> str | None:
@@ -29,4 +29,4 @@ def pinned(dists: list[str], marker: str | None = None) -> list[str]:
     return lines
 
 
-SERVE_DISTS = ["fastapi", "uvicorn"]
+SERVE_DISTS = ["fastapi", "uvicorn", "prometheus-client"]
