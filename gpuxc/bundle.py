@@ -36,6 +36,7 @@ RUNNER_TEMPLATES = {
     "runner/cli.py.j2": "runner/cli.py",
     "runner/README.md.j2": "README.md",
     "runner/requirements.txt.j2": "requirements.txt",
+    "runner/Dockerfile.j2": "Dockerfile",
 }
 
 

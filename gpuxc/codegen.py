@@ -59,6 +59,17 @@ REQUIREMENT_RE = re.compile(
 )
 
 
+DOCKER_WORD_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+
+
+def docker_word(value: Any) -> str:
+    """A value placed bare in a Dockerfile (image tag, name): a checked word, never quoted text."""
+    text = str(value).lower()
+    if not DOCKER_WORD_RE.match(text):
+        raise GpuxcError(f"internal: {value!r} is not a safe Dockerfile word")
+    return text
+
+
 def requirement(value: Any) -> str:
     if not isinstance(value, str) or not REQUIREMENT_RE.match(value):
         raise GpuxcError(f"internal: {value!r} is not a plain requirement line")
@@ -94,6 +105,7 @@ def environment(extra_dirs: tuple[Path, ...] = ()) -> jinja2.Environment:
     env.filters["py_ident"] = py_ident
     env.filters["text_line"] = text_line
     env.filters["requirement"] = requirement
+    env.filters["docker_word"] = docker_word
     return env
 
 

@@ -289,6 +289,9 @@ def compile_target(project: Project, target: Target, out_dir: Path, say: Progres
             "verification_reason": chosen.verification.reason,
             "requirements": runtime.requirements,
             "serve_requirements": pinned(SERVE_DISTS),
+            "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+            "port": config.serving.port,
+            "image": f"{config.name}-{target.name}",
         }
         extra = (target.template_dir,) if target.template_dir else ()
         bundle.write_runner(stage, context, runtime.adapter, extra)
