@@ -158,22 +158,17 @@ class RuntimeSection(_Section):
 class ServingSection(_Section):
     host: str = "127.0.0.1"  # GPUX bound 0.0.0.0; we only listen publicly when asked to
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
-    batch_size: Annotated[int, Field(ge=1)] = 1
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 1  # GPUX's name for max_batch_size
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] | None = None  # > 1: dynamic batching (default batch_size)
+    max_queue_delay: Annotated[float, Field(ge=0, le=10)] = 0.002  # seconds a request waits for others to batch with
     timeout: Annotated[float, Field(gt=0)] = 5.0
     max_workers: Annotated[int, Field(ge=1, le=64)] = 1
-    max_concurrency: Annotated[int, Field(ge=1, le=10_000)] = 64  # in-flight inferences per worker; more: 503
+    max_concurrency: Annotated[int, Field(ge=1, le=10_000)] = 64  # requests in flight per worker; more: 503
     max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024  # larger request bodies: 413
 
-    @field_validator("batch_size")
-    @classmethod
-    def _batch(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError(
-                not_supported(
-                    "serving.batch_size > 1", "dynamic batching comes with the Open Inference Protocol server"
-                )
-            )
-        return value
+    @property
+    def batch_limit(self) -> int:
+        return self.max_batch_size or self.batch_size
 
 
 class PreprocessingSection(_Section):

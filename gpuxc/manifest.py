@@ -83,6 +83,8 @@ class ServingInfo(_M):
     max_workers: int
     max_concurrency: int = 64
     max_body_bytes: int = 64 * 1024 * 1024
+    max_batch_size: int = 1  # > 1: the server batches requests along the first dim
+    max_queue_delay: float = 0.002
 
 
 class ReferenceInfo(_M):

@@ -623,6 +623,8 @@ def _manifest(project: Project, target: Target, build: BuildInfo, artifact: Any,
             max_workers=config.serving.max_workers,
             max_concurrency=config.serving.max_concurrency,
             max_body_bytes=config.serving.max_body_bytes,
+            max_batch_size=config.serving.batch_limit,
+            max_queue_delay=config.serving.max_queue_delay,
         ),  # fmt: skip
         reference=ReferenceInfo(
             inputs="reference/inputs.npz",

@@ -279,10 +279,11 @@ def test_preprocessing_fields_are_not_supported_yet(in_tmp: Path, section: str, 
     assert "not supported yet" in message
 
 
-def test_serving_batch_size_above_one_is_not_supported_yet(in_tmp: Path) -> None:
-    message = error_of(in_tmp, MINIMAL + "serving:\n  batch_size: 8\n")
-    assert message.startswith("gpux.yml:5:15: serving.batch_size: "), message
-    assert "not supported yet" in message
+def test_serving_batch_size_is_the_dynamic_batching_limit(tmp_path: Path) -> None:
+    serving = load_config(write(tmp_path, MINIMAL + "serving:\n  batch_size: 8\n")).serving
+    assert serving.batch_limit == 8
+    serving = load_config(write(tmp_path, MINIMAL + "serving:\n  batch_size: 8\n  max_batch_size: 16\n")).serving
+    assert serving.batch_limit == 16
 
 
 def test_serving_batch_size_of_one_is_accepted(tmp_path: Path) -> None:
