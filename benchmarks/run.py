@@ -239,7 +239,13 @@ def main() -> int:
                 except (GpuxcError, RuntimeError) as exc:
                     failures.append(f"{key} / {target}: {exc}")
                     print(f"  FAILED: {exc}", file=sys.stderr)
-    args.out.write_text(render(rows, machine_facts(), args.runs, args.rounds, failures), encoding="utf-8")
+    text = render(rows, machine_facts(), args.runs, args.rounds, failures)
+    # Keep the server section benchmarks/serve_load.py wrote.
+    old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+    start, end = "<!-- serve_load.py: start -->", "<!-- serve_load.py: end -->"
+    if start in old and end in old:
+        text += "\n" + old[old.index(start) : old.index(end) + len(end)] + "\n"
+    args.out.write_text(text, encoding="utf-8")
     print(f"wrote {args.out}", file=sys.stderr)
     return 1 if failures else 0
 

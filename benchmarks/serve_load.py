@@ -1,0 +1,191 @@
+"""Load on the generated server (loopback only, bounded in count and time), beside in-process calls.
+
+    python benchmarks/serve_load.py [--requests 200] [--seconds 20]
+
+Compiles a small CNN taking float32[N, 3, 224, 224], starts its bundle's server twice
+(dynamic batching off, and on with max_batch_size 16), and measures throughput and
+p50/p99 at concurrency 1, 4 and 16 for: in-process ``runtime.infer``, GPUX ``/predict``
+(JSON), v2 JSON and v2 binary. Writes the "Server" section of docs/benchmarks.md
+(the rest of that file is benchmarks/run.py's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fixtures import models  # noqa: E402
+from gpuxc.pipeline import compile_project  # noqa: E402
+
+START = "<!-- serve_load.py: start -->"
+END = "<!-- serve_load.py: end -->"
+LEVELS = (1, 4, 16)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def build(work: Path, batch: int) -> Path:
+    project = work / f"p{batch}"
+    project.mkdir()
+    onnx.save(models.tiny_cnn(dynamic_spatial=True), project / "model.onnx")
+    serving = f"serving:\n  batch_size: {batch}\n  max_queue_delay: 0.002\n  max_concurrency: 256\n"
+    (project / "gpux.yml").write_text(f"name: load\nmodel:\n  source: ./model.onnx\n{serving}", encoding="utf-8")
+    [result] = compile_project(project, ["cpu"], work / f"dist{batch}")
+    return result.path
+
+
+def load(call: Callable[[], None], concurrency: int, requests: int, seconds: float) -> dict[str, float]:
+    """``requests`` calls over ``concurrency`` threads, stopping early after ``seconds``."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+    left = [requests]
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if left[0] <= 0 or time.monotonic() > stop:
+                    return
+                left[0] -= 1
+            start = time.perf_counter()
+            call()
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for _ in range(concurrency):
+            pool.submit(worker)
+    wall = time.perf_counter() - began
+    ms = sorted(x * 1000 for x in latencies)
+    return {"rps": len(ms) / wall, "p50": statistics.median(ms), "p99": ms[int(0.99 * (len(ms) - 1))], "n": len(ms)}
+
+
+def serve(bundle: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(bundle), "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def clients(url: str, x: np.ndarray) -> dict[str, Callable[[], None]]:
+    local = threading.local()
+
+    def client() -> httpx.Client:
+        if not hasattr(local, "c"):
+            local.c = httpx.Client(base_url=url, timeout=60)
+        return local.c
+
+    gpux_body = json.dumps({"image": x.tolist()})
+    v2_json = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": list(x.shape),
+                                      "data": x.ravel().tolist()}]})  # fmt: skip
+    header = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": list(x.shape),
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()  # fmt: skip
+    binary = header + x.tobytes()
+
+    def check(reply: httpx.Response) -> None:
+        if reply.status_code != 200:
+            raise RuntimeError(f"HTTP {reply.status_code}: {reply.text[:200]}")
+
+    return {
+        "GPUX /predict JSON": lambda: check(client().post("/predict", content=gpux_body,
+                                                           headers={"content-type": "application/json"})),
+        "v2 JSON": lambda: check(client().post("/v2/models/load/infer", content=v2_json,
+                                                headers={"content-type": "application/json"})),
+        "v2 binary": lambda: check(client().post("/v2/models/load/infer", content=binary,
+                                                  headers={"Inference-Header-Content-Length": str(len(header)),
+                                                           "content-type": "application/octet-stream"})),
+    }  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    rows: list[tuple[str, str, int, dict[str, float]]] = []
+    with tempfile.TemporaryDirectory(prefix="gpuxc-load-") as tmp:
+        for batch in (1, 16):
+            bundle = build(Path(tmp), batch)
+            sys.path.insert(0, str(bundle))
+            for mod in [m for m in sys.modules if m == "runner" or m.startswith("runner.")]:
+                del sys.modules[mod]
+            import runner  # the bundle's own runner, in this process
+
+            rt = runner.load()
+            sys.path.remove(str(bundle))
+            proc, url = serve(bundle)
+            try:
+                calls: dict[str, Callable[[], Any]] = {"in-process infer": lambda rt=rt: rt.infer({"image": x})}
+                calls.update(clients(url, x))
+                for level in LEVELS:
+                    for name, call in calls.items():
+                        if name == "in-process infer" and batch > 1:
+                            continue  # the same with batching on or off
+                        rows.append((f"batching {'on (16)' if batch > 1 else 'off'}", name, level,
+                                     load(call, level, args.requests, args.seconds)))  # fmt: skip
+                        print(rows[-1], file=sys.stderr)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+                rt.cleanup()
+    section = [
+        START,
+        "## Server",
+        "",
+        "Written by `python benchmarks/serve_load.py`. A CNN on float32[1, 3, 224, 224] (602 KB per request),",
+        "loopback only, each cell the same bounded load (requests or seconds, whichever ends first).",
+        "",
+        "| server | client | concurrency | requests/s | p50 ms | p99 ms | requests |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        *(
+            f"| {mode} | {name} | {level} | {r['rps']:.1f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['n']:.0f} |"
+            for mode, name, level, r in rows
+        ),  # fmt: skip
+        END,
+    ]
+    text = args.out.read_text(encoding="utf-8") if args.out.exists() else "# Benchmarks\n"
+    if START in text and END in text:
+        text = text[: text.index(START)] + "\n".join(section) + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip() + "\n\n" + "\n".join(section) + "\n"
+    args.out.write_text(text, encoding="utf-8")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
