@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,3 +162,31 @@ def test_api_key_is_required_except_on_health(keyed_server: str) -> None:
     inp.set_data_from_numpy(x)
     result = client.infer(MODEL, [inp], headers={"X-API-Key": "s3cret"})
     assert result.as_numpy("logits").shape == (1, 4)
+
+
+def test_two_workers_each_load_the_model_and_answer(shared_bundle: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.integration.conftest import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(shared_bundle), "serve", "--port", str(port), "--workers", "2"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        client = tritonclient_http.InferenceServerClient(f"127.0.0.1:{port}")
+        x = image(9)
+        for _ in range(4):  # requests spread over the worker processes
+            inp = tritonclient_http.InferInput("image", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=True)
+            assert client.infer(MODEL, [inp]).as_numpy("logits").shape == (1, 4)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
