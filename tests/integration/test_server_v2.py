@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -165,8 +166,6 @@ def test_api_key_is_required_except_on_health(keyed_server: str) -> None:
 
 
 def test_two_workers_each_load_the_model_and_answer(shared_bundle: Path, tmp_path: Path) -> None:
-    import subprocess
-
     from tests.integration.conftest import free_port
 
     port = free_port()
@@ -190,3 +189,17 @@ def test_two_workers_each_load_the_model_and_answer(shared_bundle: Path, tmp_pat
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+ST = Path(sys.executable).parent / "st"
+
+
+@pytest.mark.skipif(not ST.exists(), reason="schemathesis not installed (pip install schemathesis)")
+def test_schemathesis_finds_no_server_error(base_url: str, tmp_path: Path) -> None:
+    # Property-based requests from the server's own OpenAPI document: none may get a 5xx.
+    done = subprocess.run(
+        [str(ST), "run", f"{base_url}/openapi.json", "--checks", "not_a_server_error", "-n", "25",
+         "--seed", "1", "--no-color"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:]
