@@ -129,12 +129,57 @@ def clients(url: str, x: np.ndarray) -> dict[str, Callable[[], None]]:
     }  # fmt: skip
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def soak(bundle: Path, x: np.ndarray, seconds: float, concurrency: int = 16) -> dict[str, Any]:
+    """v2 binary at ``concurrency`` for ``seconds``: status counts and the server's RSS over time."""
+    proc, url = serve(bundle)
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    samples: list[float] = []
+    stop = time.monotonic() + seconds
+    call = clients(url, x)["v2 binary"]
+
+    def worker() -> None:
+        while time.monotonic() < stop:
+            try:
+                call()
+                code = 200
+            except RuntimeError as exc:
+                code = int(str(exc).split()[1].rstrip(":")) if str(exc).startswith("HTTP ") else -1
+            with lock:
+                statuses[code] = statuses.get(code, 0) + 1
+
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+        for t in threads:
+            t.start()
+        while time.monotonic() < stop:
+            samples.append(rss_mb(proc.pid))
+            time.sleep(max(1.0, seconds / 20))
+        for t in threads:
+            t.join()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    third = max(1, len(samples) // 3)
+    return {"seconds": seconds, "statuses": statuses, "rss_first_third_mb": statistics.median(samples[:third]),
+            "rss_last_third_mb": statistics.median(samples[-third:])}  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--soak", type=float, default=120.0, help="seconds of the concurrency-16 soak (0: skip)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
+    soaked: dict[str, Any] | None = None
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     rows: list[tuple[str, str, int, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="gpuxc-load-") as tmp:
@@ -162,6 +207,9 @@ def main() -> int:
                 proc.terminate()
                 proc.wait(timeout=30)
                 rt.cleanup()
+            if batch > 1 and args.soak > 0:
+                soaked = soak(bundle, x, args.soak)
+                print(soaked, file=sys.stderr)
     section = [
         START,
         "## Server",
@@ -175,8 +223,17 @@ def main() -> int:
             f"| {mode} | {name} | {level} | {r['rps']:.1f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['n']:.0f} |"
             for mode, name, level, r in rows
         ),  # fmt: skip
-        END,
     ]
+    if soaked:
+        ok = soaked["statuses"].get(200, 0)
+        other = {k: v for k, v in soaked["statuses"].items() if k != 200}
+        section += [
+            "",
+            f"Soak: v2 binary at concurrency 16 for {soaked['seconds']:.0f} s with batching on: {ok} responses 200, "
+            f"other statuses {other or 'none'}; server RSS {soaked['rss_first_third_mb']:.0f} MiB (median of the first "
+            f"third) -> {soaked['rss_last_third_mb']:.0f} MiB (last third).",
+        ]
+    section.append(END)
     text = args.out.read_text(encoding="utf-8") if args.out.exists() else "# Benchmarks\n"
     if START in text and END in text:
         text = text[: text.index(START)] + "\n".join(section) + text[text.index(END) + len(END) :]
