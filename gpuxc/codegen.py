@@ -55,7 +55,9 @@ def text_line(value: Any) -> str:
 
 
 REQUIREMENT_RE = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?([<>=!~]=?[A-Za-z0-9.*+!_-]+)?(; [A-Za-z0-9_ .'\"<>=!()-]+)?$"
+    r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?"  # name[extras]
+    r"([<>=!~]=?[A-Za-z0-9.*+!_-]+(,[<>=!~]=?[A-Za-z0-9.*+!_-]+)*)?"  # specifiers
+    r"(; [A-Za-z0-9_ .'\"<>=!()-]+)?$"  # environment marker
 )
 
 

@@ -30,7 +30,13 @@ hookimpl = pluggy.HookimplMarker(spec.PROJECT)
 ENTRY_POINT_GROUP = "gpuxc"
 DISABLE_AUTOLOAD_ENV = "GPUXC_DISABLE_PLUGIN_AUTOLOAD"
 # Built-in plugins, by the entry-point name pyproject.toml gives them.
-BUILTINS = {"cpu": "gpuxc_cpu", "passes": "gpuxc_passes", "openvino": "gpuxc_openvino", "ort-gpu": "gpuxc_ort_gpu"}
+BUILTINS = {
+    "cpu": "gpuxc_cpu",
+    "passes": "gpuxc_passes",
+    "openvino": "gpuxc_openvino",
+    "ort-gpu": "gpuxc_ort_gpu",
+    "tensorrt": "gpuxc_tensorrt",
+}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 
 

@@ -1,0 +1,195 @@
+"""TensorRT target. Engines are tied to the GPU and TensorRT version that build them, so:
+
+- always: the ONNX is prepared for TensorRT (BASIC optimization with constant folding, fixed
+  shapes where given, precision in the graph: fp16 casts or Q/DQ INT8) and verified
+  numerically on ONNX Runtime CPU; optimization profiles (min/opt/max per dynamic input) and
+  the workspace limit (``runtime.gpu.memory``) go into the manifest;
+- with ``tensorrt`` importable and a GPU at compile time: the engine is built ahead of time;
+- otherwise (``engine: deferred``): the bundle's runner builds it on first start on the device
+  with the same builder code (``runner/trt_builder.py``, a verbatim copy of builder.py) and
+  caches it keyed by model, GPU and TensorRT version.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from gpuxc.errors import CompileError, ConfigError
+from gpuxc.model import save_model, sha256_file
+from gpuxc.passes import PassSpec
+from gpuxc.plans import onnx_plan
+from gpuxc.runtime_versions import pinned, version_of
+from gpuxc.target import Artifact, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
+
+if TYPE_CHECKING:
+    import numpy as np
+    from onnx import ModelProto
+
+    from gpuxc.config import GpuxConfig
+    from gpuxc.model import ModelSignature
+
+BUILDER = Path(__file__).with_name("builder.py")
+# When a dynamic batch dim has no larger value configured, profiles allow up to this.
+DEFAULT_MAX_BATCH = 8
+
+
+class TensorRTOptions(TargetOptions):
+    """``build.options.tensorrt`` in gpux.yml."""
+
+    profiles: dict[str, dict[str, list[int]]] = {}
+    """Input name -> {min, opt, max} full shapes; inputs not given get min 1 / opt reference / max batch 8."""
+    hardware_compatibility: Literal["none", "ampere_plus"] = "none"
+    """Build one engine for every Ampere-or-newer GPU (slower) instead of the one it is built on."""
+    adapter: Literal["tensorrt", "onnxruntime"] = "tensorrt"
+    """Runner: the TensorRT runtime with cuda-python, or onnxruntime-gpu's TensorRT execution provider."""
+    engine_cache_dir: str | None = None
+    """Where the runner caches built engines (default: ~/.cache/gpuxc/engines)."""
+
+
+def tensorrt_present() -> str | None:
+    """Why an engine cannot be built here, or None when TensorRT and a GPU are present."""
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:  # ImportError, or a missing libnvinfer (OSError)
+        return f"TensorRT is not importable here ({type(exc).__name__})"
+    try:
+        from cuda.bindings import runtime as cudart
+
+        err, count = cudart.cudaGetDeviceCount()
+        if int(err) != 0 or count < 1:
+            return "no CUDA GPU is visible"
+    except Exception as exc:
+        return f"cuda-python cannot query the GPU ({type(exc).__name__})"
+    return None
+
+
+class TensorRTTarget(Target):
+    name = "tensorrt"
+    description = "TensorRT engine for NVIDIA GPUs: built ahead of time, or on the device on first start"
+    Options = TensorRTOptions
+    install_hint = "compiling needs nothing more; engines build on the device (pip install tensorrt cuda-python)"
+
+    def variants(self, config: GpuxConfig, options: TensorRTOptions, auto: bool) -> list[Variant]:  # type: ignore[override]
+        precision = config.build.precision
+        if precision == "int8-dynamic":
+            raise ConfigError(f"{config.where('build', 'precision')}: TensorRT has no dynamic quantization; "
+                              "use int8-static (Q/DQ from calibration data) or fp16")  # fmt: skip
+        if auto or precision == "auto":
+            # No timing without the GPU: auto ships fp32 and records fp16 as a verified candidate.
+            return [Variant("fp32", "fp32"), Variant("fp16", "fp16")]
+        return [Variant(precision, precision)]
+
+    def plan(
+        self, config: GpuxConfig, signature: ModelSignature, options: TensorRTOptions, variant: Variant
+    ) -> list[PassSpec]:  # type: ignore[override]
+        level = config.build.optimization_level or "basic"
+        if level not in ("none", "basic"):
+            raise ConfigError(
+                f"{config.where('build', 'optimization_level')}: TensorRT takes standard ONNX: "
+                f"'{level}' writes ONNX Runtime contrib ops its parser cannot read; use basic"
+            )
+        specs = onnx_plan(config, variant, level, ["CPUExecutionProvider"])
+        if variant.precision == "fp32":
+            specs.insert(0, PassSpec("fold-constants", {}, required=False))
+        return specs
+
+    def profiles(self, ctx: CompileContext, model: ModelProto) -> dict[str, dict[str, list[int]]]:
+        """min/opt/max for every input with a dynamic dim (explicit ones checked against the model)."""
+        from gpuxc.model import tensor_info
+        from gpuxc.reference import resolve_shapes
+
+        options: TensorRTOptions = ctx.options  # type: ignore[assignment]
+        reference = resolve_shapes(ctx.signature, ctx.config)
+        out: dict[str, dict[str, list[int]]] = {}
+        initializers = {t.name for t in model.graph.initializer}
+        for value in model.graph.input:
+            if value.name in initializers:
+                continue
+            info = tensor_info(value)
+            shape = info.shape or []
+            given = options.profiles.get(value.name)
+            if given is not None:
+                for key in ("min", "opt", "max"):
+                    dims = given.get(key)
+                    if dims is None or len(dims) != len(shape):
+                        raise CompileError(
+                            f"tensorrt: profile for '{value.name}' needs min/opt/max of rank {len(shape)}"
+                        )
+                    if any(isinstance(d, int) and d != v for d, v in zip(shape, dims, strict=True)):
+                        raise CompileError(f"tensorrt: profile {key} for '{value.name}' changes a fixed dim {shape}")
+                out[value.name] = {k: list(given[k]) for k in ("min", "opt", "max")}
+                continue
+            if all(isinstance(d, int) for d in shape):
+                continue
+            opt = reference.get(value.name) or [d if isinstance(d, int) else 1 for d in shape]
+            low = [d if isinstance(d, int) else 1 for d in shape]
+            high = list(opt)
+            if shape and not isinstance(shape[0], int):
+                high[0] = max(opt[0], ctx.config.serving.batch_limit, DEFAULT_MAX_BATCH)
+            out[value.name] = {"min": low, "opt": list(opt), "max": high}
+        unknown = set(options.profiles) - {v.name for v in model.graph.input}
+        if unknown:
+            raise CompileError(f"tensorrt: profiles name '{sorted(unknown)[0]}', which is not a model input")
+        return out
+
+    def compile(self, model: ModelProto, ctx: CompileContext) -> Artifact:
+        options: TensorRTOptions = ctx.options  # type: ignore[assignment]
+        model_dir = ctx.bundle_dir / "model"
+        extra = save_model(model, model_dir / "model.onnx")
+        runner_dir = ctx.bundle_dir / "runner"
+        runner_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(BUILDER, runner_dir / "trt_builder.py")  # the same builder, on the device
+        settings: dict[str, Any] = {
+            "engine": "deferred",
+            "profiles": self.profiles(ctx, model),
+            "workspace_bytes": ctx.config.runtime.gpu.memory_bytes,
+            "hardware_compatibility": options.hardware_compatibility,
+            "precision": ctx.variant.precision,
+            "adapter": options.adapter,
+            "engine_cache_dir": options.engine_cache_dir,
+            "model_sha256": sha256_file(model_dir / "model.onnx"),
+            "deterministic": False,  # engines embed timing-based tactic choices
+        }
+        files = ["model/model.onnx", *(f"model/{n}" for n in extra), "runner/trt_builder.py"]
+        why_not = tensorrt_present()
+        if why_not is None:
+            files.append(self._build_ahead(model_dir, settings))
+        else:
+            settings["deferred_reason"] = why_not
+        return Artifact(entry="model/model.onnx", format="onnx-for-tensorrt", files=files, settings=settings)
+
+    def _build_ahead(self, model_dir: Path, settings: dict[str, Any]) -> str:  # pragma: no cover - needs a GPU
+        import tensorrt as trt
+        from cuda.bindings import runtime as cudart
+
+        from gpuxc_tensorrt.builder import build_engine
+
+        err, props = cudart.cudaGetDeviceProperties(0)
+        gpu = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+        cache = Path.home() / ".cache" / "gpuxc" / "tensorrt-timing.cache"
+        (model_dir / "model.engine").write_bytes(build_engine(model_dir / "model.onnx", settings, cache))
+        settings.update(engine="aot", gpu=gpu, compute_capability=f"{props.major}.{props.minor}",
+                        tensorrt_version=trt.__version__)  # fmt: skip
+        return "model/model.engine"
+
+    def proxy_verification(self) -> str | None:
+        return "the TensorRT engine is built and run on the device (no GPU/TensorRT here)"
+
+    def verification_runtime(self) -> str:
+        return f"onnxruntime {version_of('onnxruntime')} CPUExecutionProvider (stand-in: the prepared ONNX)"
+
+    def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from gpuxc.reference import run_onnxruntime
+
+        return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=["CPUExecutionProvider"])
+
+    def runtime(self, options: TensorRTOptions, artifact: Artifact) -> RuntimeSpec:  # type: ignore[override]
+        if options.adapter == "onnxruntime":
+            requirements = [f"onnxruntime-gpu=={version_of('onnxruntime')}", *pinned(["numpy"])]
+            providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+            return RuntimeSpec(adapter="onnxruntime/runtime.py.j2", requirements=requirements, providers=providers)
+        # TensorRT itself is installed per CUDA version from NVIDIA's index on the device.
+        requirements = ["tensorrt>=10,<12", "cuda-python>=12", *pinned(["numpy"])]
+        return RuntimeSpec(adapter="tensorrt/runtime.py.j2", requirements=requirements, providers=["tensorrt"])
