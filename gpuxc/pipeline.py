@@ -104,17 +104,21 @@ class Project:
     reference_origin: str
     reference_shapes: dict[str, list[int]] = field(default_factory=dict)
 
-    def extra_samples(self, count: int = EXTRA_SAMPLES) -> list[dict[str, np.ndarray]]:
-        """Inputs beyond the reference for lossy variants: later calibration samples when the
-        project has calibration data, else generated ones (other seeds, the reference's shapes)."""
+    @functools.cached_property
+    def extra_references(self) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """(inputs, source outputs) beyond the reference, for judging lossy variants: later
+        calibration samples when the project has calibration data, else generated inputs (other
+        seeds, the reference's shapes). Computed once, shared by every candidate and target."""
         cal = self.config.build.calibration
         if cal is not None and cal.data is not None:
-            samples = load_samples((self.config.project_dir / cal.data).resolve(), self.model.signature, count + 1)
-            return samples[1:]
-        bounds = index_bounds(self.model.proto)
-        seed = self.config.build.seed
-        return [generate(self.model.signature, self.reference_shapes, seed + 7919 * (i + 1), bounds)
-                for i in range(count)]  # fmt: skip
+            data = (self.config.project_dir / cal.data).resolve()
+            feeds = load_samples(data, self.model.signature, EXTRA_SAMPLES + 1)[1:]
+        else:
+            bounds = index_bounds(self.model.proto)
+            seed = self.config.build.seed
+            feeds = [generate(self.model.signature, self.reference_shapes, seed + 7919 * (i + 1), bounds)
+                     for i in range(EXTRA_SAMPLES)]  # fmt: skip
+        return [(f, run_onnxruntime(self.model.path, f)) for f in feeds]
 
     @functools.cached_property
     def activation_bytes(self) -> int:
@@ -554,7 +558,7 @@ def _verify(
     samples = [(project.reference_inputs, project.reference_outputs)]
     if variant.precision != "fp32":
         # A lossy variant must hold on more than the one input it was chosen on.
-        samples += [(feeds, run_onnxruntime(project.model.path, feeds)) for feeds in project.extra_samples()]
+        samples += project.extra_references
     say(f"{variant.name}: verify against the source model on {len(samples)} input(s)")
     worst: dict[str, Any] = {}
     failures: list[str] = []
