@@ -22,7 +22,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from gpuxc import __version__
-from gpuxc.errors import BundleError, ExitCode, GpuxcError, first_line
+from gpuxc.errors import BundleError, ConfigError, ExitCode, GpuxcError, first_line
 
 app = typer.Typer(
     name="gpuxc",
@@ -155,8 +155,14 @@ def inspect(
     path: Annotated[Path, typer.Argument(help="An ONNX model file or a bundle folder.")],
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
+    target: Annotated[
+        str | None, typer.Option("--target", help="Check the model converts for a target (coreml).")
+    ] = None,
 ) -> None:
     """Describe a model (signature, opsets, size) or a bundle (manifest summary)."""
+    if target is not None:
+        _inspect_convertible(path, target, json_out)
+        return
     if path.is_dir():
         from gpuxc.manifest import read_manifest
 
@@ -191,6 +197,27 @@ def inspect(
     if sig.external_data:
         typer.echo(f"  external data: {', '.join(sig.external_data)}")
     typer.echo(f"  sha256 {sig.sha256}")
+
+
+def _inspect_convertible(path: Path, target: str, json_out: bool) -> None:
+    """Whether the model translates for ``target``, and which op types it lacks (no build)."""
+    if target != "coreml":
+        raise ConfigError(f"inspect --target supports only coreml, not '{target}'")
+    if path.is_dir():
+        raise BundleError(f"{path}: inspect --target takes an ONNX model file, not a bundle")
+    from gpuxc_coreml.translate import unsupported_ops  # imported here: the other commands do not need it
+
+    from gpuxc.model import load_model
+
+    missing = unsupported_ops(load_model(path).proto)
+    if json_out:
+        typer.echo(json.dumps({"target": target, "convertible": not missing, "unsupported": missing}))
+        return
+    if missing:
+        typer.echo(f"{path.name}: not convertible to {target}; missing ops: "
+                   + ", ".join(f"{op} x{n}" for op, n in missing.items()))  # fmt: skip
+    else:
+        typer.echo(f"{path.name}: every op translates for {target}")
 
 
 @app.command()

@@ -36,6 +36,7 @@ BUILTINS = {
     "openvino": "gpuxc_openvino",
     "ort-gpu": "gpuxc_ort_gpu",
     "tensorrt": "gpuxc_tensorrt",
+    "coreml": "gpuxc_coreml",
 }
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 

@@ -1,0 +1,165 @@
+"""CoreML target: ONNX → MIL program (our own per-op translators) → ML Program ``.mlpackage``.
+
+coremltools dropped its ONNX frontend, and its PyTorch path would need torch at build
+time, so the graph is translated op by op (``translate.py``). Translation is checked
+here by comparing every output's name, shape and dtype with the ONNX model; CoreML
+itself only runs on macOS, so numeric verification happens there (``python <bundle> verify``).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from gpuxc.errors import CompileError, first_line
+from gpuxc.passes import PassSpec
+from gpuxc.plans import onnx_plan
+from gpuxc.runtime_versions import pinned, version_of
+from gpuxc.target import Artifact, Availability, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
+
+if TYPE_CHECKING:
+    import numpy as np
+    from onnx import ModelProto
+
+    from gpuxc.config import GpuxConfig
+    from gpuxc.model import ModelSignature
+
+ENTRY = "model/model.mlpackage"
+MACOS_ONLY = "CoreML runs only on macOS; python <bundle> verify on a Mac completes it"
+DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
+
+
+class CoreMLOptions(TargetOptions):
+    """``build.options.coreml`` in gpux.yml."""
+
+    compute_precision: Literal["fp32", "fp16"] = "fp32"
+    """Precision of the ML Program's compute; fp16 is CoreML's own default but changes numerics."""
+    minimum_deployment_target: Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"] = "iOS16"
+    """Oldest OS the package loads on (iOS16 = macOS13, the first with the ops used here)."""
+    compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"] = "ALL"
+    """Which units the runner lets CoreML use (read at run time)."""
+
+
+class CoreMLTarget(Target):
+    name = "coreml"
+    description = "CoreML ML Program (.mlpackage) for Apple devices; verified on macOS only"
+    Options = CoreMLOptions
+    install_hint = "pip install 'gpuxc[coreml]'"
+
+    def check_available(self) -> Availability:
+        try:
+            import coremltools  # noqa: F401
+        except ImportError as exc:
+            return Availability(available=False, reason=f"coremltools is not installed ({exc})",
+                                install_hint=self.install_hint)  # fmt: skip
+        return Availability(available=True)
+
+    def verification_unsupported(self) -> str | None:
+        return None if sys.platform == "darwin" else MACOS_ONLY
+
+    def verification_runtime(self) -> str:
+        return f"coremltools {version_of('coremltools')} (CoreML, CPU_ONLY)"
+
+    def variants(self, config: GpuxConfig, options: CoreMLOptions, auto: bool) -> list[Variant]:  # type: ignore[override]
+        # CoreML quantizes through its own optimizers, not ONNX passes: one fp32-graph variant,
+        # with compute precision taken from the options.
+        return [Variant(options.compute_precision, "fp32" if options.compute_precision == "fp32" else "fp16")]
+
+    def plan(
+        self, config: GpuxConfig, signature: ModelSignature, options: CoreMLOptions, variant: Variant
+    ) -> list[PassSpec]:  # type: ignore[override]
+        # The translators read shapes, axes and slice bounds as constants: fold first, then
+        # BASIC optimization (no ORT-only fused ops such as FusedConv, which have no translator).
+        specs = onnx_plan(config, Variant("fp32", "fp32"), "none", ["CPUExecutionProvider"])
+        specs.append(PassSpec("fold-constants", {}, required=False))
+        specs.append(PassSpec("ort-optimize", {"level": "basic", "providers": ["CPUExecutionProvider"]}))
+        return specs
+
+    def compile(self, model: ModelProto, ctx: CompileContext) -> Artifact:
+        import coremltools as ct
+
+        from gpuxc.reference import resolve_shapes
+        from gpuxc_coreml.translate import (
+            Untranslatable,
+            build_program,
+            describe_unsupported,
+            signature_mismatches,
+            unsupported_ops,
+        )
+
+        options: CoreMLOptions = ctx.options  # type: ignore[assignment]
+        # Every missing op is reported at once, before anything is written.
+        missing = unsupported_ops(model)
+        if missing:
+            raise CompileError(describe_unsupported(missing), hint="see docs/targets/coreml.md for the op coverage")
+        shapes = resolve_shapes(ctx.signature, ctx.config)
+        try:
+            program = build_program(model, shapes)
+        except Untranslatable as exc:
+            raise CompileError(f"coreml: {first_line(exc)}", hint="fix input shapes with build.shapes") from None
+        mismatches = signature_mismatches(model, shapes, program)
+        if mismatches:
+            raise CompileError("coreml translation is wrong: " + "; ".join(mismatches[:3]))
+        precision = ct.precision.FLOAT32 if options.compute_precision == "fp32" else ct.precision.FLOAT16
+        # ct.convert drops its weights TemporaryDirectory without cleanup() on return, which
+        # warns ResourceWarning (an error under -W error); the folder is removed either way.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Implicitly cleaning up", category=ResourceWarning)
+            try:
+                mlmodel = ct.convert(
+                    program,
+                    convert_to="mlprogram",
+                    compute_precision=precision,
+                    minimum_deployment_target=getattr(ct.target, options.minimum_deployment_target),
+                    skip_model_load=True,  # loading compiles the model, which needs macOS
+                )
+            except Exception as exc:
+                raise CompileError(f"coremltools could not convert the MIL program: {first_line(exc)}") from None
+        path = ctx.bundle_dir / ENTRY
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mlmodel.save(str(path))
+        self._check_saved(path, ctx.signature)
+        return Artifact(
+            entry=ENTRY,
+            format="mlpackage",
+            files=[ENTRY],
+            settings={
+                "compute_units": options.compute_units,
+                "compute_precision": options.compute_precision,
+                "minimum_deployment_target": options.minimum_deployment_target,
+                "input_shapes": shapes,
+            },
+        )
+
+    def _check_saved(self, path: Path, signature: ModelSignature) -> None:
+        """The package on disk must take and give the ONNX names (coremltools may rename)."""
+        import coremltools as ct
+
+        spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+        got_in = sorted(i.name for i in spec.description.input)
+        got_out = [o.name for o in spec.description.output]
+        want_in = sorted(t.name for t in signature.inputs)
+        want_out = [t.name for t in signature.outputs]
+        if got_in != want_in or got_out != want_out:
+            raise CompileError(f"coreml package takes {got_in} and gives {got_out}; "
+                               f"the ONNX model takes {want_in} and gives {want_out}")  # fmt: skip
+
+    def runtime(self, options: CoreMLOptions, artifact: Artifact) -> RuntimeSpec:  # type: ignore[override]
+        version = version_of("coremltools")
+        coreml = f"coremltools=={version}" if version else "coremltools>=8.0"
+        return RuntimeSpec(
+            adapter="coreml/runtime.py.j2",
+            requirements=[f"{coreml}; sys_platform == 'darwin'", *pinned(["numpy"])],
+            providers=[options.compute_units],
+        )
+
+    def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import coremltools as ct
+        import numpy as np
+
+        # Verification pins the CPU so the numerics gate is not judged on the Neural Engine's fp16.
+        model = ct.models.MLModel(str(bundle_dir / artifact.entry), compute_units=ct.ComputeUnit.CPU_ONLY)
+        feeds = {k: v.astype(np.int32) if v.dtype == np.int64 else v for k, v in inputs.items()}
+        return {k: np.asarray(v) for k, v in model.predict(feeds).items()}
