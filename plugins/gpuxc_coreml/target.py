@@ -8,6 +8,7 @@ itself only runs on macOS, so numeric verification happens there (``python <bund
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -107,6 +108,8 @@ class CoreMLTarget(Target):
         # warns ResourceWarning (an error under -W error); the folder is removed either way.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Implicitly cleaning up", category=ResourceWarning)
+            # Tensor names that are not identifiers are renamed; _check_saved maps them for the runner.
+            warnings.filterwarnings("ignore", message=".*has been renamed to")
             try:
                 mlmodel = ct.convert(
                     program,
@@ -120,7 +123,7 @@ class CoreMLTarget(Target):
         path = ctx.bundle_dir / ENTRY
         path.parent.mkdir(parents=True, exist_ok=True)
         mlmodel.save(str(path))
-        self._check_saved(path, ctx.signature)
+        input_names, output_names = self._check_saved(path, ctx.signature)
         return Artifact(
             entry=ENTRY,
             format="mlpackage",
@@ -130,21 +133,36 @@ class CoreMLTarget(Target):
                 "compute_precision": options.compute_precision,
                 "minimum_deployment_target": options.minimum_deployment_target,
                 "input_shapes": shapes,
+                # ONNX name -> the name in the package (coremltools turns '/', '.', ':' into '_').
+                "input_names": input_names,
+                "output_names": output_names,
             },
         )
 
-    def _check_saved(self, path: Path, signature: ModelSignature) -> None:
-        """The package on disk must take and give the ONNX names (coremltools may rename)."""
+    def _check_saved(self, path: Path, signature: ModelSignature) -> tuple[dict[str, str], dict[str, str]]:
+        """The package on disk must take and give the ONNX tensors, in order. coremltools may
+        rename them to identifiers; the returned maps (ONNX name -> package name) let the runner
+        and verification translate, and anything but that renaming is an error."""
         import coremltools as ct
 
         spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
-        got_in = sorted(i.name for i in spec.description.input)
+        got_in = [i.name for i in spec.description.input]
         got_out = [o.name for o in spec.description.output]
-        want_in = sorted(t.name for t in signature.inputs)
+        want_in = [t.name for t in signature.inputs]
         want_out = [t.name for t in signature.outputs]
-        if got_in != want_in or got_out != want_out:
+
+        def mapping(want: list[str], got: list[str]) -> dict[str, str] | None:
+            if len(want) != len(got):
+                return None
+            pairs = dict(zip(want, got, strict=True))
+            ok = all(g == w or g == re.sub(r"[^A-Za-z0-9_]", "_", w) for w, g in pairs.items())
+            return pairs if ok else None
+
+        inputs, outputs = mapping(want_in, got_in), mapping(want_out, got_out)
+        if inputs is None or outputs is None:
             raise CompileError(f"coreml package takes {got_in} and gives {got_out}; "
                                f"the ONNX model takes {want_in} and gives {want_out}")  # fmt: skip
+        return inputs, outputs
 
     def runtime(self, options: CoreMLOptions, artifact: Artifact) -> RuntimeSpec:  # type: ignore[override]
         version = version_of("coremltools")
@@ -161,5 +179,7 @@ class CoreMLTarget(Target):
 
         # Verification pins the CPU so the numerics gate is not judged on the Neural Engine's fp16.
         model = ct.models.MLModel(str(bundle_dir / artifact.entry), compute_units=ct.ComputeUnit.CPU_ONLY)
-        feeds = {k: v.astype(np.int32) if v.dtype == np.int64 else v for k, v in inputs.items()}
-        return {k: np.asarray(v) for k, v in model.predict(feeds).items()}
+        names_in = artifact.settings.get("input_names", {})
+        names_out = {v: k for k, v in artifact.settings.get("output_names", {}).items()}
+        feeds = {names_in.get(k, k): v.astype(np.int32) if v.dtype == np.int64 else v for k, v in inputs.items()}
+        return {names_out.get(k, k): np.asarray(v) for k, v in model.predict(feeds).items()}

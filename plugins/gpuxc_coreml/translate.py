@@ -647,6 +647,13 @@ NOTES = {
     "ReduceMean": "constant axes", "ReduceSum": "constant axes", "ReduceMax": "constant axes",
     "ReduceMin": "constant axes", "ReduceProd": "constant axes",
     "HardSwish": "x * sigmoid_hard(x, 1/6, 1/2)",
+    "Split": "constant split sizes (input or attribute), or equal parts",
+    "Tile": "constant repeats", "Expand": "constant target shape",
+    "Pad": "constant pads; modes constant, reflect, edge; no axes input",
+    "Resize": "4-D NCHW, constant scales or sizes on H/W only; nearest or linear",
+    "Upsample": "as Resize", "ConvTranspose": "no output_shape/output_padding",
+    "ConstantOfShape": "constant shape (folded)", "Gelu": "exact or tanh approximation",
+    "LayerNormalization": "axis to the last dim; optional scale/bias",
 }  # fmt: skip
 
 
@@ -660,6 +667,161 @@ def coverage_table() -> str:
     rows = ["| ONNX op | Limits |", "|---|---|"]
     rows += [f"| {op} | {NOTES.get(op, '')} |" for op in op_coverage()]
     return "\n".join(rows)
+
+
+# -- ops added for the full list: normalizations, Gelu, Split, Expand/Tile, Pad, Resize,
+# ConvTranspose, ConstantOfShape -------------------------------------------------------------
+
+
+@translates("Gelu")
+def gelu(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    approximate = attrs(node).get("approximate", b"none")
+    mode = "TANH_APPROXIMATION" if approximate in (b"tanh", "tanh") else "EXACT"
+    return [g.mb.gelu(x=g.var(node.input[0]), mode=mode, name=node.output[0])]
+
+
+@translates("LayerNormalization")
+def layer_norm(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    shape = g.shape(node.input[0])
+    a = attrs(node)
+    axis = _norm(int(a.get("axis", -1)), len(shape))
+    kwargs: dict[str, Any] = {"x": g.var(node.input[0]), "axes": list(range(axis, len(shape))),
+                              "epsilon": float(a.get("epsilon", 1e-5)), "name": node.output[0]}  # fmt: skip
+    if _opt(node, 1):
+        kwargs["gamma"] = g.var(node.input[1])
+    if _opt(node, 2):
+        kwargs["beta"] = g.var(node.input[2])
+    return [g.mb.layer_norm(**kwargs)]
+
+
+@translates("InstanceNormalization")
+def instance_norm(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    return [g.mb.instance_norm(x=g.var(node.input[0]), gamma=g.var(node.input[1]), beta=g.var(node.input[2]),
+                               epsilon=float(attrs(node).get("epsilon", 1e-5)), name=node.output[0])]  # fmt: skip
+
+
+@translates("Split")
+def split(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    shape = g.shape(node.input[0])
+    a = attrs(node)
+    axis = _norm(int(a.get("axis", 0)), len(shape))
+    if _opt(node, 1):
+        sizes = [int(v) for v in g.need_const(node, 1, "split sizes").reshape(-1)]
+    elif "split" in a:
+        sizes = [int(v) for v in a["split"]]
+    else:
+        parts = len(node.output)
+        size = -(-shape[axis] // parts)  # ceil, as ONNX: the last part may be smaller
+        sizes = [min(size, shape[axis] - i * size) for i in range(parts)]
+    outs = g.mb.split(x=g.var(node.input[0]), split_sizes=sizes, axis=axis, name=node.output[0] + "_split")
+    return [g.mb.identity(x=o, name=n) for o, n in zip(outs, node.output, strict=True)]
+
+
+@translates("Tile")
+def tile(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    reps = [int(v) for v in g.need_const(node, 1, "repeats").reshape(-1)]
+    return [g.mb.tile(x=g.var(node.input[0]), reps=reps, name=node.output[0])]
+
+
+@translates("Expand")
+def expand(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    shape = g.shape(node.input[0])
+    target = [int(v) for v in g.need_const(node, 1, "shape").reshape(-1)]
+    # Numpy-style broadcast of the two shapes, then tile the (rank-aligned) input to it.
+    rank = max(len(shape), len(target))
+    src = [1] * (rank - len(shape)) + shape
+    dst = [1] * (rank - len(target)) + target
+    out = [max(s, d) for s, d in zip(src, dst, strict=True)]
+    x = g.var(node.input[0])
+    if len(src) != len(shape):
+        x = g.mb.reshape(x=x, shape=src)
+    reps = [o // s if s else 1 for o, s in zip(out, src, strict=True)]
+    return [g.mb.tile(x=x, reps=reps, name=node.output[0])]
+
+
+@translates("Pad")
+def pad(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    shape = g.shape(node.input[0])
+    a = attrs(node)
+    mode = a.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    pads = [int(v) for v in (a["pads"] if "pads" in a else g.need_const(node, 1, "pads").reshape(-1))]
+    value = float(a.get("value", 0.0))
+    if _opt(node, 2):
+        value = float(g.need_const(node, 2, "constant value").reshape(-1)[0])
+    if _opt(node, 3):
+        raise Untranslatable(f"Pad '{node.name}': the axes input is not supported")
+    rank = len(shape)
+    # ONNX lists all begins then all ends; MIL pairs them per axis.
+    pairs = [p for i in range(rank) for p in (pads[i], pads[i + rank])]
+    mil_mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}.get(mode)
+    if mil_mode is None:
+        raise Untranslatable(f"Pad '{node.name}': mode '{mode}' is not supported")
+    return [g.mb.pad(x=g.var(node.input[0]), pad=np.asarray(pairs, np.int32), mode=mil_mode,
+                     constant_val=value, name=node.output[0])]  # fmt: skip
+
+
+@translates("ConstantOfShape")
+def constant_of_shape(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    shape = [int(v) for v in g.need_const(node, 0, "shape").reshape(-1)]
+    value = attrs(node).get("value")
+    fill = onnx.numpy_helper.to_array(value).reshape(-1)[0] if value is not None else np.float32(0)
+    data = _narrow(np.full(shape, fill, dtype=np.asarray(fill).dtype))
+    g.consts[node.output[0]] = data
+    return [g.mb.const(val=data, name=_const_name(node.output[0]))]
+
+
+@translates("ConvTranspose")
+def conv_transpose(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    a = attrs(node)
+    weight = g.var(node.input[1])
+    spatial = len(weight.shape) - 2
+    if "output_shape" in a or any(int(p) for p in a.get("output_padding", [])):
+        raise Untranslatable(f"ConvTranspose '{node.name}': output_shape/output_padding are not supported")
+    pads = list(a.get("pads", [0] * 2 * spatial))
+    kwargs: dict[str, Any] = {
+        "x": g.var(node.input[0]),
+        "weight": weight,
+        "strides": list(a.get("strides", [1] * spatial)),
+        "dilations": list(a.get("dilations", [1] * spatial)),
+        "groups": int(a.get("group", 1)),
+        "pad_type": "custom",
+        "pad": [p for i in range(spatial) for p in (pads[i], pads[i + spatial])],
+        "name": node.output[0],
+    }
+    if _opt(node, 2):
+        kwargs["bias"] = g.var(node.input[2])
+    return [g.mb.conv_transpose(**kwargs)]
+
+
+@translates("Resize", "Upsample")
+def resize(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    shape = g.shape(node.input[0])
+    if len(shape) != 4:
+        raise Untranslatable(f"{node.op_type} '{node.name}': only 4-D NCHW inputs are supported")
+    a = attrs(node)
+    mode = a.get("mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    # Scales come from input 'scales' (Upsample: input 1; Resize: input 2) or target 'sizes' (Resize input 3).
+    scales = None
+    if node.op_type == "Upsample":
+        scales = [float(v) for v in g.need_const(node, 1, "scales").reshape(-1)]
+    elif _opt(node, 2) and g.const(node.input[2]) is not None and g.const(node.input[2]).size:
+        scales = [float(v) for v in g.const(node.input[2]).reshape(-1)]
+    elif _opt(node, 3):
+        sizes = [int(v) for v in g.need_const(node, 3, "sizes").reshape(-1)]
+        scales = [s / d for s, d in zip(sizes, shape, strict=True)]
+    if scales is None or scales[0] != 1 or scales[1] != 1:
+        raise Untranslatable(f"{node.op_type} '{node.name}': needs constant spatial scales or sizes")
+    x = g.var(node.input[0])
+    if mode == "nearest":
+        return [g.mb.upsample_nearest_neighbor(x=x, scale_factor_height=scales[2], scale_factor_width=scales[3],
+                                               name=node.output[0])]  # fmt: skip
+    if mode == "linear":
+        align = a.get("coordinate_transformation_mode", b"half_pixel") in (b"align_corners", "align_corners")
+        return [g.mb.upsample_bilinear(x=x, scale_factor_height=scales[2], scale_factor_width=scales[3],
+                                       align_corners=align, name=node.output[0])]  # fmt: skip
+    raise Untranslatable(f"{node.op_type} '{node.name}': mode '{mode}' is not supported")
 
 
 if __name__ == "__main__":
