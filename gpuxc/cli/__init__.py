@@ -209,15 +209,45 @@ def _inspect_convertible(path: Path, target: str, json_out: bool) -> None:
 
     from gpuxc.model import load_model
 
-    missing = unsupported_ops(load_model(path).proto)
+    loaded = load_model(path)
+    raw = unsupported_ops(loaded.proto)
+    missing, shapes = raw, None
+    if raw:
+        # Shape arithmetic (Shape, Range, Mod, ...) folds away once input shapes are fixed, as
+        # compile does with build.shapes: predict with the same passes at the default sizes.
+        missing, shapes = _unsupported_after_folding(loaded, path, target, unsupported_ops) or (raw, None)
     if json_out:
-        typer.echo(json.dumps({"target": target, "convertible": not missing, "unsupported": missing}))
+        typer.echo(json.dumps({"target": target, "convertible": not missing, "unsupported": missing,
+                               "unsupported_before_folding": raw, "folded_at_shapes": shapes}))  # fmt: skip
         return
     if missing:
         typer.echo(f"{path.name}: not convertible to {target}; missing ops: "
                    + ", ".join(f"{op} x{n}" for op, n in missing.items()))  # fmt: skip
+    elif raw:
+        typer.echo(f"{path.name}: translates for {target} once input shapes are fixed (e.g. build.shapes: {shapes}); "
+                   f"{', '.join(raw)} fold away")  # fmt: skip
     else:
         typer.echo(f"{path.name}: every op translates for {target}")
+
+
+def _unsupported_after_folding(loaded: Any, path: Path, target: str, unsupported_ops: Any) -> Any:
+    """(missing ops, shapes) after fix-shapes + constant folding at the default sizes, or None."""
+    import tempfile
+
+    from gpuxc.calibration import resolve_model_shapes
+    from gpuxc.passes import PassContext, PassManager, PassSpec
+    from gpuxc.plugin import get_registry
+
+    try:
+        shapes = resolve_model_shapes(loaded.signature)
+        specs = [PassSpec("fix-shapes", {"shapes": shapes}), PassSpec("fold-constants", {}, required=False),
+                 PassSpec("ort-optimize", {"level": "basic"})]  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="gpuxc-inspect-") as tmp:
+            ctx = PassContext(workdir=Path(tmp), target=target, model_dir=path.parent)
+            model, _ = PassManager(get_registry()).run(loaded.proto, specs, ctx)
+        return unsupported_ops(model), shapes
+    except GpuxcError:
+        return None
 
 
 @app.command()

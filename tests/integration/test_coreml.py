@@ -167,7 +167,9 @@ def test_inspect_reports_whether_the_model_converts(tmp_path: Path, model: str, 
     gpuxc = Path(sys.executable).parent / "gpuxc"
     done = subprocess.run([gpuxc, "inspect", path, "--target", "coreml", "--json"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"target": "coreml", "convertible": convertible, "unsupported": unsupported}
+    report = json.loads(done.stdout)
+    assert {k: report[k] for k in ("target", "convertible", "unsupported")} == {
+        "target": "coreml", "convertible": convertible, "unsupported": unsupported}  # fmt: skip
     other = subprocess.run([gpuxc, "inspect", path, "--target", "openvino"], capture_output=True, text=True)
     assert other.returncode != 0 and "only coreml" in other.stderr
 
@@ -249,3 +251,25 @@ def test_tensor_names_coremltools_renames_are_mapped_for_the_runner(tmp_path: Pa
     settings = json.loads((result.path / "gpux-bundle.json").read_text())["artifact"]["settings"]
     assert settings["output_names"] == {"out/put.0": "out_put_0"}
     assert settings["input_names"] == {"in:0": "in_0"}
+
+
+def test_inspect_predicts_that_shape_arithmetic_folds_away(tmp_path: Path) -> None:
+    # x[N, 4] -> Range(0, N) drives nothing but a shape: with fixed shapes it folds to a constant.
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Range", ["start", "n", "one"], ["r"]),
+        helper.make_node("Cast", ["r"], ["rf"], to=1),
+        helper.make_node("ReduceSum", ["rf"], ["total"], keepdims=0),
+        helper.make_node("Add", ["x", "total"], ["y"]),
+    ]
+    inits = [helper.make_tensor(name, TensorProto.INT64, [], [v]) for name, v in (("zero", 0), ("start", 0), ("one", 1))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)  # fmt: skip
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    gpuxc = Path(sys.executable).parent / "gpuxc"
+    done = subprocess.run([gpuxc, "inspect", path, "--target", "coreml", "--json"], capture_output=True, text=True)
+    report = json.loads(done.stdout)
+    assert report["unsupported_before_folding"] == {"Range": 1}
+    assert report["convertible"] is True and report["unsupported"] == {}
