@@ -263,7 +263,8 @@ def test_inspect_predicts_that_shape_arithmetic_folds_away(tmp_path: Path) -> No
         helper.make_node("ReduceSum", ["rf"], ["total"], keepdims=0),
         helper.make_node("Add", ["x", "total"], ["y"]),
     ]
-    inits = [helper.make_tensor(name, TensorProto.INT64, [], [v]) for name, v in (("zero", 0), ("start", 0), ("one", 1))]
+    scalars = (("zero", 0), ("start", 0), ("one", 1))
+    inits = [helper.make_tensor(name, TensorProto.INT64, [], [v]) for name, v in scalars]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)  # fmt: skip
     path = tmp_path / "model.onnx"
