@@ -127,3 +127,20 @@ def write_manifest(bundle: Path, manifest: Manifest) -> None:
 
 def bundle_name(name: str, version: str, target: str) -> str:
     return f"{name}-{version}-{target}"
+
+
+def integrity_problems(bundle: Path, manifest: Manifest) -> list[str]:
+    """What differs from the manifest: missing, changed or unlisted files (empty: intact)."""
+    problems = []
+    listed = {entry.path for entry in manifest.files}
+    for entry in manifest.files:
+        path = bundle / entry.path
+        if not path.is_file():
+            problems.append(f"{entry.path}: missing")
+        elif path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
+            problems.append(f"{entry.path}: contents differ from the manifest")
+    for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
+        rel = path.relative_to(bundle).as_posix()
+        if rel != MANIFEST_NAME and rel not in listed and "__pycache__" not in rel:
+            problems.append(f"{rel}: not in the manifest")
+    return problems

@@ -346,11 +346,27 @@ def verify(
         Path | None, typer.Option("--inputs", help="With --against: .npz of inputs (optional leading sample axis).")
     ] = None,
     samples: Annotated[int, typer.Option("--samples", min=1, help="With --against: fresh generated samples.")] = 4,
+    integrity: Annotated[
+        bool, typer.Option("--integrity", help="Only check every file against the manifest's sha256 (no inference).")
+    ] = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Verify a bundle: its reference outputs (bundle runner), or --against a model on fresh inputs."""
     _require_bundle(bundle)
+    if integrity:
+        from gpuxc.bundle import integrity_problems
+        from gpuxc.manifest import read_manifest
+
+        problems = integrity_problems(bundle, read_manifest(bundle))
+        if json_out:
+            typer.echo(json.dumps({"bundle": str(bundle), "intact": not problems, "problems": problems}))
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise BundleError(f"{bundle}: integrity check failed: {problems[0]}{more}")
+        if not json_out:
+            typer.echo(f"{bundle}: intact ({len(read_manifest(bundle).files)} files match the manifest)")
+        return
     if against is None:
         if inputs is not None:
             raise BundleError("--inputs needs --against MODEL.onnx")
