@@ -87,9 +87,58 @@ def publish(staging: Path, final: Path) -> None:
 def write_reference(bundle: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
     ref = bundle / "reference"
     ref.mkdir(parents=True, exist_ok=True)
-    # Keys may be any tensor name; savez stores them as member names, np.load reads them back.
-    np.savez(ref / "inputs.npz", **{k: _storable(v) for k, v in inputs.items()})
-    np.savez(ref / "outputs.npz", **{k: _storable(v) for k, v in outputs.items()})
+    write_npz(ref / "inputs.npz", {k: _storable(v) for k, v in inputs.items()})
+    write_npz(ref / "outputs.npz", {k: _storable(v) for k, v in outputs.items()})
+
+
+# The earliest time a zip entry can carry: reference files must not record when they were built.
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Like ``np.savez``, byte for byte the same on every build: fixed entry times, sorted order.
+
+    (``np.savez`` stamps each member with the current time, so two builds would differ.)
+    """
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(arrays):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asanyarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, buffer.getvalue())
+
+
+def write_archive(bundle: Path, archive: Path, mtime: int) -> None:
+    """``<bundle>.tar.gz`` that is byte-identical for identical bundle contents.
+
+    Sorted entries, one fixed mtime, uid/gid 0 with no names, modes 0644/0755, and a gzip
+    header without a timestamp or file name (reproducible-builds.org's archive rules).
+    """
+    import gzip
+    import tarfile
+
+    tmp = archive.with_name(archive.name + ".tmp")
+    paths = sorted(p for p in bundle.rglob("*") if "__pycache__" not in p.parts)
+    with tmp.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for path in [bundle, *paths]:
+                rel = bundle.name if path == bundle else f"{bundle.name}/{path.relative_to(bundle).as_posix()}"
+                info = tar.gettarinfo(str(path), arcname=rel)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mtime = mtime
+                info.mode = 0o755 if path.is_dir() else 0o644
+                info.pax_headers = {}
+                if path.is_file():
+                    with path.open("rb") as fh:
+                        tar.addfile(info, fh)
+                else:
+                    tar.addfile(info)
+    os.replace(tmp, archive)
 
 
 def _storable(value: np.ndarray) -> np.ndarray:

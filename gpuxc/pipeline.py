@@ -87,10 +87,14 @@ class BundleResult:
     path: Path
     verification: dict[str, Any]
     variant: str = "fp32"
+    archive: Path | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"target": self.target, "path": str(self.path), "variant": self.variant,
-                "verification": self.verification}  # fmt: skip
+        out = {"target": self.target, "path": str(self.path), "variant": self.variant,
+               "verification": self.verification}  # fmt: skip
+        if self.archive is not None:
+            out["archive"] = str(self.archive)
+        return out
 
 
 @dataclass
@@ -178,6 +182,7 @@ def compile_project(
     progress: Progress | None = None,
     precision: str | None = None,
     optimize: str | None = None,
+    archive: bool = False,
 ) -> list[BundleResult]:
     """Compile the project at ``path`` for each target; returns one result per bundle written.
 
@@ -201,7 +206,27 @@ def compile_project(
                 f"{where}unknown target '{name}'{did_you_mean(name, registry.targets)}; known targets: {known}"
             )
     out_dir = (out or Path("dist")).resolve()
-    return [compile_target(project, registry.targets[name](), out_dir, say) for name in names]
+    results = [compile_target(project, registry.targets[name](), out_dir, say, reproducible=archive) for name in names]
+    if archive:
+        mtime = archive_mtime()
+        for result in results:
+            result.archive = result.path.with_name(result.path.name + ".tar.gz")
+            bundle.write_archive(result.path, result.archive, mtime)
+            say(f"[{result.target}] archive {result.archive}")
+    return results
+
+
+# 1980-01-01: the earliest zip time; used when SOURCE_DATE_EPOCH is not set.
+DEFAULT_SOURCE_DATE_EPOCH = 315532800
+
+
+def archive_mtime() -> int:
+    """Archive entry times: $SOURCE_DATE_EPOCH (reproducible-builds.org), else a fixed date."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "")
+    try:
+        return int(value) if value else DEFAULT_SOURCE_DATE_EPOCH
+    except ValueError:
+        raise ConfigError(f"SOURCE_DATE_EPOCH must be an integer, got '{value}'") from None
 
 
 # --optimize auto timing: interleaved rounds, each a median over enough runs to fill ~0.2 s.
@@ -247,7 +272,9 @@ class Candidate:
         }
 
 
-def compile_target(project: Project, target: Target, out_dir: Path, say: Progress) -> BundleResult:
+def compile_target(
+    project: Project, target: Target, out_dir: Path, say: Progress, reproducible: bool = False
+) -> BundleResult:
     config = project.config
     availability = target.check_available()
     if not availability.available:
@@ -299,6 +326,10 @@ def compile_target(project: Project, target: Target, out_dir: Path, say: Progres
         }
         extra = (target.template_dir,) if target.template_dir else ()
         bundle.write_runner(stage, context, runtime.adapter, extra)
+        if reproducible:
+            # Durations differ from build to build: printed above, not recorded in a reproducible manifest.
+            chosen.records = [r.model_copy(update={"seconds": 0.0}) for r in chosen.records]
+            summaries = [{**c, "latency_ms": None, "speedup_vs_fp32": None} for c in summaries]
         build = BuildInfo(
             precision=chosen.variant.precision,
             optimization_level=config.build.optimization_level,

@@ -120,6 +120,9 @@ def _compile(
         Optimize | None,
         typer.Option("--optimize", help="auto: build candidate variants, keep the fastest inside tolerance."),
     ] = None,
+    archive: Annotated[
+        bool, typer.Option("--archive", help="Also write <bundle>.tar.gz, byte-identical across rebuilds.")
+    ] = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -137,6 +140,7 @@ def _compile(
         progress,
         precision=precision.value if precision else None,
         optimize=optimize.value if optimize else None,
+        archive=archive,
     )
     if json_out:
         typer.echo(json.dumps({"bundles": [r.to_json() for r in results]}, indent=2))
