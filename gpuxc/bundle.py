@@ -68,7 +68,11 @@ def staging_dir(final: Path) -> Iterator[Path]:
 
 
 def publish(staging: Path, final: Path) -> None:
-    """Move ``staging`` to ``final``; an existing bundle is swapped out, then removed."""
+    """Move ``staging`` to ``final``. An existing bundle is swapped out in one atomic step where
+    the OS allows (Linux ``renameat2(RENAME_EXCHANGE)``), so no moment leaves ``final`` missing."""
+    if final.exists() and _exchange(staging, final):
+        shutil.rmtree(staging, ignore_errors=True)  # staging now holds the old bundle
+        return
     old: Path | None = None
     if final.exists():
         old = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX + "old-", dir=final.parent))
@@ -82,6 +86,23 @@ def publish(staging: Path, final: Path) -> None:
         raise BundleError(f"{final}: cannot move the bundle into place ({exc.strerror})") from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def write_reference(bundle: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
