@@ -53,7 +53,8 @@ def staging_dir(final: Path) -> Iterator[Path]:
     if final.is_dir() and any(final.iterdir()) and not (final / MANIFEST_NAME).is_file():
         raise BundleError(f"{final}: exists and is not a gpuxc bundle; refusing to replace it")
     try:
-        path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX + final.name + "-", dir=parent))
+        remove_abandoned_staging(parent)
+        path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-{final.name}-", dir=parent))
     except OSError as exc:
         raise BundleError(f"{parent}: cannot write here ({exc.strerror})") from None
     try:
@@ -67,6 +68,28 @@ def staging_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def remove_abandoned_staging(parent: Path) -> list[str]:
+    """Remove staging folders of builds that died (killed, power loss): their pid is in the name.
+
+    A folder whose process still runs belongs to a concurrent build and is left alone.
+    """
+    removed = []
+    for path in parent.glob(STAGING_PREFIX + "*"):
+        pid_text = path.name[len(STAGING_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's live process
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    return removed
+
+
 def publish(staging: Path, final: Path) -> None:
     """Move ``staging`` to ``final``. An existing bundle is swapped out in one atomic step where
     the OS allows (Linux ``renameat2(RENAME_EXCHANGE)``), so no moment leaves ``final`` missing."""
@@ -75,7 +98,7 @@ def publish(staging: Path, final: Path) -> None:
         return
     old: Path | None = None
     if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX + "old-", dir=final.parent))
+        old = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-old-", dir=final.parent))
         os.rmdir(old)
         os.rename(final, old)
     try:

@@ -45,3 +45,18 @@ def test_killed_builds_leave_either_the_old_or_a_complete_new_bundle(tmp_path: P
         assert final.is_dir() and intact()
     leftovers = [p.name for p in (tmp_path / "dist").iterdir() if p.name != final.name]
     assert all(name.startswith(".gpuxc-staging-") for name in leftovers)  # hidden scratch, never the bundle name
+    # The next build removes what killed builds left behind.
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert [p.name for p in (tmp_path / "dist").iterdir()] == [final.name]
+
+
+def test_only_staging_folders_of_dead_builds_are_removed(tmp_path: Path) -> None:
+    from gpuxc.bundle import remove_abandoned_staging
+
+    live = tmp_path / f".gpuxc-staging-{os.getppid()}-demo-1-cpu-abc"  # a running process: a concurrent build
+    dead = tmp_path / ".gpuxc-staging-999999999-demo-1-cpu-def"  # no such process
+    mine = tmp_path / f".gpuxc-staging-{os.getpid()}-demo-1-cpu-ghi"
+    for path in (live, dead, mine):
+        path.mkdir()
+    assert remove_abandoned_staging(tmp_path) == [dead.name]
+    assert live.exists() and mine.exists() and not dead.exists()
