@@ -372,31 +372,37 @@ def log_softmax(node: onnx.NodeProto, g: Graph) -> list[Var]:
     return [g.mb.sub(x=x, y=lse, name=node.output[0])]
 
 
-@translates("Conv")
-def conv(node: onnx.NodeProto, g: Graph) -> list[Var]:
+def _pairs(pads: list[int], axes: int) -> list[int]:
+    """ONNX lists all begins then all ends; MIL pairs them per axis."""
+    return [p for i in range(axes) for p in (pads[i], pads[i + axes])]
+
+
+def _conv_kwargs(node: onnx.NodeProto, g: Graph) -> dict[str, Any]:
+    """What Conv and ConvTranspose share: input, weight, strides, dilations, groups, pads, bias."""
     a = attrs(node)
     weight = g.var(node.input[1])
     spatial = len(weight.shape) - 2
-    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        pad_type, pad = {b"VALID": "valid", b"SAME_UPPER": "same", b"SAME_LOWER": "same_lower"}[a["auto_pad"]], None
-    else:
-        pads = list(a.get("pads", [0] * 2 * spatial))
-        # ONNX lists all begins then all ends; MIL pairs them per axis.
-        pad_type, pad = "custom", [p for i in range(spatial) for p in (pads[i], pads[i + spatial])]
     kwargs: dict[str, Any] = {
         "x": g.var(node.input[0]),
         "weight": weight,
         "strides": list(a.get("strides", [1] * spatial)),
         "dilations": list(a.get("dilations", [1] * spatial)),
         "groups": int(a.get("group", 1)),
-        "pad_type": pad_type,
         "name": node.output[0],
     }
-    if pad is not None:
-        kwargs["pad"] = pad
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        kwargs["pad_type"] = {b"VALID": "valid", b"SAME_UPPER": "same", b"SAME_LOWER": "same_lower"}[a["auto_pad"]]
+    else:
+        kwargs["pad_type"] = "custom"
+        kwargs["pad"] = _pairs(list(a.get("pads", [0] * 2 * spatial)), spatial)
     if _opt(node, 2):
         kwargs["bias"] = g.var(node.input[2])
-    return [g.mb.conv(**kwargs)]
+    return kwargs
+
+
+@translates("Conv")
+def conv(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    return [g.mb.conv(**_conv_kwargs(node, g))]
 
 
 @translates("BatchNormalization")
@@ -751,9 +757,7 @@ def pad(node: onnx.NodeProto, g: Graph) -> list[Var]:
         value = float(g.need_const(node, 2, "constant value").reshape(-1)[0])
     if _opt(node, 3):
         raise Untranslatable(f"Pad '{node.name}': the axes input is not supported")
-    rank = len(shape)
-    # ONNX lists all begins then all ends; MIL pairs them per axis.
-    pairs = [p for i in range(rank) for p in (pads[i], pads[i + rank])]
+    pairs = _pairs(pads, len(shape))
     mil_mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}.get(mode)
     if mil_mode is None:
         raise Untranslatable(f"Pad '{node.name}': mode '{mode}' is not supported")
@@ -774,23 +778,11 @@ def constant_of_shape(node: onnx.NodeProto, g: Graph) -> list[Var]:
 @translates("ConvTranspose")
 def conv_transpose(node: onnx.NodeProto, g: Graph) -> list[Var]:
     a = attrs(node)
-    weight = g.var(node.input[1])
-    spatial = len(weight.shape) - 2
     if "output_shape" in a or any(int(p) for p in a.get("output_padding", [])):
         raise Untranslatable(f"ConvTranspose '{node.name}': output_shape/output_padding are not supported")
-    pads = list(a.get("pads", [0] * 2 * spatial))
-    kwargs: dict[str, Any] = {
-        "x": g.var(node.input[0]),
-        "weight": weight,
-        "strides": list(a.get("strides", [1] * spatial)),
-        "dilations": list(a.get("dilations", [1] * spatial)),
-        "groups": int(a.get("group", 1)),
-        "pad_type": "custom",
-        "pad": [p for i in range(spatial) for p in (pads[i], pads[i + spatial])],
-        "name": node.output[0],
-    }
-    if _opt(node, 2):
-        kwargs["bias"] = g.var(node.input[2])
+    kwargs = _conv_kwargs(node, g)
+    if kwargs["pad_type"] != "custom":
+        raise Untranslatable(f"ConvTranspose '{node.name}': auto_pad is not supported")
     return [g.mb.conv_transpose(**kwargs)]
 
 
