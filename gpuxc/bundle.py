@@ -68,14 +68,14 @@ def staging_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def remove_abandoned_staging(parent: Path) -> list[str]:
-    """Remove staging folders of builds that died (killed, power loss): their pid is in the name.
-
-    A folder whose process still runs belongs to a concurrent build and is left alone.
+def remove_abandoned_staging(parent: Path, prefix: str = STAGING_PREFIX) -> list[str]:
+    """Remove staging folders of builds that died (killed, power loss): their pid is in the name,
+    right after ``prefix``. A folder whose process still runs belongs to a concurrent build and is
+    left alone. The build cache uses the same scheme for its temporary entries.
     """
     removed = []
-    for path in parent.glob(STAGING_PREFIX + "*"):
-        pid_text = path.name[len(STAGING_PREFIX) :].split("-", 1)[0]
+    for path in parent.glob(prefix + "*"):
+        pid_text = path.name[len(prefix) :].split("-", 1)[0]
         if not pid_text.isdigit() or int(pid_text) == os.getpid():
             continue
         try:

@@ -28,6 +28,7 @@ class ExitCode(IntEnum):
     BUNDLE = 11  # bundle missing, unreadable or malformed; output path unusable
     REFERENCE = 12  # reference inputs could not be made or run on the source model
     MEMORY_BUDGET = 13  # no build fits runtime.gpu.memory
+    CACHE = 14  # the build cache folder cannot be read or cleared (gpuxc cache)
 
 
 def first_line(exc: BaseException, limit: int = 400) -> str:
@@ -107,3 +108,9 @@ class MemoryBudgetExceeded(GpuxcError):
     """The build's estimated memory is over ``runtime.gpu.memory``."""
 
     exit_code = ExitCode.MEMORY_BUDGET
+
+
+class CacheError(GpuxcError):
+    """The build cache cannot be used as asked (``gpuxc cache``); during a build, cache trouble is a warning."""
+
+    exit_code = ExitCode.CACHE

@@ -30,7 +30,18 @@ import numpy as np
 import onnx
 from pydantic import ValidationError
 
-from gpuxc import __version__, bundle
+from gpuxc import __version__, bundle, codegen
+from gpuxc.cache import (
+    BuildCache,
+    cache_disabled_by_env,
+    code_digest,
+    data_digest,
+    default_cache_dir,
+    host_facts,
+    key_document,
+    key_of,
+    sha256_of,
+)
 from gpuxc.calibration import load_samples
 from gpuxc.compare import DEFAULT_TOLERANCE, compare, worst_of
 from gpuxc.config import GpuxConfig, did_you_mean, find_config, load_config
@@ -133,6 +144,11 @@ def load_project(path: Path, config_path: Path | None = None, progress: Progress
     say = progress or (lambda _msg: None)
     config = load_config(find_config(path, config_path))
     say(f"config {config.path.name}: {config.name} {config.version}")
+    return project_for(config, say)
+
+
+def project_for(config: GpuxConfig, say: Progress) -> Project:
+    """Load the model of ``config``, check it against the config, compute the reference."""
     model_path = config.model_path
     if not model_path.is_file():
         raise ModelError(f"{config.where('model', 'source')}: model file '{config.model.source}' not found")
@@ -183,15 +199,20 @@ def compile_project(
     precision: str | None = None,
     optimize: str | None = None,
     archive: bool = False,
+    cache_dir: Path | None = None,
+    use_cache: bool = True,
 ) -> list[BundleResult]:
     """Compile the project at ``path`` for each target; returns one result per bundle written.
 
     ``precision`` and ``optimize`` override build.precision and build.optimize (CLI flags).
+    With the build cache (``use_cache``, not ``$GPUXC_NO_CACHE``), a target whose key is cached
+    is restored from the cache (digest-checked) without loading the model; the others are built
+    and stored.
     """
     say = progress or (lambda _msg: None)
     registry = get_registry()
-    project = load_project(path, config_path, say)
-    config = project.config
+    config = load_config(find_config(path, config_path))
+    say(f"config {config.path.name}: {config.name} {config.version}")
     if precision is not None:
         config.build.precision = precision
     if optimize is not None:
@@ -206,7 +227,21 @@ def compile_project(
                 f"{where}unknown target '{name}'{did_you_mean(name, registry.targets)}; known targets: {known}"
             )
     out_dir = (out or Path("dist")).resolve()
-    results = [compile_target(project, registry.targets[name](), out_dir, say, reproducible=archive) for name in names]
+    cache = None
+    if use_cache and not cache_disabled_by_env():
+        cache = BuildCache(cache_dir if cache_dir is not None else default_cache_dir(), say)
+    project: Project | None = None
+    results = []
+    for name in names:
+        target = registry.targets[name]()
+        _target_options(config, target)  # a bad option is an error, cached or not
+        cached = _cache_lookup(cache, registry, config, target, archive, out_dir, say) if cache else None
+        if isinstance(cached, BundleResult):
+            results.append(cached)
+            continue
+        project = project or project_for(config, say)
+        store = functools.partial(_cache_store, cache, cached, project) if cache and cached else None
+        results.append(compile_target(project, target, out_dir, say, reproducible=archive, store=store))
     if archive:
         mtime = archive_mtime()
         for result in results:
@@ -273,8 +308,15 @@ class Candidate:
 
 
 def compile_target(
-    project: Project, target: Target, out_dir: Path, say: Progress, reproducible: bool = False
+    project: Project,
+    target: Target,
+    out_dir: Path,
+    say: Progress,
+    reproducible: bool = False,
+    store: Callable[[Path, str, dict[str, Any]], None] | None = None,
 ) -> BundleResult:
+    """Build, verify and publish one target's bundle. ``store(stage, variant, verification)`` sees
+    the finished staging folder just before it is published (the build cache keeps a copy)."""
     config = project.config
     availability = target.check_available()
     if not availability.available:
@@ -342,14 +384,88 @@ def compile_target(
         )
         manifest = _manifest(project, target, build, chosen.artifact, runtime, chosen.verification, chosen.model, stage)
         bundle.write_manifest(stage, manifest)
+        verification = chosen.verification.model_dump(mode="json", include=RESULT_VERIFICATION)
+        if store is not None:
+            store(stage, chosen.variant.name, verification)
         bundle.publish(stage, final)
     tsay(f"bundle {final} ({chosen.variant.name}, verification {chosen.verification.status})")
-    return BundleResult(
-        target.name,
-        final,
-        chosen.verification.model_dump(include={"status", "reason", "runtime", "failures"}),
-        variant=chosen.variant.name,
+    return BundleResult(target.name, final, verification, variant=chosen.variant.name)
+
+
+# What a BundleResult (and `compile --json`) reports of the verification.
+RESULT_VERIFICATION = {"status", "reason", "runtime", "failures"}
+
+
+@dataclass
+class _CacheKey:
+    key: str
+    document: dict[str, Any]
+
+
+def _cache_lookup(
+    cache: BuildCache, registry: Any, config: GpuxConfig, target: Target, reproducible: bool, out_dir: Path,
+    say: Progress,
+) -> BundleResult | _CacheKey | None:  # fmt: skip
+    """A restored bundle on a hit; on a miss, the key to store the build under (None: uncacheable)."""
+    model_path = config.model_path
+    if not model_path.is_file():
+        return None  # the build reports it
+    cal = config.build.calibration
+    calibration = None
+    if cal is not None and cal.data is not None:
+        data = (config.project_dir / cal.data).resolve()
+        if not data.exists():
+            return None
+        calibration = data_digest(data)
+    modules = [cls.__module__ for cls in (*registry.targets.values(), *registry.passes.values())]
+    templates = [codegen.template_root(), *([target.template_dir] if target.template_dir else [])]
+    document = key_document(
+        config=config.canonical(),
+        target=target.name,
+        reproducible=reproducible,
+        model_sha256=sha256_of(model_path),
+        calibration_digest=calibration,
+        code=code_digest(modules, templates),
+        host=host_facts(),
     )
+    key = key_of(document)
+    final = out_dir / bundle.bundle_name(config.name, config.version, target.name)
+    with bundle.staging_dir(final) as stage:
+        info = cache.restore(key, stage, functools.partial(_external_digests, model_path.parent))
+        if info is None:
+            return _CacheKey(key, document)
+        bundle.publish(stage, final)
+    variant = str(info.get("variant", "?"))
+    verification = info.get("verification") or {}
+    say(f"[{target.name}] cache hit {key[:12]}: bundle {final} ({variant}, verification {verification.get('status')})")
+    return BundleResult(target.name, final, verification, variant=variant)
+
+
+def _external_digests(model_dir: Path, paths: list[str]) -> dict[str, str]:
+    """sha256 of external-data files recorded by a cached build; {} if one is no longer a plain file."""
+    out = {}
+    for rel in paths:
+        path = model_dir / rel
+        if path.is_symlink() or not path.is_file():
+            return {}
+        out[rel] = sha256_of(path)
+    return out
+
+
+def _cache_store(
+    cache: BuildCache, key: _CacheKey, project: Project, stage: Path, variant: str, verification: dict[str, Any]
+) -> None:
+    model_dir = project.model.path.parent
+    info = {
+        "name": project.config.name,
+        "version": project.config.version,
+        "target": key.document["target"],
+        "variant": variant,
+        "verification": verification,
+        "external_data": _external_digests(model_dir, project.model.signature.external_data),
+        "key_document": key.document,
+    }
+    cache.store(key.key, stage, info)
 
 
 def _build_candidate(

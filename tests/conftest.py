@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +12,11 @@ import pytest
 import yaml
 
 from fixtures import models
+
+# Tests build from scratch: a cache hit would hide the behaviour under test. The cache's own tests
+# switch it back on with a folder of their own; nothing here ever touches the user's cache.
+os.environ["GPUXC_NO_CACHE"] = "1"
+os.environ["GPUXC_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"gpuxc-test-cache-{os.getpid()}")
 
 
 @pytest.fixture(autouse=True)

@@ -51,6 +51,10 @@ class Optimize(str, Enum):
 
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show progress details and tracebacks.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Build cache folder (default: $GPUXC_CACHE_DIR, else the user cache dir)."),
+]
 
 
 def _err(message: str) -> None:
@@ -123,6 +127,10 @@ def _compile(
     archive: Annotated[
         bool, typer.Option("--archive", help="Also write <bundle>.tar.gz, byte-identical across rebuilds.")
     ] = False,
+    cache_dir: CacheDirOpt = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Build from scratch; neither read nor write the build cache.")
+    ] = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -141,6 +149,8 @@ def _compile(
         precision=precision.value if precision else None,
         optimize=optimize.value if optimize else None,
         archive=archive,
+        cache_dir=cache_dir,
+        use_cache=not no_cache,
     )
     if json_out:
         typer.echo(json.dumps({"bundles": [r.to_json() for r in results]}, indent=2))
@@ -292,6 +302,46 @@ def targets(json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
             )
         elif row["verify_note"]:
             typer.echo(f"{'':<10} not verified here: {row['verify_note']}")
+
+
+cache_app = typer.Typer(help="The build cache: list or clear cached bundles.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("ls")
+@handle_errors
+def cache_ls(cache_dir: CacheDirOpt = None, json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+    """List cached bundles: key, project, target, variant, size, last use."""
+    from gpuxc.cache import BuildCache, default_cache_dir
+
+    cache = BuildCache(cache_dir if cache_dir is not None else default_cache_dir())
+    entries = cache.entries()
+    if json_out:
+        rows = [{"key": e.key, "size_bytes": e.size_bytes, **{k: v for k, v in e.info.items() if k != "files"}}
+                for e in entries]  # fmt: skip
+        typer.echo(json.dumps({"cache_dir": str(cache.root), "entries": rows}, indent=2))
+        return
+    _err(f"cache {cache.root}: {len(entries)} entries, {sum(e.size_bytes for e in entries) / 2**20:.1f} MiB")
+    for e in entries:
+        if "corrupted" in e.info:
+            typer.echo(f"{e.key[:12]}  corrupted: {e.info['corrupted']}")
+            continue
+        i = e.info
+        typer.echo(
+            f"{e.key[:12]}  {i.get('name')}-{i.get('version')}  {i.get('target')}  {i.get('variant')}  "
+            f"{e.size_bytes / 2**20:.1f} MiB  last used {i.get('last_used')}"
+        )
+
+
+@cache_app.command("clear")
+@handle_errors
+def cache_clear(cache_dir: CacheDirOpt = None, verbose: VerboseOpt = False) -> None:
+    """Remove every cached bundle."""
+    from gpuxc.cache import BuildCache, default_cache_dir
+
+    cache = BuildCache(cache_dir if cache_dir is not None else default_cache_dir())
+    count, freed = cache.clear()
+    _err(f"cache {cache.root}: removed {count} entries, {freed / 2**20:.1f} MiB")
 
 
 @app.command()

@@ -1,0 +1,367 @@
+"""The build cache: finished bundles stored under a key made of everything that decides them.
+
+A key is the sha256 of a canonical JSON document (:func:`key_document`):
+
+- gpuxc's version and a digest of its code, every plugin package's code and the templates
+  (an edited template or pass is a new key, even in an editable install);
+- the canonical config after CLI overrides (the same dict the manifest records), the target
+  and whether the build is reproducible (``--archive``);
+- the model file's sha256, the calibration data's digest;
+- the host facts that change a result: OS, machine, Python, CPU model and flags (OpenVINO's
+  precision hints and ``--optimize auto``'s timings depend on them) and the versions of every
+  library a pass, target or the bundle's pinned requirements come from.
+
+External-data files are not in the key, because finding them means parsing the untrusted model;
+they are determined by the model file's bytes, and the entry records their digests, which are
+checked on every hit.
+
+An entry is ``<cache>/v1/<key[:2]>/<key>/{entry.json, bundle/}``. ``entry.json`` lists every
+bundle file's size and sha256; a hit copies the files into the staging folder while hashing them,
+so a corrupted or tampered entry is detected, discarded and rebuilt, never published. Entries are
+written to a private temporary folder and renamed into place, so a killed build leaves no
+half-written entry. Anything that goes wrong with the cache itself is a warning: the build goes on
+without it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpuxc import __version__
+from gpuxc.bundle import remove_abandoned_staging
+from gpuxc.errors import CacheError
+
+CACHE_FORMAT = 1
+ENTRY_NAME = "entry.json"
+TMP_PREFIX = ".tmp-"
+CACHE_DIR_ENV = "GPUXC_CACHE_DIR"
+NO_CACHE_ENV = "GPUXC_NO_CACHE"
+
+# Libraries whose version can change what a build writes: passes and targets use them, and the
+# bundle's requirements.txt pins the serving ones.
+RESULT_LIBRARIES = (
+    "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "protobuf", "onnxsim", "onnxslim",
+    "onnxconverter-common", "openvino", "nncf", "coremltools", "tensorrt",
+    "fastapi", "uvicorn", "prometheus-client", "jinja2", "pydantic",
+)  # fmt: skip
+
+Progress = Callable[[str], None]
+
+
+def default_cache_dir() -> Path:
+    """``$GPUXC_CACHE_DIR``, else the platform's user cache folder + ``gpuxc``."""
+    if env := os.environ.get(CACHE_DIR_ENV):
+        return Path(env)
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "gpuxc"
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")) / "gpuxc" / "Cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpuxc"
+
+
+def cache_disabled_by_env() -> bool:
+    return os.environ.get(NO_CACHE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_digest(root: Path, suffixes: tuple[str, ...] | None = None) -> str:
+    """sha256 over the relative paths and contents of the files under ``root`` (sorted).
+
+    ``__pycache__`` is skipped: bytecode follows from the sources.
+    """
+    digest = hashlib.sha256()
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and (suffixes is None or p.name.endswith(suffixes))
+    )  # fmt: skip
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(sha256_of(path).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def data_digest(path: Path) -> str:
+    """Digest of a calibration file or folder."""
+    return tree_digest(path) if path.is_dir() else sha256_of(path)
+
+
+def _package_root(module_name: str) -> Path | None:
+    spec = importlib.util.find_spec(module_name.split(".")[0])
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(spec.origin).parent if spec.origin else None
+
+
+def code_digest(modules: Iterable[str], template_dirs: Iterable[Path]) -> dict[str, str]:
+    """Digests of gpuxc's code, each plugin package and each template folder, by name."""
+    out: dict[str, str] = {}
+    for name in sorted({"gpuxc", *(m.split(".")[0] for m in modules)}):
+        root = _package_root(name)
+        if root is not None and root.is_dir():
+            out[name] = tree_digest(root, (".py", ".j2", ".json"))
+        elif root is not None:  # a single-module plugin
+            out[name] = sha256_of(Path(importlib.util.find_spec(name).origin))  # type: ignore[union-attr,arg-type]
+    for folder in sorted(set(template_dirs)):
+        if folder.is_dir():
+            out[f"templates:{folder.name}"] = tree_digest(folder)
+    return out
+
+
+def cpu_facts() -> dict[str, str]:
+    """The CPU's model and feature flags (x86 ``flags``, Arm ``Features``), where the OS says."""
+    facts = {"processor": platform.processor()}
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return facts
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "flags", "features", "cpu part") and key not in facts:
+            facts[key] = " ".join(sorted(value.split())) if key in ("flags", "features") else value.strip()
+    return facts
+
+
+def host_facts() -> dict[str, Any]:
+    from gpuxc.runtime_versions import version_of
+
+    return {
+        "system": platform.system().lower(),
+        "machine": platform.machine(),
+        "python": ".".join(map(str, sys.version_info[:3])),
+        "cpu": cpu_facts(),
+        "libraries": {d: version_of(d) for d in RESULT_LIBRARIES},
+    }
+
+
+def key_document(
+    *,
+    config: dict[str, Any],
+    target: str,
+    reproducible: bool,
+    model_sha256: str,
+    calibration_digest: str | None,
+    code: dict[str, str],
+    host: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "cache_format": CACHE_FORMAT,
+        "gpuxc": __version__,
+        "code": code,
+        "target": target,
+        "reproducible": reproducible,
+        "config": config,
+        "model_sha256": model_sha256,
+        "calibration": calibration_digest,
+        "host": host,
+    }
+
+
+def key_of(document: dict[str, Any]) -> str:
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class Entry:
+    key: str
+    path: Path
+    info: dict[str, Any]
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(int(f.get("size", 0)) for f in self.info.get("files", []))
+
+
+class CorruptEntry(Exception):
+    """An entry that failed a check on read; the message says which."""
+
+
+class BuildCache:
+    """One cache folder. Every method that touches the disk turns OSError into a warning."""
+
+    def __init__(self, root: Path, progress: Progress | None = None) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.entries_dir = self.root / f"v{CACHE_FORMAT}"
+        self.say = progress or (lambda _msg: None)
+
+    def entry_dir(self, key: str) -> Path:
+        return self.entries_dir / key[:2] / key
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def restore(self, key: str, dest: Path, external: Callable[[list[str]], dict[str, str]]) -> dict[str, Any] | None:
+        """Copy the entry for ``key`` into the empty folder ``dest``, checking every digest.
+
+        ``external(paths)`` returns the current sha256 of the model's external-data files; a
+        change there is a miss. Returns the entry's info, or None on a miss. A corrupted entry
+        is removed (and reported) so the caller rebuilds it.
+        """
+        folder = self.entry_dir(key)
+        if not folder.is_dir():
+            return None
+        try:
+            info = self._read_info(folder, key)
+            recorded = info.get("external_data", {})
+            if recorded and external(sorted(recorded)) != recorded:
+                return None  # the weights beside the model changed: not this entry
+            self._copy_verified(folder / "bundle", dest, info["files"])
+        except CorruptEntry as exc:
+            self.say(f"cache: entry {key[:12]} is corrupted ({exc}); discarded, rebuilding")
+            self._discard(folder, dest)
+            return None
+        except OSError as exc:
+            self.say(f"cache: cannot read entry {key[:12]} ({exc.strerror or exc}); rebuilding")
+            _empty(dest)
+            return None
+        try:
+            os.utime(folder / ENTRY_NAME)  # last use, for `gpuxc cache ls`
+        except OSError:
+            pass
+        return info
+
+    def _read_info(self, folder: Path, key: str) -> dict[str, Any]:
+        try:
+            info = json.loads((folder / ENTRY_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CorruptEntry(f"{ENTRY_NAME} unreadable: {exc}") from None
+        if not isinstance(info, dict) or info.get("key") != key or not isinstance(info.get("files"), list):
+            raise CorruptEntry(f"{ENTRY_NAME} does not describe this key")
+        return info
+
+    @staticmethod
+    def _copy_verified(src: Path, dest: Path, files: list[dict[str, Any]]) -> None:
+        expected = {f["path"]: f for f in files}
+        present = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file() or p.is_symlink()}
+        if missing := sorted(set(expected) - present):
+            raise CorruptEntry(f"missing {missing[0]}")
+        if extra := sorted(present - set(expected)):
+            raise CorruptEntry(f"unlisted file {extra[0]}")
+        for rel, meta in sorted(expected.items()):
+            source, target = src / rel, dest / rel
+            if source.is_symlink() or ".." in Path(rel).parts or Path(rel).is_absolute():
+                raise CorruptEntry(f"{rel} is not a plain file inside the entry")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            digest = hashlib.sha256()
+            size = 0
+            with source.open("rb") as fin, target.open("wb") as fout:
+                while block := fin.read(1 << 20):
+                    digest.update(block)
+                    size += len(block)
+                    fout.write(block)
+            if size != meta.get("size") or digest.hexdigest() != meta.get("sha256"):
+                raise CorruptEntry(f"{rel} does not match its digest")
+            shutil.copymode(source, target)
+
+    def _discard(self, folder: Path, dest: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        _empty(dest)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def store(self, key: str, bundle_dir: Path, info: dict[str, Any]) -> bool:
+        """Store a finished (staged) bundle; False, with a warning, if the cache cannot be written."""
+        folder = self.entry_dir(key)
+        if folder.is_dir():
+            if self._current(folder, key, info):
+                return True
+            self._retire(folder)  # the same model file with other weights beside it: latest build wins
+        tmp: Path | None = None
+        try:
+            self.entries_dir.mkdir(parents=True, exist_ok=True)
+            remove_abandoned_staging(self.entries_dir, TMP_PREFIX)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=self.entries_dir))
+            shutil.copytree(bundle_dir, tmp / "bundle")
+            files = [
+                {"path": p.relative_to(tmp / "bundle").as_posix(), "size": p.stat().st_size, "sha256": sha256_of(p)}
+                for p in sorted((tmp / "bundle").rglob("*"))
+                if p.is_file()
+            ]
+            now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            record = {"key": key, "created": now, **info, "files": files}
+            (tmp / ENTRY_NAME).write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, folder)  # atomic; fails if a concurrent build stored it first
+            tmp = None
+            return True
+        except OSError as exc:
+            if not folder.is_dir():
+                self.say(f"cache: could not store the bundle ({exc.strerror or exc}); continuing without")
+            return folder.is_dir()
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _current(self, folder: Path, key: str, info: dict[str, Any]) -> bool:
+        try:
+            return self._read_info(folder, key).get("external_data", {}) == info.get("external_data", {})
+        except CorruptEntry:
+            return False
+
+    def _retire(self, folder: Path) -> None:
+        """Move an entry out of the way in one rename (readers see it or nothing), then delete it."""
+        try:
+            doomed = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-old-", dir=self.entries_dir))
+            os.rename(folder, doomed / "entry")
+            shutil.rmtree(doomed, ignore_errors=True)
+        except OSError:
+            pass
+
+    # -- listing and clearing ---------------------------------------------------------------
+
+    def entries(self) -> list[Entry]:
+        out = []
+        if not self.entries_dir.is_dir():
+            return out
+        for folder in sorted(self.entries_dir.glob("??/*")):
+            try:
+                info = json.loads((folder / ENTRY_NAME).read_text(encoding="utf-8"))
+                if not isinstance(info, dict):
+                    raise ValueError("not an object")
+                info["last_used"] = datetime.datetime.fromtimestamp(
+                    (folder / ENTRY_NAME).stat().st_mtime, datetime.timezone.utc
+                ).isoformat(timespec="seconds")
+            except (OSError, ValueError) as exc:
+                info = {"corrupted": str(exc)}
+            out.append(Entry(folder.name, folder, info))
+        return out
+
+    def clear(self) -> tuple[int, int]:
+        """Remove every entry; returns (entries, bytes) removed."""
+        entries = self.entries()
+        freed = sum(e.size_bytes for e in entries)
+        if self.entries_dir.is_dir():
+            try:
+                shutil.rmtree(self.entries_dir)
+            except OSError as exc:
+                raise CacheError(f"{self.entries_dir}: cannot remove the cache ({exc.strerror or exc})") from None
+        return len(entries), freed
+
+
+def _empty(folder: Path) -> None:
+    for child in folder.iterdir() if folder.is_dir() else []:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
