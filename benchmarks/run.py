@@ -240,11 +240,12 @@ def main() -> int:
                     failures.append(f"{key} / {target}: {exc}")
                     print(f"  FAILED: {exc}", file=sys.stderr)
     text = render(rows, machine_facts(), args.runs, args.rounds, failures)
-    # Keep the server section benchmarks/serve_load.py wrote.
+    # Keep the sections benchmarks/serve_load.py and benchmarks/cache.py wrote.
     old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
-    start, end = "<!-- serve_load.py: start -->", "<!-- serve_load.py: end -->"
-    if start in old and end in old:
-        text += "\n" + old[old.index(start) : old.index(end) + len(end)] + "\n"
+    for script in ("serve_load.py", "cache.py"):
+        start, end = f"<!-- {script}: start -->", f"<!-- {script}: end -->"
+        if start in old and end in old:
+            text += "\n" + old[old.index(start) : old.index(end) + len(end)] + "\n"
     args.out.write_text(text, encoding="utf-8")
     print(f"wrote {args.out}", file=sys.stderr)
     return 1 if failures else 0

@@ -13,16 +13,23 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from gpuxc.digests import sha256_file
+from gpuxc.errors import BundleError, ConfigError
 
-from gpuxc.codegen import PACKAGE_DIR, render
-from gpuxc.compare import dense
-from gpuxc.errors import BundleError
-from gpuxc.manifest import MANIFEST_NAME, FileEntry, Manifest
-from gpuxc.model import sha256_file
+if TYPE_CHECKING:
+    import numpy as np
+
+    from gpuxc.manifest import FileEntry, Manifest
+
+# The manifest's file name (gpuxc.manifest re-exports it); defined here, where the layout is.
+MANIFEST_NAME = "gpux-bundle.json"
+
+# numpy, jinja2, onnx and the manifest models are imported where used: a warm rebuild from the build cache stages,
+# archives and publishes bundles without loading them.
 
 STAGING_PREFIX = ".gpuxc-staging-"
 
@@ -38,6 +45,46 @@ RUNNER_TEMPLATES = {
     "runner/requirements.txt.j2": "requirements.txt",
     "runner/Dockerfile.j2": "Dockerfile",
 }
+
+
+@dataclass
+class BundleResult:
+    """What a compile wrote for one target (built, or restored from the build cache)."""
+
+    target: str
+    path: Path
+    verification: dict[str, Any]
+    variant: str = "fp32"
+    archive: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"target": self.target, "path": str(self.path), "variant": self.variant,
+               "verification": self.verification}  # fmt: skip
+        if self.archive is not None:
+            out["archive"] = str(self.archive)
+        return out
+
+
+# 1980-01-01: the earliest zip time; used when SOURCE_DATE_EPOCH is not set.
+DEFAULT_SOURCE_DATE_EPOCH = 315532800
+
+
+def archive_mtime() -> int:
+    """Archive entry times: $SOURCE_DATE_EPOCH (reproducible-builds.org), else a fixed date."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "")
+    try:
+        return int(value) if value else DEFAULT_SOURCE_DATE_EPOCH
+    except ValueError:
+        raise ConfigError(f"SOURCE_DATE_EPOCH must be an integer, got '{value}'") from None
+
+
+def write_archives(results: list[BundleResult], say: Any) -> None:
+    """``compile --archive``: ``<bundle>.tar.gz`` beside each bundle."""
+    mtime = archive_mtime()
+    for result in results:
+        result.archive = result.path.with_name(result.path.name + ".tar.gz")
+        write_archive(result.path, result.archive, mtime)
+        say(f"[{result.target}] archive {result.archive}")
 
 
 @contextmanager
@@ -140,6 +187,8 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    import numpy as np
+
     """Like ``np.savez``, byte for byte the same on every build: fixed entry times, sorted order.
 
     (``np.savez`` stamps each member with the current time, so two builds would differ.)
@@ -188,12 +237,16 @@ def write_archive(bundle: Path, archive: Path, mtime: int) -> None:
 def _storable(value: np.ndarray) -> np.ndarray:
     # Object arrays would need pickle: sequences of maps become dense arrays and string
     # tensors fixed-width unicode.
+    from gpuxc.compare import dense
+
     value = dense(value)
     return value.astype(str) if value.dtype == object else value
 
 
 def write_runner(bundle: Path, context: dict[str, Any], adapter: str, extra_dirs: tuple[Path, ...] = ()) -> None:
     """Render the runner templates and the target's adapter into ``bundle``."""
+    from gpuxc.codegen import PACKAGE_DIR, render
+
     files = dict(RUNNER_TEMPLATES)
     files[adapter] = "runner/runtime.py"
     for template, rel in files.items():
@@ -205,6 +258,8 @@ def write_runner(bundle: Path, context: dict[str, Any], adapter: str, extra_dirs
 
 
 def file_entries(bundle: Path) -> list[FileEntry]:
+    from gpuxc.manifest import FileEntry
+
     entries = []
     for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
         rel = path.relative_to(bundle).as_posix()

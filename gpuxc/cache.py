@@ -41,6 +41,7 @@ from typing import Any
 
 from gpuxc import __version__
 from gpuxc.bundle import remove_abandoned_staging
+from gpuxc.digests import sha256_file, tree_digest
 from gpuxc.errors import CacheError
 
 CACHE_FORMAT = 1
@@ -75,35 +76,6 @@ def cache_disabled_by_env() -> bool:
     return os.environ.get(NO_CACHE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def tree_digest(root: Path, suffixes: tuple[str, ...] | None = None) -> str:
-    """sha256 over the relative paths and contents of the files under ``root`` (sorted).
-
-    ``__pycache__`` is skipped: bytecode follows from the sources.
-    """
-    digest = hashlib.sha256()
-    files = sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and (suffixes is None or p.name.endswith(suffixes))
-    )  # fmt: skip
-    for path in files:
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(sha256_of(path).encode() + b"\n")
-    return digest.hexdigest()
-
-
-def data_digest(path: Path) -> str:
-    """Digest of a calibration file or folder."""
-    return tree_digest(path) if path.is_dir() else sha256_of(path)
-
-
 def _package_root(module_name: str) -> Path | None:
     spec = importlib.util.find_spec(module_name.split(".")[0])
     if spec is None:
@@ -121,7 +93,7 @@ def code_digest(modules: Iterable[str], template_dirs: Iterable[Path]) -> dict[s
         if root is not None and root.is_dir():
             out[name] = tree_digest(root, (".py", ".j2", ".json"))
         elif root is not None:  # a single-module plugin
-            out[name] = sha256_of(Path(importlib.util.find_spec(name).origin))  # type: ignore[union-attr,arg-type]
+            out[name] = sha256_file(Path(importlib.util.find_spec(name).origin))  # type: ignore[union-attr,arg-type]
     for folder in sorted(set(template_dirs)):
         if folder.is_dir():
             out[f"templates:{folder.name}"] = tree_digest(folder)
@@ -209,6 +181,9 @@ class BuildCache:
     def entry_dir(self, key: str) -> Path:
         return self.entries_dir / key[:2] / key
 
+    def has(self, key: str) -> bool:
+        return (self.entry_dir(key) / ENTRY_NAME).is_file()
+
     # -- reading ----------------------------------------------------------------------------
 
     def restore(self, key: str, dest: Path, external: Callable[[list[str]], dict[str, str]]) -> dict[str, Any] | None:
@@ -294,7 +269,7 @@ class BuildCache:
             tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=self.entries_dir))
             shutil.copytree(bundle_dir, tmp / "bundle")
             files = [
-                {"path": p.relative_to(tmp / "bundle").as_posix(), "size": p.stat().st_size, "sha256": sha256_of(p)}
+                {"path": p.relative_to(tmp / "bundle").as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
                 for p in sorted((tmp / "bundle").rglob("*"))
                 if p.is_file()
             ]

@@ -14,12 +14,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_jsonable_python
 
+from gpuxc.bundle import MANIFEST_NAME  # noqa: F401 (re-exported; the bundle layout is defined there)
 from gpuxc.model import ModelSignature
 from gpuxc.passes import PassRecord
 
 FORMAT = "gpux-bundle"
 FORMAT_VERSION = 1
-MANIFEST_NAME = "gpux-bundle.json"
 
 
 class _M(BaseModel):

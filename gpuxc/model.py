@@ -7,7 +7,6 @@ then is any weight file opened (ONNX's own ``docs/ExternalDataSecurity.md``).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 from pydantic import BaseModel, ConfigDict
 
+from gpuxc.digests import sha256_file  # noqa: F401 (plugins import it from here)
 from gpuxc.errors import ModelError, UnsafeModelError, first_line
 
 # ONNX Runtime no longer implements operators from opsets below 7 (FIELD_NOTES).
@@ -67,14 +67,6 @@ class LoadedModel:
     proto: ModelProto
     path: Path
     signature: ModelSignature
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_model(path: Path, *, check: bool = True) -> LoadedModel:

@@ -30,18 +30,8 @@ import numpy as np
 import onnx
 from pydantic import ValidationError
 
-from gpuxc import __version__, bundle, codegen
-from gpuxc.cache import (
-    BuildCache,
-    cache_disabled_by_env,
-    code_digest,
-    data_digest,
-    default_cache_dir,
-    host_facts,
-    key_document,
-    key_of,
-    sha256_of,
-)
+from gpuxc import __version__, bundle, warm
+from gpuxc.bundle import BundleResult
 from gpuxc.calibration import load_samples
 from gpuxc.compare import DEFAULT_TOLERANCE, compare, worst_of
 from gpuxc.config import GpuxConfig, did_you_mean, find_config, load_config
@@ -90,22 +80,6 @@ from gpuxc.target import Artifact, CompileContext, Target, Variant
 Progress = Callable[[str], None]
 # Lossy variants are verified on the reference input plus this many more.
 EXTRA_SAMPLES = 4
-
-
-@dataclass
-class BundleResult:
-    target: str
-    path: Path
-    verification: dict[str, Any]
-    variant: str = "fp32"
-    archive: Path | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out = {"target": self.target, "path": str(self.path), "variant": self.variant,
-               "verification": self.verification}  # fmt: skip
-        if self.archive is not None:
-            out["archive"] = str(self.archive)
-        return out
 
 
 @dataclass
@@ -211,12 +185,8 @@ def compile_project(
     """
     say = progress or (lambda _msg: None)
     registry = get_registry()
-    config = load_config(find_config(path, config_path))
+    config = warm.load_build_config(path, config_path, precision, optimize)
     say(f"config {config.path.name}: {config.name} {config.version}")
-    if precision is not None:
-        config.build.precision = precision
-    if optimize is not None:
-        config.build.optimize = optimize
     _check_target_options(config, registry.targets)
     names = targets or config.build.targets
     for index, name in enumerate(names):
@@ -227,41 +197,24 @@ def compile_project(
                 f"{where}unknown target '{name}'{did_you_mean(name, registry.targets)}; known targets: {known}"
             )
     out_dir = (out or Path("dist")).resolve()
-    cache = None
-    if use_cache and not cache_disabled_by_env():
-        cache = BuildCache(cache_dir if cache_dir is not None else default_cache_dir(), say)
+    cache = warm.open_cache(cache_dir, use_cache, say)
     project: Project | None = None
     results = []
     for name in names:
         target = registry.targets[name]()
         _target_options(config, target)  # a bad option is an error, cached or not
-        cached = _cache_lookup(cache, registry, config, target, archive, out_dir, say) if cache else None
-        if isinstance(cached, BundleResult):
-            results.append(cached)
+        key = warm.build_key(config, name, archive) if cache else None
+        if cache and key and (hit := warm.lookup(cache, key, config, name, out_dir, say)):
+            results.append(hit)
             continue
         project = project or project_for(config, say)
-        store = functools.partial(_cache_store, cache, cached, project) if cache and cached else None
+        store = None
+        if cache and key:
+            store = functools.partial(warm.store, cache, key, config, project.model.signature.external_data)
         results.append(compile_target(project, target, out_dir, say, reproducible=archive, store=store))
     if archive:
-        mtime = archive_mtime()
-        for result in results:
-            result.archive = result.path.with_name(result.path.name + ".tar.gz")
-            bundle.write_archive(result.path, result.archive, mtime)
-            say(f"[{result.target}] archive {result.archive}")
+        bundle.write_archives(results, say)
     return results
-
-
-# 1980-01-01: the earliest zip time; used when SOURCE_DATE_EPOCH is not set.
-DEFAULT_SOURCE_DATE_EPOCH = 315532800
-
-
-def archive_mtime() -> int:
-    """Archive entry times: $SOURCE_DATE_EPOCH (reproducible-builds.org), else a fixed date."""
-    value = os.environ.get("SOURCE_DATE_EPOCH", "")
-    try:
-        return int(value) if value else DEFAULT_SOURCE_DATE_EPOCH
-    except ValueError:
-        raise ConfigError(f"SOURCE_DATE_EPOCH must be an integer, got '{value}'") from None
 
 
 # --optimize auto timing: interleaved rounds, each a median over enough runs to fill ~0.2 s.
@@ -394,78 +347,6 @@ def compile_target(
 
 # What a BundleResult (and `compile --json`) reports of the verification.
 RESULT_VERIFICATION = {"status", "reason", "runtime", "failures"}
-
-
-@dataclass
-class _CacheKey:
-    key: str
-    document: dict[str, Any]
-
-
-def _cache_lookup(
-    cache: BuildCache, registry: Any, config: GpuxConfig, target: Target, reproducible: bool, out_dir: Path,
-    say: Progress,
-) -> BundleResult | _CacheKey | None:  # fmt: skip
-    """A restored bundle on a hit; on a miss, the key to store the build under (None: uncacheable)."""
-    model_path = config.model_path
-    if not model_path.is_file():
-        return None  # the build reports it
-    cal = config.build.calibration
-    calibration = None
-    if cal is not None and cal.data is not None:
-        data = (config.project_dir / cal.data).resolve()
-        if not data.exists():
-            return None
-        calibration = data_digest(data)
-    modules = [cls.__module__ for cls in (*registry.targets.values(), *registry.passes.values())]
-    templates = [codegen.template_root(), *([target.template_dir] if target.template_dir else [])]
-    document = key_document(
-        config=config.canonical(),
-        target=target.name,
-        reproducible=reproducible,
-        model_sha256=sha256_of(model_path),
-        calibration_digest=calibration,
-        code=code_digest(modules, templates),
-        host=host_facts(),
-    )
-    key = key_of(document)
-    final = out_dir / bundle.bundle_name(config.name, config.version, target.name)
-    with bundle.staging_dir(final) as stage:
-        info = cache.restore(key, stage, functools.partial(_external_digests, model_path.parent))
-        if info is None:
-            return _CacheKey(key, document)
-        bundle.publish(stage, final)
-    variant = str(info.get("variant", "?"))
-    verification = info.get("verification") or {}
-    say(f"[{target.name}] cache hit {key[:12]}: bundle {final} ({variant}, verification {verification.get('status')})")
-    return BundleResult(target.name, final, verification, variant=variant)
-
-
-def _external_digests(model_dir: Path, paths: list[str]) -> dict[str, str]:
-    """sha256 of external-data files recorded by a cached build; {} if one is no longer a plain file."""
-    out = {}
-    for rel in paths:
-        path = model_dir / rel
-        if path.is_symlink() or not path.is_file():
-            return {}
-        out[rel] = sha256_of(path)
-    return out
-
-
-def _cache_store(
-    cache: BuildCache, key: _CacheKey, project: Project, stage: Path, variant: str, verification: dict[str, Any]
-) -> None:
-    model_dir = project.model.path.parent
-    info = {
-        "name": project.config.name,
-        "version": project.config.version,
-        "target": key.document["target"],
-        "variant": variant,
-        "verification": verification,
-        "external_data": _external_digests(model_dir, project.model.signature.external_data),
-        "key_document": key.document,
-    }
-    cache.store(key.key, stage, info)
 
 
 def _build_candidate(

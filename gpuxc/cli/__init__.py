@@ -135,23 +135,24 @@ def _compile(
     verbose: VerboseOpt = False,
 ) -> None:
     """Compile a project into one verified bundle per target."""
-    from gpuxc.pipeline import compile_project
+    from gpuxc import warm
 
     def progress(message: str) -> None:
         _err(f"gpuxc: {message}")
 
-    results = compile_project(
-        path,
-        target or None,
-        out,
-        config,
-        progress,
-        precision=precision.value if precision else None,
-        optimize=optimize.value if optimize else None,
-        archive=archive,
-        cache_dir=cache_dir,
-        use_cache=not no_cache,
-    )
+    options: dict[str, Any] = {
+        "precision": precision.value if precision else None,
+        "optimize": optimize.value if optimize else None,
+        "archive": archive,
+        "cache_dir": cache_dir,
+        "use_cache": not no_cache,
+    }
+    # Every target cached: done without importing onnx, ONNX Runtime or the plugins.
+    results = warm.restore_all(path, target or None, out, config, progress, **options)
+    if results is None:
+        from gpuxc.pipeline import compile_project
+
+        results = compile_project(path, target or None, out, config, progress, **options)
     if json_out:
         typer.echo(json.dumps({"bundles": [r.to_json() for r in results]}, indent=2))
     else:

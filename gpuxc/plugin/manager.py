@@ -103,6 +103,15 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
     return sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
 
 
+def plugin_module_names() -> list[str]:
+    """The modules :func:`_load_modules` would import, found without importing any of them
+    (the build cache hashes their code before deciding whether a build is needed)."""
+    names = set(BUILTINS.values())
+    if os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in ("1", "true", "yes"):
+        names.update(ep.module for ep in _entry_points())
+    return sorted(names)
+
+
 def _load_modules() -> list[tuple[str, ModuleType]]:
     """Plugin modules by plugin name (the entry-point name).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +228,23 @@ def test_cache_cli_ls_and_clear(make_project, cache_dir: Path, tmp_path: Path, g
     third = gpuxc_cli("compile", project, "-t", "cpu", "-o", tmp_path / "c", "--no-cache", env={"GPUXC_NO_CACHE": ""})
     assert third.returncode == 0 and "cache hit" not in third.stderr
     assert json.loads(gpuxc_cli("cache", "ls", "--json").stdout)["entries"] == []
+
+
+def test_warm_cli_build_never_imports_onnx_or_the_plugins(make_project, cache_dir: Path, tmp_path: Path) -> None:
+    """`gpuxc compile` with every target cached restores before importing anything heavy."""
+    project = make_project(models.mlp())
+    build(project, tmp_path / "a")
+    probe = (
+        "import sys\n"
+        "from gpuxc.cli import main\n"
+        "sys.argv = ['gpuxc', 'compile', sys.argv[1], '-t', 'cpu', '-o', sys.argv[2]]\n"
+        "code = main()\n"
+        "heavy = ('onnx', 'onnxruntime', 'numpy', 'gpuxc_cpu', 'gpuxc.pipeline')\n"
+        "heavy = sorted(m for m in heavy if m in sys.modules)\n"
+        "print('HEAVY', heavy, code)\n"
+    )
+    proc = run_cmd([sys.executable, "-c", probe, str(project), str(tmp_path / "b")],
+                   env={"GPUXC_NO_CACHE": "", "GPUXC_CACHE_DIR": str(cache_dir)})  # fmt: skip
+    assert "cache hit" in proc.stderr, proc.stderr
+    assert "HEAVY [] 0" in proc.stdout, proc.stdout + proc.stderr
+    assert tree(tmp_path / "a" / "demo-1.0.0-cpu") == tree(tmp_path / "b" / "demo-1.0.0-cpu")
