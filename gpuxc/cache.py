@@ -264,7 +264,9 @@ class BuildCache:
             self._retire(folder)  # the same model file with other weights beside it: latest build wins
         tmp: Path | None = None
         try:
-            self.entries_dir.mkdir(parents=True, exist_ok=True)
+            # Private to this user: a cache entry becomes a published bundle without a rebuild.
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.entries_dir.mkdir(exist_ok=True)
             remove_abandoned_staging(self.entries_dir, TMP_PREFIX)
             tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=self.entries_dir))
             shutil.copytree(bundle_dir, tmp / "bundle")

@@ -183,6 +183,7 @@ def test_store_race_keeps_one_entry_and_no_temporaries(tmp_path: Path) -> None:
     assert store.store(key, bundle_dir, {"target": "cpu"})
     assert store.store(key, bundle_dir, {"target": "cpu"})  # already there: kept as is
     assert [p.name for p in (tmp_path / "cache" / "v1").iterdir()] == ["ab"]
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700  # entries become bundles: private
     dest = tmp_path / "dest"
     dest.mkdir()
     info = store.restore(key, dest, lambda paths: {})
