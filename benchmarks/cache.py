@@ -3,6 +3,9 @@
     python benchmarks/cache.py                     # writes the "Build cache" section of docs/benchmarks.md
     python benchmarks/cache.py --models ppocrv4-rec --repeats 3
 
+Run it from a checkout nobody is editing: the key covers gpuxc's own code, so an edit between the
+cold and the warm build is (rightly) a miss, which this script reports as an error.
+
 Each repeat starts from an empty cache folder, runs ``gpuxc compile`` (the console script, so
 start-up counts as a user sees it) once cold and once warm, and checks that the warm bundle is
 byte-identical to the cold one. Both ``build.optimize: fixed`` (fp32) and ``auto`` are measured,
@@ -41,7 +44,7 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def compile_once(project: Path, out: Path, cache: Path) -> float:
+def compile_once(project: Path, out: Path, cache: Path, expect_hit: bool) -> float:
     started = time.perf_counter()
     proc = subprocess.run(
         [str(GPUXC), "compile", str(project), "-t", "cpu", "-o", str(out), "--cache-dir", str(cache)],
@@ -50,6 +53,8 @@ def compile_once(project: Path, out: Path, cache: Path) -> float:
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"gpuxc compile failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1]}")
+    if ("cache hit" in proc.stderr) != expect_hit:
+        raise RuntimeError(f"expected a cache {'hit' if expect_hit else 'miss'}: {proc.stderr.strip()[-300:]}")
     return seconds
 
 
@@ -62,8 +67,8 @@ def measure(key: str, optimize: str, repeats: int, work: Path) -> dict[str, Any]
     cold, warm = [], []
     for i in range(repeats):
         run = work / f"{key}-{optimize}-{i}"
-        cold.append(compile_once(project, run / "cold", run / "cache"))
-        warm.append(compile_once(project, run / "warm", run / "cache"))
+        cold.append(compile_once(project, run / "cold", run / "cache", expect_hit=False))
+        warm.append(compile_once(project, run / "warm", run / "cache", expect_hit=True))
         [a] = (run / "cold").iterdir()
         [b] = (run / "warm").iterdir()
         if tree(a) != tree(b):
