@@ -1,10 +1,13 @@
 """Rendering the generated runner from Jinja templates, safely.
 
-User and model strings never become template code: templates receive them only
-through ``py_literal`` (a ``repr`` of plain data) or ``py_ident`` (a checked
-identifier), and most values are not rendered at all — the runner reads names,
-shapes, labels and settings from gpux-bundle.json at run time. Every rendered
-``.py`` file is parsed with ``ast.parse`` before it is written.
+User and model strings never become template code: most values are not rendered at
+all — the runner reads names, shapes, labels and settings from gpux-bundle.json at
+run time — and every ``{{ }}`` in a template ends in a filter that is safe where it is
+used: ``py_literal`` (a ``repr`` of plain data), ``py_ident`` (a checked identifier),
+``doc_text`` (docstrings), ``docker_word``, ``text_line`` (comments), ``md_text`` and
+``md_code`` (Markdown), ``requirement``. Every rendered ``.py`` file is parsed with
+``ast.parse`` before it is written. docs/codegen-safety.md lists every string source;
+tests/unit/test_injection.py fuzzes them.
 """
 
 from __future__ import annotations
@@ -49,9 +52,25 @@ def py_ident(value: Any) -> str:
 
 
 def text_line(value: Any) -> str:
-    """Plain text on one line for Markdown/comments: control characters and backticks removed."""
+    """Plain text on one line for comments and Markdown code spans: control characters, line and
+    paragraph separators and backticks become spaces; at most 200 characters."""
     text = "".join(ch if ch.isprintable() and ch != "`" else " " for ch in str(value))
     return text.strip()[:200]
+
+
+def doc_text(value: Any) -> str:
+    """Text inside a generated docstring or comment: one line, and no quote or backslash that could
+    end the string or start an escape."""
+    return "".join(" " if ch in "\"'\\" else ch for ch in text_line(value)).strip()
+
+
+# Everything Markdown (CommonMark/GFM) gives a meaning to inside a line of prose.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>&|~#!])")
+
+
+def md_text(value: Any) -> str:
+    """Text in Markdown prose: one line, every character with a Markdown/HTML meaning backslash-escaped."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text_line(value))
 
 
 REQUIREMENT_RE = re.compile(
@@ -106,6 +125,9 @@ def environment(extra_dirs: tuple[Path, ...] = ()) -> jinja2.Environment:
     env.filters["py_literal"] = py_literal
     env.filters["py_ident"] = py_ident
     env.filters["text_line"] = text_line
+    env.filters["doc_text"] = doc_text
+    env.filters["md_text"] = md_text
+    env.filters["md_code"] = text_line  # inside a Markdown code span everything but a backtick is literal
     env.filters["requirement"] = requirement
     env.filters["docker_word"] = docker_word
     return env
@@ -114,10 +136,18 @@ def environment(extra_dirs: tuple[Path, ...] = ()) -> jinja2.Environment:
 def render(template: str, context: dict[str, Any], extra_dirs: tuple[Path, ...] = ()) -> str:
     text = environment(extra_dirs).get_template(template).render(**context)
     if template.endswith(".py.j2"):
-        try:
-            ast.parse(text, filename=template)
-        except SyntaxError as exc:
-            raise GpuxcError(
-                f"internal: template {template} rendered invalid Python (line {exc.lineno}): {exc.msg}"
-            ) from None
+        _check_python(text, template)
     return text
+
+
+@functools.lru_cache(maxsize=64)
+def _check_python(text: str, template: str) -> None:
+    """Parse a rendered file (remembered: every build renders the same runner text again)."""
+    try:
+        ast.parse(text, filename=template)
+    except SyntaxError as exc:
+        raise GpuxcError(
+            f"internal: template {template} rendered invalid Python (line {exc.lineno}): {exc.msg}"
+        ) from None
+    except ValueError as exc:  # a NUL character
+        raise GpuxcError(f"internal: template {template} rendered invalid Python: {exc}") from None

@@ -9,6 +9,7 @@ ignored. Unknown keys are errors with a did-you-mean, and every error names
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import types
 import typing
@@ -47,6 +48,11 @@ OPT_LEVELS = ("none", "basic", "extended", "all")
 # Names end up in folder names and in HTTP routes: keep them boring.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,49}$")
+# A target name as plugins must spell it (gpuxc.plugin.manager.NAME_RE): it is also a folder name.
+TARGET_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+# serving.host: an IP address or a DNS name (labels of letters, digits, '-', '_'), nothing else.
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+HOST_RE = re.compile(rf"^{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?$")
 MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)?\s*$", re.IGNORECASE)
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
@@ -81,7 +87,9 @@ class TensorSpec(_Section):
             return None
         value = DTYPE_ALIASES.get(value, value)
         if value not in DTYPES:
-            raise ValueError(f"unknown type '{value}'{_did_you_mean(value, DTYPES)}; one of: {', '.join(DTYPES)}")
+            raise ValueError(
+                f"unknown type '{_clip(value)}'{_did_you_mean(value, DTYPES)}; one of: {', '.join(DTYPES)}"
+            )
         return value
 
     @field_validator("required")
@@ -136,7 +144,7 @@ class GpuSection(_Section):
     @classmethod
     def _memory_format(cls, value: str | None) -> str | None:
         if value is not None and MEMORY_RE.match(value) is None:
-            raise ValueError(f"'{value}' is not a memory size like 2GB, 512MB or 1073741824")
+            raise ValueError(f"'{_clip(value)}' is not a memory size like 2GB, 512MB or 1073741824")
         return value
 
     @property
@@ -165,6 +173,19 @@ class ServingSection(_Section):
     max_workers: Annotated[int, Field(ge=1, le=64)] = 1
     max_concurrency: Annotated[int, Field(ge=1, le=10_000)] = 64  # requests in flight per worker; more: 503
     max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024  # larger request bodies: 413
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        # The runner binds to it; anything but an address or a name is a mistake (or an attack).
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+        if len(value) > 253 or not HOST_RE.match(value):
+            raise ValueError(f"'{_clip(value)}' is not an IP address or host name")
+        return value
 
     @property
     def batch_limit(self) -> int:
@@ -201,6 +222,13 @@ class CalibrationSection(_Section):
     samples: Annotated[int, Field(ge=1, le=100_000)] = 32
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     random: bool = False  # calibrate on generated inputs: only when asked, and recorded as a warning
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or "\x00" in value):
+            raise ValueError("calibration data must be a path (non-empty, no NUL character)")
+        return value
 
     @model_validator(mode="after")
     def _source(self) -> CalibrationSection:
@@ -239,6 +267,24 @@ class BuildSection(_Section):
             raise ValueError("build.targets must name at least one target")
         if len(set(value)) != len(value):
             raise ValueError("build.targets lists a target twice")
+        for name in value:
+            _check_target_name(name)
+        return value
+
+    @field_validator("shapes")
+    @classmethod
+    def _shapes(cls, value: dict[str, list[int]]) -> dict[str, list[int]]:
+        for name in value:
+            if not name or "\x00" in name:
+                raise ValueError("tensor names must be non-empty and contain no NUL character")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, options in value.items():
+            _check_target_name(name)
+            _check_no_nul(options, f"build.options.{name}")
         return value
 
 
@@ -292,7 +338,7 @@ class GpuxConfig(_Section):
             seen: set[str] = set()
             for spec in getattr(self, section):
                 if spec.name in seen:
-                    raise ValueError(f"{section} declares '{spec.name}' twice")
+                    raise ValueError(f"{section} declares '{_clip(spec.name)}' twice")
                 seen.add(spec.name)
         return self
 
@@ -383,8 +429,8 @@ def _normalise_tensor_lists(data: dict[str, Any], smap: SourceMap) -> dict[str, 
                 if isinstance(spec, dict):
                     if "name" in spec:
                         raise ConfigError(
-                            f"{smap.where(new + ('name',), key=True)}: '{section}.{name}' is a mapping key already "
-                            "naming the tensor; drop 'name' or use the list form"
+                            f"{smap.where(new + ('name',), key=True)}: '{section}.{_clip(str(name))}' is a mapping key "
+                            "already naming the tensor; drop 'name' or use the list form"
                         )
                     spec = {"name": name, **spec}
                     if key_pos is not None:
@@ -540,12 +586,36 @@ def _check_json_like(value: Any, where: str, depth: int = 0) -> None:
         raise ValueError(f"{where} nests too deeply")
     if isinstance(value, dict):
         for k, v in value.items():
-            _check_json_like(v, f"{where}.{k}", depth + 1)
+            _check_json_like(v, f"{where}.{_clip(str(k))}", depth + 1)
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _check_json_like(v, f"{where}[{i}]", depth + 1)
     elif not isinstance(value, (str, int, float, bool)) and value is not None:
         raise ValueError(f"{where} must be plain data (string, number, boolean, list, mapping), got {_kind(value)}")
+
+
+def _check_target_name(name: str) -> None:
+    if not TARGET_RE.match(name):
+        hint = f" (did you mean '{name.lower()}'?)" if TARGET_RE.match(name.lower()) else ""
+        raise ValueError(
+            f"'{_clip(name)}' is not a target name{hint}: targets are named with lowercase letters, digits, '_' and "
+            "'-' ('gpuxc targets' lists them)"
+        )
+
+
+def _check_no_nul(value: Any, where: str, depth: int = 0) -> None:
+    """Target options end up as paths and device names in the runner: no NUL character anywhere."""
+    if depth > 16:
+        return
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError(f"{where} contains a NUL character")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_no_nul(k, where, depth + 1)
+            _check_no_nul(v, f"{where}.{_clip(str(k))}", depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_no_nul(v, f"{where}[{i}]", depth + 1)
 
 
 def _display(path: Path) -> str:
