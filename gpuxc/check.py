@@ -15,10 +15,10 @@ import numpy as np
 
 from gpuxc.compare import compare, worst_of
 from gpuxc.errors import BundleError, ConfigError, TargetUnavailable
+from gpuxc.isolation import load_model, run_onnxruntime
 from gpuxc.manifest import read_manifest
-from gpuxc.model import load_model
 from gpuxc.plugin import get_registry
-from gpuxc.reference import generate, index_bounds, run_onnxruntime
+from gpuxc.reference import generate, index_bounds
 from gpuxc.target import Artifact
 
 # Fresh samples use seeds past the reference's (build.seed) so they are new data.

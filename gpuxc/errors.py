@@ -29,6 +29,8 @@ class ExitCode(IntEnum):
     REFERENCE = 12  # reference inputs could not be made or run on the source model
     MEMORY_BUDGET = 13  # no build fits runtime.gpu.memory
     CACHE = 14  # the build cache folder cannot be read or cleared (gpuxc cache)
+    MODEL_CRASHED = 15  # loading or first running the model killed its isolated child process
+    MODEL_LIMIT = 16  # the model needed more memory or time than GPUXC_MODEL_MEMORY_LIMIT / _TIMEOUT
 
 
 def first_line(exc: BaseException, limit: int = 400) -> str:
@@ -65,6 +67,19 @@ class ModelError(GpuxcError):
 
 class UnsafeModelError(ModelError):
     """The model asks for something outside its folder (external data path)."""
+
+
+class ModelCrashed(ModelError):
+    """ONNX or ONNX Runtime died (a signal, an abort) loading or first running the model; only the
+    isolated child process that did it (gpuxc/isolation.py) was lost."""
+
+    exit_code = ExitCode.MODEL_CRASHED
+
+
+class ModelLimitExceeded(ModelError):
+    """Loading or first running the model went over ``GPUXC_MODEL_MEMORY_LIMIT`` or ``GPUXC_MODEL_TIMEOUT``."""
+
+    exit_code = ExitCode.MODEL_LIMIT
 
 
 class SignatureMismatch(GpuxcError):

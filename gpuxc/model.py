@@ -3,11 +3,22 @@
 Order matters for safety: the protobuf is read *without* external data, every
 external-data location is checked to stay inside the model's folder, and only
 then is any weight file opened (ONNX's own ``docs/ExternalDataSecurity.md``).
+
+A model is untrusted input. Besides containment, what a hostile file can make gpuxc
+do is bounded before the expensive or native steps run: the file size (protobuf's
+2 GiB), the node count, tensor ranks, and every external-data offset and length
+(against the file's real size and the tensor's declared size). Nesting depth is
+bounded by protobuf's own parser (100 messages). The native steps themselves
+(checker, shape inference, ONNX Runtime) run in a child process during a compile:
+see gpuxc/isolation.py.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +35,13 @@ from gpuxc.errors import ModelError, UnsafeModelError, first_line
 # ONNX Runtime no longer implements operators from opsets below 7 (FIELD_NOTES).
 MIN_DEFAULT_OPSET = 7
 ML_DOMAIN = "ai.onnx.ml"
+
+# Bounds on what a model file can ask for (docs/architecture.md, "Hostile models").
+MAX_PROTOBUF_BYTES = (1 << 31) - 1  # protobuf cannot parse a bigger message: weights go to external data
+MAX_NODES = 1_000_000  # nodes in all graphs together; real exports have thousands to a few hundred thousand
+MAX_RANK = 64  # NumPy's limit on array dimensions; ONNX itself has none
+MAX_EXTERNAL_INT = (1 << 63) - 1  # ONNX Runtime reads offset and length as int64
+_DIGITS = re.compile(r"[0-9]+")  # int() would also take " 1", "1_0", "+1" and non-ASCII digits
 
 
 class TensorInfo(BaseModel):
@@ -76,14 +94,27 @@ def load_model(path: Path, *, check: bool = True) -> LoadedModel:
         raise ModelError(f"{path}: model file not found")
     if not path.is_file():
         raise ModelError(f"{path}: not a file")
+    file_size = path.stat().st_size
+    if file_size > MAX_PROTOBUF_BYTES:
+        raise ModelError(
+            f"{path}: model file is {file_size:,} bytes, over protobuf's limit of {MAX_PROTOBUF_BYTES:,}",
+            hint="save the weights as external data: onnx.save_model(model, path, save_as_external_data=True)",
+        )
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, others raise their own
+        if "MaxDepth" in str(exc):
+            raise ModelError(f"{path}: not a readable ONNX model: messages nest deeper than protobuf's limit of 100 "
+                             "(about 30 levels of If/Loop subgraphs)") from None  # fmt: skip
         raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {first_line(exc)})") from None
     if not proto.HasField("graph"):
         raise ModelError(f"{path}: not an ONNX model (no graph)")
+    check_limits(proto, path)
 
-    external = check_external_data(proto, path.parent)
+    try:
+        external = check_external_data(proto, path.parent)
+    except ModelError as exc:
+        raise type(exc)(f"{path}: {exc.message}", hint=exc.hint) from None
     if external:
         try:
             onnx.load_external_data_for_model(proto, str(path.parent))
@@ -122,11 +153,61 @@ def infer_shapes(proto: ModelProto) -> ModelProto:
         return proto
 
 
-def check_external_data(proto: ModelProto, base_dir: Path) -> list[str]:
-    """Refuse external-data locations that leave ``base_dir``; return the files referenced.
+def check_limits(proto: ModelProto, path: Path) -> None:
+    """Refuse what no real model needs and would make later steps slow or fail badly: more than
+    MAX_NODES nodes, tensors of rank over MAX_RANK. Iterative, so no depth can exhaust the stack."""
+    nodes = 0
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        nodes += len(graph.node)
+        if nodes > MAX_NODES:
+            raise ModelError(
+                f"{path}: more than {MAX_NODES:,} nodes (subgraphs included); gpuxc's limit is {MAX_NODES:,}"
+            )
+        for value in (*graph.input, *graph.output):
+            rank = len(value.type.tensor_type.shape.dim) if value.type.HasField("tensor_type") else 0
+            if rank > MAX_RANK:
+                raise ModelError(
+                    f"{path}: graph input/output '{value.name}' has rank {rank:,}; the limit is {MAX_RANK}"
+                )
+        for tensor in graph.initializer:
+            if len(tensor.dims) > MAX_RANK:
+                raise ModelError(f"{path}: initializer '{tensor.name}' has rank {len(tensor.dims):,}; "
+                                 f"the limit is {MAX_RANK}")  # fmt: skip
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == AttributeProto.GRAPH:
+                    graphs.append(attr.g)
+                elif attr.type == AttributeProto.GRAPHS:
+                    graphs.extend(attr.graphs)
 
-    Checked before any of them is opened: absolute paths, ``..`` segments that
-    escape, symlinked files or folders, and negative offsets or lengths.
+
+def tensor_nbytes(tensor: TensorProto) -> int | None:
+    """Bytes a tensor's data takes by its dims and type; None for strings, unknown types, bad dims."""
+    if any(d < 0 for d in tensor.dims) or tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
+        return None
+    count = math.prod(tensor.dims)
+    sub_byte = {getattr(TensorProto, name, -1): bits for name, bits in
+                (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2),
+                 ("FLOAT6E2M3", 6), ("FLOAT6E3M2", 6))}  # fmt: skip
+    if tensor.data_type in sub_byte:
+        return -(-count * sub_byte[tensor.data_type] // 8)
+    try:
+        return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except Exception:
+        return None
+
+
+def check_external_data(proto: ModelProto, base_dir: Path) -> list[str]:
+    """Refuse external data that could read outside ``base_dir`` or more than is there; return the files.
+
+    Checked before any of them is opened (``lstat`` only): absolute paths, ``..`` segments
+    (``sub/../..`` included), symlinked files or folders, hard links (a second name for a file
+    that may live anywhere), anything but a regular file (a folder, a FIFO that would block, a
+    device), offsets and lengths that are not plain integers, pass int64, run past the end of
+    the file or disagree with the tensor's declared size. Each refusal names the tensor and the
+    location. (The model file itself is named by the user, not by the model: it may be a symlink.)
     """
     base = base_dir.resolve()
     files: set[str] = set()
@@ -136,36 +217,63 @@ def check_external_data(proto: ModelProto, base_dir: Path) -> list[str]:
         entries = {e.key: e.value for e in tensor.external_data}
         location = entries.get("location", "")
         where = f"initializer '{tensor.name}'"
-        if not location or "\x00" in location:
-            raise UnsafeModelError(f"{where}: external data has no usable location")
-        if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
-            raise UnsafeModelError(
-                f"{where}: external data location '{location}' is absolute; it must stay inside the model folder"
-            )
         parts = Path(location.replace("\\", "/")).parts
+        if not location or "\x00" in location or not parts:
+            raise UnsafeModelError(f"{where}: external data location {location!r} is not a usable file name")
+        said = f"{where}: external data location '{location}'"
+        if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
+            raise UnsafeModelError(f"{said} is absolute; it must stay inside the model folder")
         if ".." in parts:
-            raise UnsafeModelError(f"{where}: external data location '{location}' leaves the model folder")
-        target = base / Path(*parts)
-        # Every component must be a real directory/file inside base: no symlink hops out.
+            raise UnsafeModelError(f"{said} leaves the model folder ('..' is not allowed)")
+        # Every component must be a real folder (the last a real file) inside base: no symlink hops out.
         probe = base
-        for part in parts:
+        for i, part in enumerate(parts):
             probe = probe / part
-            if probe.is_symlink():
-                raise UnsafeModelError(f"{where}: external data location '{location}' goes through a symlink")
-        if not str(target.resolve()).startswith(str(base) + os.sep):
-            raise UnsafeModelError(f"{where}: external data location '{location}' leaves the model folder")
-        for key in ("offset", "length"):
-            if key in entries:
-                try:
-                    value = int(entries[key])
-                except ValueError:
-                    raise UnsafeModelError(f"{where}: external data {key} '{entries[key]}' is not an integer") from None
-                if value < 0 or value > 1 << 40:
-                    raise UnsafeModelError(f"{where}: external data {key} {value} is out of range")
-        if not target.is_file():
-            raise ModelError(f"{where}: external data file '{location}' not found next to the model")
+            try:
+                info = os.lstat(probe)
+            except OSError:
+                raise ModelError(f"{said}: file not found next to the model") from None
+            if stat.S_ISLNK(info.st_mode):
+                raise UnsafeModelError(f"{said} goes through a symlink ('{'/'.join(parts[: i + 1])}')")
+            if i < len(parts) - 1 and not stat.S_ISDIR(info.st_mode):
+                raise ModelError(f"{said}: '{'/'.join(parts[: i + 1])}' is not a folder")
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO, socket or device"
+            raise UnsafeModelError(f"{said} is {kind}, not a regular file")
+        if info.st_nlink > 1:
+            raise UnsafeModelError(f"{said} is a hard link ({info.st_nlink} names for one file); "
+                                   "copy the data into the model folder")  # fmt: skip
+        if not str(probe.resolve()).startswith(str(base) + os.sep):
+            raise UnsafeModelError(f"{said} leaves the model folder")
+        check_external_range(entries, info.st_size, tensor, said)
         files.add(Path(*parts).as_posix())
     return sorted(files)
+
+
+def check_external_range(entries: dict[str, str], size: int, tensor: TensorProto, said: str) -> None:
+    """offset/length: plain non-negative integers, inside a file of ``size`` bytes, the tensor's size."""
+    values: dict[str, int] = {}
+    for key in ("offset", "length"):
+        if key not in entries:
+            continue
+        text = entries[key]
+        if not _DIGITS.fullmatch(text):
+            raise UnsafeModelError(f"{said}: {key} {text[:40]!r} is not a non-negative integer")
+        if len(text) > 19 or int(text) > MAX_EXTERNAL_INT:
+            raise UnsafeModelError(f"{said}: {key} {text[:40]} is out of range (over 2**63-1)")
+        values[key] = int(text)
+    offset = values.get("offset", 0)
+    if offset > size:
+        raise UnsafeModelError(f"{said}: offset {offset:,} is past the end of the file ({size:,} bytes)")
+    # ONNX reads to the end of the file when there is no length (or it is 0).
+    length = values.get("length") or size - offset
+    if offset + length > size:
+        raise UnsafeModelError(f"{said}: offset {offset:,} + length {length:,} runs past the end of the file "
+                               f"({size:,} bytes)")  # fmt: skip
+    expected = tensor_nbytes(tensor)
+    if expected is not None and length != expected:
+        raise UnsafeModelError(f"{said}: {length:,} bytes at offset {offset:,}, but the tensor's dims "
+                               f"{list(tensor.dims)} need {expected:,}")  # fmt: skip
 
 
 def iter_tensors(graph: GraphProto) -> Iterator[TensorProto]:
@@ -238,6 +346,10 @@ def describe(proto: ModelProto, *, sha256: str, size_bytes: int, external: list[
 
 
 def tensor_info(value: onnx.ValueInfoProto, allow_non_tensor: bool = False) -> TensorInfo:
+    if "\x00" in value.name:
+        # Names key the reference .npz (zip member names end at a NUL) and the runner's requests.
+        shown = value.name.replace("\x00", "\\x00")[:80]
+        raise ModelError(f"graph {'output' if allow_non_tensor else 'input'} '{shown}' has a NUL character in its name")
     tensor_type = value.type.tensor_type if value.type.HasField("tensor_type") else None
     if tensor_type is None:
         if allow_non_tensor:

@@ -59,7 +59,7 @@ from gpuxc.manifest import (
 )
 from gpuxc.memory import MemoryEstimate, activation_bytes, human
 from gpuxc.memory import estimate as memory_estimate
-from gpuxc.model import LoadedModel, describe, load_model
+from gpuxc.model import LoadedModel, describe
 from gpuxc.passes import PassContext, PassManager, PassRecord
 from gpuxc.plugin import get_registry
 from gpuxc.reference import (
@@ -126,8 +126,10 @@ def project_for(config: GpuxConfig, say: Progress) -> Project:
     model_path = config.model_path
     if not model_path.is_file():
         raise ModelError(f"{config.where('model', 'source')}: model file '{config.model.source}' not found")
+    from gpuxc import isolation  # the untrusted model's first load and ORT session run in a child process
+
     try:
-        loaded = load_model(model_path)
+        loaded = isolation.load_model(model_path)
     except ModelError as exc:
         raise type(exc)(f"{config.where('model', 'source')}: {exc.message}", hint=exc.hint) from None
     sig = loaded.signature
@@ -137,7 +139,7 @@ def project_for(config: GpuxConfig, say: Progress) -> Project:
     say("reference: ONNX Runtime on the source model")
     if config.build.calibration is not None and config.build.calibration.data is not None:
         inputs = load_calibration_sample(config, sig)
-        outputs = run_onnxruntime(model_path, inputs)
+        outputs = isolation.run_onnxruntime(model_path, inputs)
         shapes = {k: list(v.shape) for k, v in inputs.items()}
         return Project(config, loaded, inputs, outputs, "calibration", shapes)
     inputs, outputs, shapes = _generated_reference(config, loaded, say)
@@ -146,6 +148,8 @@ def project_for(config: GpuxConfig, say: Progress) -> Project:
 
 def _generated_reference(config: GpuxConfig, loaded: LoadedModel, say: Progress) -> tuple[Any, Any, Any]:
     """Generated inputs and their outputs; unknown dims fall back through FALLBACK_SIZES."""
+    from gpuxc import isolation
+
     sig = loaded.signature
     first_error: ReferenceError_ | None = None
     tried: list[dict[str, list[int]]] = []
@@ -156,7 +160,7 @@ def _generated_reference(config: GpuxConfig, loaded: LoadedModel, say: Progress)
         tried.append(shapes)
         inputs = make_inputs(sig, config, loaded.proto, shapes)
         try:
-            return inputs, run_onnxruntime(loaded.path, inputs), shapes
+            return inputs, isolation.run_onnxruntime(loaded.path, inputs), shapes
         except ReferenceError_ as exc:
             first_error = first_error or exc
             say(f"reference: source model failed at {shapes}; trying other sizes for unknown dims")

@@ -9,7 +9,9 @@ Runtime (CPU) on the *source* model, before any pass ran.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +34,10 @@ DEFAULT_DIM = 16
 # order; user-given values are never changed. The sizes used are recorded in the manifest.
 FALLBACK_SIZES = [(64, 64), (128, 48), (512, 320), (32, 32)]
 MASK_RE = re.compile(r"mask", re.IGNORECASE)
+# Generated inputs are bounded before anything is allocated: a model declaring a dim of 2**40
+# gets a clear error, not a MemoryError or the OOM killer. Bytes over all inputs together.
+MAX_INPUT_BYTES = 4 << 30
+MAX_INPUT_RANK = 64  # NumPy's limit
 TYPE_IDS_RE = re.compile(r"(token_type|segment)", re.IGNORECASE)
 
 
@@ -112,12 +118,37 @@ def make_inputs(signature: ModelSignature, config: GpuxConfig, model: ModelProto
 def generate(signature: ModelSignature, shapes: dict[str, list[int]], seed: int,
              bounds: dict[str, int] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
     """Inputs of the given shapes from ``seed``; ``bounds`` caps integer index inputs."""
+    check_input_sizes(signature, shapes)
     rng = np.random.default_rng(seed)
     inputs: dict[str, np.ndarray] = {}
     for tensor in signature.inputs:
         # np.asarray: scalar (rank-0) draws come back as NumPy scalars, which ORT refuses.
         inputs[tensor.name] = np.asarray(_values(tensor, shapes[tensor.name], rng, (bounds or {}).get(tensor.name)))
     return inputs
+
+
+def check_input_sizes(signature: ModelSignature, shapes: dict[str, list[int]]) -> None:
+    """Refuse shapes whose inputs would take more than MAX_INPUT_BYTES (or a rank NumPy cannot hold)."""
+    total = 0
+    for tensor in signature.inputs:
+        shape = shapes[tensor.name]
+        if len(shape) > MAX_INPUT_RANK:
+            raise ReferenceError_(f"input '{tensor.name}' has rank {len(shape):,}; the limit is {MAX_INPUT_RANK}")
+        try:  # bfloat16 inputs are made as float32; strings as object pointers
+            itemsize = {"string": 8, "bfloat16": 4}.get(tensor.dtype) or np.dtype(tensor.dtype).itemsize
+        except TypeError:
+            itemsize = 8
+        nbytes = math.prod(shape) * itemsize
+        total += nbytes
+        if total > MAX_INPUT_BYTES:
+            fixed = tensor.shape is not None and all(isinstance(d, int) for d in tensor.shape)
+            raise ReferenceError_(
+                f"reference input '{tensor.name}' {shape} ({tensor.dtype}) would take {nbytes:,} bytes; generated "
+                f"reference inputs are limited to {MAX_INPUT_BYTES >> 30} GiB in all",
+                hint="the model declares these dims: it is malformed or too large to verify"
+                if fixed
+                else "give smaller sizes with build.shapes or inputs.<name>.shape in gpux.yml",
+            )
 
 
 def _values(tensor: TensorInfo, shape: list[int], rng: np.random.Generator, bound: int | None) -> np.ndarray:
@@ -178,8 +209,13 @@ def load_calibration_sample(config: GpuxConfig, signature: ModelSignature) -> di
 
 
 def run_onnxruntime(model: Path | bytes, inputs: dict[str, np.ndarray], providers: list[str] | None = None,
-                    level: str = "all") -> dict[str, np.ndarray]:  # fmt: skip
-    """Run a model file in ONNX Runtime; returns outputs by name."""
+                    level: str = "all", on_stage: Callable[[str], None] | None = None,
+                    ) -> dict[str, np.ndarray]:  # fmt: skip
+    """Run a model file in ONNX Runtime; returns outputs by name.
+
+    ``on_stage`` hears "creating a session" and "running the reference inputs" (gpuxc/isolation.py
+    names the stage a crashed child was in).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -190,10 +226,14 @@ def run_onnxruntime(model: Path | bytes, inputs: dict[str, np.ndarray], provider
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[level]
     source = str(model) if isinstance(model, Path) else model
+    if on_stage is not None:
+        on_stage("creating a session")
     try:
         session = ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelError(f"ONNX Runtime cannot load the model: {first_line(exc)}") from None
+    if on_stage is not None:
+        on_stage("running the reference inputs")
     try:
         names = [o.name for o in session.get_outputs()]
         values = session.run(names, inputs)

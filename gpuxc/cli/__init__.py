@@ -198,7 +198,7 @@ def inspect(
             for t in tensors:
                 typer.echo(f"  {kind} {t.name}: {t.dtype} {t.shape}" + (f" labels={len(t.labels)}" if t.labels else ""))
         return
-    from gpuxc.model import load_model
+    from gpuxc.isolation import load_model
 
     sig = load_model(path).signature
     if json_out:
@@ -222,7 +222,7 @@ def _inspect_convertible(path: Path, target: str, json_out: bool) -> None:
         raise BundleError(f"{path}: inspect --target takes an ONNX model file, not a bundle")
     from gpuxc_coreml.translate import unsupported_ops  # imported here: the other commands do not need it
 
-    from gpuxc.model import load_model
+    from gpuxc.isolation import load_model
 
     loaded = load_model(path)
     raw = unsupported_ops(loaded.proto)

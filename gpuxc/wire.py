@@ -1,0 +1,148 @@
+"""A data-only message format between gpuxc and its model-isolation child (gpuxc/isolation.py).
+
+No pickle: a message from a child that ran untrusted model code must not be able to make the
+parent run code. A message is a JSON tree plus raw blobs; only these kinds travel:
+
+- ``None``, ``bool``, ``int``, ``float``, ``str`` (JSON), lists and tuples (both come back as lists);
+- mappings (any of these kinds as keys, e.g. ZipMap's int64 labels) → ``{"$map": [[k, v], ...]}``;
+- ``bytes`` → ``{"$bytes": i}`` (blob i);
+- NumPy arrays and scalars → ``{"$array": i}``, written with ``allow_pickle=False``; object arrays
+  (ONNX Runtime's string tensors) → ``{"$objects": [shape, items]}`` with each item encoded again;
+- ``Path`` → ``{"$path": s}``; a loaded model → ``{"$model": [proto blob, path, signature]}``.
+
+Decoding rebuilds only those kinds; anything else in a message is a :class:`WireError`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+from pathlib import Path
+from typing import Any
+
+_HEAD = struct.Struct(">I")
+MAX_DEPTH = 64
+
+
+class WireError(ValueError):
+    """A message that is not in this format."""
+
+
+def encode(value: Any) -> bytes:
+    blobs: list[bytes] = []
+    tree = _enc(value, blobs, 0)
+    header = json.dumps({"tree": tree, "blobs": [len(b) for b in blobs]}, allow_nan=True).encode()
+    return _HEAD.pack(len(header)) + header + b"".join(blobs)
+
+
+def decode(data: bytes) -> Any:
+    if len(data) < _HEAD.size:
+        raise WireError("message too short")
+    (n,) = _HEAD.unpack_from(data)
+    try:
+        header = json.loads(data[_HEAD.size : _HEAD.size + n])
+        sizes = [int(s) for s in header["blobs"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WireError(f"bad header: {exc}") from None
+    blobs, pos = [], _HEAD.size + n
+    for size in sizes:
+        if size < 0 or pos + size > len(data):
+            raise WireError("blob past the end of the message")
+        blobs.append(data[pos : pos + size])
+        pos += size
+    return _dec(header["tree"], blobs, 0)
+
+
+def _enc(value: Any, blobs: list[bytes], depth: int) -> Any:
+    import numpy as np
+
+    if depth > MAX_DEPTH:
+        raise WireError("nested too deeply")
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"$float": repr(value)}
+    if isinstance(value, (list, tuple)):
+        return [_enc(v, blobs, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {"$map": [[_enc(k, blobs, depth + 1), _enc(v, blobs, depth + 1)] for k, v in value.items()]}
+    if isinstance(value, bytes):
+        blobs.append(value)
+        return {"$bytes": len(blobs) - 1}
+    if isinstance(value, Path):
+        return {"$path": str(value)}
+    if isinstance(value, (np.ndarray, np.generic)):
+        array = np.asarray(value)
+        if array.dtype == object:
+            items = [_enc(v, blobs, depth + 1) for v in array.reshape(-1).tolist()]
+            return {"$objects": [list(array.shape), items]}
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, array, allow_pickle=False)
+        blobs.append(buffer.getvalue())
+        return {"$array": len(blobs) - 1, "scalar": isinstance(value, np.generic)}
+    from gpuxc.model import LoadedModel
+
+    if isinstance(value, LoadedModel):
+        blobs.append(value.proto.SerializeToString())
+        return {"$model": [len(blobs) - 1, str(value.path), value.signature.model_dump(mode="json")]}
+    raise WireError(f"cannot send a {type(value).__name__}")
+
+
+def _dec(tree: Any, blobs: list[bytes], depth: int) -> Any:
+    if depth > MAX_DEPTH:
+        raise WireError("nested too deeply")
+    if tree is None or isinstance(tree, (bool, int, float, str)):
+        return tree
+    if isinstance(tree, list):
+        return [_dec(v, blobs, depth + 1) for v in tree]
+    if not isinstance(tree, dict) or len(tree) not in (1, 2):
+        raise WireError("unknown value")
+    try:
+        if "$map" in tree:
+            return {_key(_dec(k, blobs, depth + 1)): _dec(v, blobs, depth + 1) for k, v in tree["$map"]}
+        if "$float" in tree:
+            return float(tree["$float"])
+        if "$bytes" in tree:
+            return blobs[tree["$bytes"]]
+        if "$path" in tree:
+            return Path(tree["$path"])
+        if "$array" in tree:
+            return _array(blobs[tree["$array"]], bool(tree.get("scalar")))
+        if "$objects" in tree:
+            import numpy as np
+
+            shape, items = tree["$objects"]
+            out = np.empty(len(items), dtype=object)
+            for i, item in enumerate(items):
+                out[i] = _dec(item, blobs, depth + 1)
+            return out.reshape([int(d) for d in shape])
+        if "$model" in tree:
+            return _model(*tree["$model"], blobs)
+    except (IndexError, TypeError, ValueError) as exc:
+        raise WireError(f"bad value: {exc}") from None
+    raise WireError(f"unknown value kind {sorted(tree)}")
+
+
+def _key(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(value)  # a key must be hashable
+    return value
+
+
+def _array(blob: bytes, scalar: bool) -> Any:
+    import numpy as np
+
+    array = np.lib.format.read_array(io.BytesIO(blob), allow_pickle=False)
+    return array[()] if scalar else array
+
+
+def _model(index: int, path: str, signature: dict[str, Any], blobs: list[bytes]) -> Any:
+    import onnx
+
+    from gpuxc.model import LoadedModel, ModelSignature
+
+    proto = onnx.ModelProto()
+    proto.ParseFromString(blobs[index])
+    return LoadedModel(proto=proto, path=Path(path), signature=ModelSignature.model_validate(signature))
