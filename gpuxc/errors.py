@@ -39,15 +39,24 @@ def first_line(exc: BaseException, limit: int = 400) -> str:
     return text.splitlines()[0][:limit]
 
 
+def one_line(text: str) -> str:
+    """``text`` with every non-printable character escaped (``\\n``, ``\\x00``, ``\\u2028``): messages
+    quote names and values from gpux.yml and models, and an error must stay one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class GpuxcError(Exception):
     """Base of all user-facing gpuxc errors: ``str(err)`` is the one-line message."""
 
     exit_code: ExitCode = ExitCode.INTERNAL
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        message = one_line(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = one_line(hint) if hint is not None else None
 
     def __str__(self) -> str:
         if self.hint:

@@ -110,6 +110,7 @@ def load_model(path: Path, *, check: bool = True) -> LoadedModel:
     if not proto.HasField("graph"):
         raise ModelError(f"{path}: not an ONNX model (no graph)")
     check_limits(proto, path)
+    check_text_fields(proto, path)
 
     try:
         external = check_external_data(proto, path.parent)
@@ -181,6 +182,35 @@ def check_limits(proto: ModelProto, path: Path) -> None:
                     graphs.append(attr.g)
                 elif attr.type == AttributeProto.GRAPHS:
                     graphs.extend(attr.graphs)
+
+
+def check_text_fields(proto: ModelProto, path: Path) -> None:
+    """Refuse string fields that are not UTF-8: protobuf hands them over as ``bytes``, which every
+    later step (names, doc strings, external-data entries) would trip over with a TypeError.
+
+    Tensors' data fields are not visited (they are bytes by type, and may be gigabytes): only
+    their names, doc strings and external-data entries.
+    """
+    stack: list[Any] = [proto]
+    while stack:
+        message = stack.pop()
+        if isinstance(message, TensorProto):
+            texts = [("name", message.name), ("doc_string", message.doc_string)]
+            texts += [("external_data", v) for e in message.external_data for v in (e.key, e.value)]
+            _refuse_bytes(texts, "TensorProto", path)
+            continue
+        for field, value in message.ListFields():
+            if field.type == field.TYPE_MESSAGE:
+                stack.extend(value if field.is_repeated else [value])
+            elif field.type == field.TYPE_STRING:
+                _refuse_bytes([(field.name, v) for v in (value if field.is_repeated else [value])],
+                              message.DESCRIPTOR.name, path)  # fmt: skip
+
+
+def _refuse_bytes(texts: list[tuple[str, Any]], owner: str, path: Path) -> None:
+    for name, value in texts:
+        if isinstance(value, bytes):
+            raise ModelError(f"{path}: {owner}.{name} is not valid UTF-8 text ({value[:40]!r})")
 
 
 def tensor_nbytes(tensor: TensorProto) -> int | None:
@@ -356,7 +386,10 @@ def tensor_info(value: onnx.ValueInfoProto, allow_non_tensor: bool = False) -> T
             return TensorInfo(name=value.name, dtype=type_name(value.type), shape=None)
         kind = value.type.WhichOneof("value")
         raise ModelError(f"graph input '{value.name}' is a {kind}, not a tensor; gpuxc bundles take tensor inputs")
-    dtype = dtype_name(tensor_type.elem_type)
+    try:
+        dtype = dtype_name(tensor_type.elem_type)
+    except ModelError as exc:
+        raise ModelError(f"graph {'output' if allow_non_tensor else 'input'} '{value.name}': {exc.message}") from None
     shape: list[int | str | None] | None
     if tensor_type.HasField("shape"):
         shape = []
@@ -395,7 +428,11 @@ def dtype_name(elem_type: int) -> str:
     try:
         return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
     except Exception:
+        pass
+    try:
         return onnx.TensorProto.DataType.Name(elem_type).lower()
+    except ValueError:
+        raise ModelError(f"unknown ONNX element type {elem_type}") from None
 
 
 def save_model(proto: ModelProto, path: Path) -> list[str]:

@@ -122,8 +122,15 @@ def generate(signature: ModelSignature, shapes: dict[str, list[int]], seed: int,
     rng = np.random.default_rng(seed)
     inputs: dict[str, np.ndarray] = {}
     for tensor in signature.inputs:
+        try:
+            values = _values(tensor, shapes[tensor.name], rng, (bounds or {}).get(tensor.name))
+        except (TypeError, ValueError) as exc:  # a dtype NumPy cannot make (complex, int4, ...)
+            raise ReferenceError_(
+                f"cannot generate reference input '{tensor.name}' of type {tensor.dtype}: {first_line(exc)}",
+                hint="give inputs through build.calibration.data",
+            ) from None
         # np.asarray: scalar (rank-0) draws come back as NumPy scalars, which ORT refuses.
-        inputs[tensor.name] = np.asarray(_values(tensor, shapes[tensor.name], rng, (bounds or {}).get(tensor.name)))
+        inputs[tensor.name] = np.asarray(values)
     return inputs
 
 
@@ -160,7 +167,8 @@ def _values(tensor: TensorInfo, shape: list[int], rng: np.random.Generator, boun
         return rng.random(shape) < 0.5
     if dtype.startswith(("float", "bfloat")):
         np_dtype = np.float32 if dtype == "bfloat16" else np.dtype(dtype)
-        return rng.standard_normal(shape).astype(np_dtype)
+        # Drawn as float32 (not NumPy's float64 default): the peak stays what check_input_sizes allowed.
+        return rng.standard_normal(shape, dtype=np.float32).astype(np_dtype, copy=False)
     np_dtype = np.dtype(dtype)
     if MASK_RE.search(tensor.name):
         return np.ones(shape, dtype=np_dtype)

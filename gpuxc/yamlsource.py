@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from gpuxc.errors import ConfigError
+from gpuxc.errors import ConfigError, first_line
 
 Path_ = tuple[str | int, ...]
 
@@ -23,6 +23,9 @@ Path_ = tuple[str | int, ...]
 MAX_VALUES = 100_000
 # Deeper nesting than this is no config (and a self-referencing alias nests forever).
 MAX_DEPTH = 64
+# No setting needs a bigger integer; hex/octal/binary spellings have no length limit, and a
+# 5000-digit number cannot even be written to JSON (the manifest) by Python.
+MAX_INT_BITS = 64
 # The only tags a collection may carry: a tag like !!python/object on a mapping or a list
 # would otherwise be dropped silently by our own walk of the node tree.
 _PLAIN_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
@@ -98,6 +101,11 @@ def parse_yaml(text: str, name: str) -> tuple[Any, SourceMap]:
             start = Position.of(exc.context_mark)
             problem += f" ({exc.context.strip()} started at {start.line}:{start.column})"
         raise ConfigError(f"{name}:{pos.line}:{pos.column}: invalid YAML: {problem}") from None
+    except yaml.reader.ReaderError as exc:  # a control character; str(exc) is two lines and names no line
+        line, column = text.count("\n", 0, exc.position) + 1, exc.position - text.rfind("\n", 0, exc.position)
+        raise ConfigError(
+            f"{name}:{line}:{column}: invalid YAML: character #x{exc.character:04x}: {exc.reason}"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name}:1:1: invalid YAML: {exc}") from None
     except RecursionError:
@@ -143,7 +151,7 @@ class _Builder:
                     raise ConfigError(
                         f"{self.smap.file}:{pos.line}:{pos.column}: YAML merge keys ('<<') are not supported"
                     )
-                key = self.constructor.construct_object(key_node)
+                key = self._construct(key_node)
                 if not isinstance(key, (str, int, float, bool)) and key is not None:
                     pos = Position.of(key_node.start_mark)
                     raise ConfigError(f"{self.smap.file}:{pos.line}:{pos.column}: unsupported key type")
@@ -156,8 +164,27 @@ class _Builder:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+        return self._construct(node)
+
+    def _construct(self, node: yaml.Node) -> Any:
         try:
-            return self.constructor.construct_object(node)
+            value = self.constructor.construct_object(node)
+            if isinstance(value, str) and any("\ud800" <= c <= "\udfff" for c in value):
+                # "\ud83d\ude00" escapes spell UTF-16: join the pairs (as JSON does); a lone one is no text.
+                value = value.encode("utf-16", "surrogatepass").decode("utf-16")
+            if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+                raise ValueError(f"more than {MAX_INT_BITS} bits")
+            return value
+        except UnicodeDecodeError:
+            pos = Position.of(node.start_mark)
+            raise ConfigError(f"{self.smap.file}:{pos.line}:{pos.column}: a \\u escape is a lone surrogate") from None
         except yaml.constructor.ConstructorError as exc:
             pos = Position.of(node.start_mark)
             raise ConfigError(f"{self.smap.file}:{pos.line}:{pos.column}: {exc.problem}") from None
+        # PyYAML's scalar constructors fail with ValueError, KeyError, AttributeError... (!!int x, !!timestamp 3)
+        except Exception as exc:
+            pos = Position.of(node.start_mark)
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise ConfigError(
+                f"{self.smap.file}:{pos.line}:{pos.column}: not a valid {kind}: {first_line(exc)}"
+            ) from None

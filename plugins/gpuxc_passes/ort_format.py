@@ -69,7 +69,8 @@ class OrtFormat(Pass):
             command += ["--target_platform", config.target_platform]
         if config.enable_type_reduction:
             command.append("--enable_type_reduction")
-        env = {**os.environ, "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL": config.level}
+        # TMPDIR: importing onnxruntime leaves a telemetry file ($TMPDIR/.ses); keep it in the work folder.
+        env = {**os.environ, "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL": config.level, "TMPDIR": str(folder)}
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         ort_files = sorted(out_dir.glob("*.ort"))
         configs = sorted(out_dir.glob("*.config"))
