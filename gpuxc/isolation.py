@@ -198,7 +198,15 @@ def run_isolated(step: str, *args: Any, model_path: Path, first_stage: tuple[str
         server = _get_server()
         try:
             status, data, tail, timed_out = server.call((step, list(args), limit, fault), clock)
-        except BaseException:  # Ctrl-C, a lost helper: closing the helper ends the child too
+        except wire.WireError as exc:
+            raise errors.ModelError(f"{model_path.name}: cannot hand the model's data to the isolated "
+                                    f"process ({exc})") from None  # fmt: skip
+        except _ServerGone:
+            server.close()
+            _server = None  # the next call starts a new helper
+            raise ModelCrashed(f"{model_path.name}: gpuxc's isolation helper died while {first_stage[1]}; "
+                               "the model may be malformed") from None  # fmt: skip
+        except BaseException:  # Ctrl-C: closing the helper ends the child too
             server.close()
             _server = None
             raise
@@ -232,7 +240,8 @@ def _outcome(name: str, stage: tuple[str, str], status: int, data: bytes, tail: 
             raise cls(final[2], hint=final[3])
         if kind == "memory":
             raise ModelLimitExceeded(f"{name}: {library} exceeded {limit_text} while {doing}", hint=memory_hint)
-        raise RuntimeError(f"{final[1]} (in the child process loading {name})")
+        # An exception no gpuxc code turned into a GpuxcError, raised by a library fed this model.
+        raise errors.ModelError(f"{name}: {library} failed while {doing}: {final[1]}")
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
         signame = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
@@ -414,9 +423,20 @@ def _serve() -> None:
             _warm_up()
     _write_frame(resp, wire.encode(("ready", os.getpid(), error)))
     while (data := _read_frame(req)) is not None:
-        job = wire.decode(data)
+        try:
+            job = wire.decode(data)
+        except wire.WireError as exc:  # answer like a child that failed, and stay up
+            _write_frame(resp, wire.encode(("started", 0)))
+            failed = _frame(("exception", f"the job could not be read: {exc}"))
+            _write_frame(resp, wire.encode(("done", 0, failed, "")))
+            continue
         if job[0] == "job":
             _serve_one(job[1:], req, resp)
+
+
+def _frame(message: tuple[Any, ...]) -> bytes:
+    payload = wire.encode(message)
+    return struct.pack(">Q", len(payload)) + payload
 
 
 def _warm_up() -> None:

@@ -123,8 +123,13 @@ def load_project(path: Path, config_path: Path | None = None, progress: Progress
 
 def project_for(config: GpuxConfig, say: Progress) -> Project:
     """Load the model of ``config``, check it against the config, compute the reference."""
-    model_path = config.model_path
-    if not model_path.is_file():
+    try:
+        model_path = config.model_path
+        found = model_path.is_file()
+    except OSError as exc:  # a name too long for the file system, a permission denied on the way
+        raise ModelError(f"{config.where('model', 'source')}: model file '{config.model.source}' cannot be "
+                         f"opened ({exc.strerror})") from None  # fmt: skip
+    if not found:
         raise ModelError(f"{config.where('model', 'source')}: model file '{config.model.source}' not found")
     from gpuxc import isolation  # the untrusted model's first load and ORT session run in a child process
 

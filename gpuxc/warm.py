@@ -59,21 +59,25 @@ def build_key(config: GpuxConfig, target: str, reproducible: bool) -> CacheKey |
     from gpuxc.codegen import template_root
     from gpuxc.plugin.manager import plugin_module_names
 
-    model_path = config.model_path
-    if not model_path.is_file():
-        return None
-    cal = config.build.calibration
-    calibration = None
-    if cal is not None and cal.data is not None:
-        data = (config.project_dir / cal.data).resolve()
-        if not data.exists():
+    try:
+        model_path = config.model_path
+        if not model_path.is_file():
             return None
-        calibration = tree_digest(data) if data.is_dir() else sha256_file(data)
+        model_sha256 = sha256_file(model_path)
+        cal = config.build.calibration
+        calibration = None
+        if cal is not None and cal.data is not None:
+            data = (config.project_dir / cal.data).resolve()
+            if not data.exists():
+                return None
+            calibration = tree_digest(data) if data.is_dir() else sha256_file(data)
+    except OSError:
+        return None  # unreadable inputs: the build itself reports them properly
     document = key_document(
         config=config.canonical(),
         target=target,
         reproducible=reproducible,
-        model_sha256=sha256_file(model_path),
+        model_sha256=model_sha256,
         calibration_digest=calibration,
         code=code_digest(plugin_module_names(), [template_root()]),
         host=host_facts(),

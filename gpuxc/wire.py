@@ -8,6 +8,8 @@ parent run code. A message is a JSON tree plus raw blobs; only these kinds trave
 - ``bytes`` → ``{"$bytes": i}`` (blob i);
 - NumPy arrays and scalars → ``{"$array": i}``, written with ``allow_pickle=False``; object arrays
   (ONNX Runtime's string tensors) → ``{"$objects": [shape, items]}`` with each item encoded again;
+  arrays of ml_dtypes' types (bfloat16, float8, int4), which .npy cannot spell →
+  ``{"$ml": [i, type name, shape]}``;
 - ``Path`` → ``{"$path": s}``; a loaded model → ``{"$model": [proto blob, path, signature]}``.
 
 Decoding rebuilds only those kinds; anything else in a message is a :class:`WireError`.
@@ -78,6 +80,9 @@ def _enc(value: Any, blobs: list[bytes], depth: int) -> Any:
         if array.dtype == object:
             items = [_enc(v, blobs, depth + 1) for v in array.reshape(-1).tolist()]
             return {"$objects": [list(array.shape), items]}
+        if array.dtype.type.__module__ == "ml_dtypes":  # bfloat16, float8, int4: no .npy spelling
+            blobs.append(np.ascontiguousarray(array).tobytes())
+            return {"$ml": [len(blobs) - 1, array.dtype.name, list(array.shape)]}
         buffer = io.BytesIO()
         np.lib.format.write_array(buffer, array, allow_pickle=False)
         blobs.append(buffer.getvalue())
@@ -118,6 +123,8 @@ def _dec(tree: Any, blobs: list[bytes], depth: int) -> Any:
             for i, item in enumerate(items):
                 out[i] = _dec(item, blobs, depth + 1)
             return out.reshape([int(d) for d in shape])
+        if "$ml" in tree:
+            return _ml_array(*tree["$ml"], blobs)
         if "$model" in tree:
             return _model(*tree["$model"], blobs)
     except (IndexError, TypeError, ValueError) as exc:
@@ -136,6 +143,17 @@ def _array(blob: bytes, scalar: bool) -> Any:
 
     array = np.lib.format.read_array(io.BytesIO(blob), allow_pickle=False)
     return array[()] if scalar else array
+
+
+def _ml_array(index: int, name: str, shape: list[int], blobs: list[bytes]) -> Any:
+    """An array of one of ml_dtypes' types, looked up by name in that module only."""
+    import ml_dtypes
+    import numpy as np
+
+    kind = getattr(ml_dtypes, str(name), None)
+    if not (isinstance(kind, type) and issubclass(kind, np.generic)):
+        raise WireError(f"unknown ml_dtypes type {name!r}")
+    return np.frombuffer(blobs[index], dtype=kind).reshape([int(d) for d in shape]).copy()
 
 
 def _model(index: int, path: str, signature: dict[str, Any], blobs: list[bytes]) -> Any:

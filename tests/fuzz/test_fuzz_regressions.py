@@ -113,3 +113,22 @@ def test_a_string_field_that_is_not_utf8_is_a_model_error(make_project, tmp_path
     # proto2 strings are not checked on parse: python-protobuf hands back bytes, and describe() joins them.
     (project / "model.onnx").write_bytes(data.replace(b"gpuxc-fixtures", b"gpuxc\xff\xfeixtures"))  # same length
     compile_error(project, tmp_path / "out")
+
+
+def test_a_float8_input_reaches_the_isolated_run_and_fails_cleanly(make_project, tmp_path: Path) -> None:
+    """Found in CI: float8 reference inputs could not cross to the isolation helper (.npy has no spelling
+    for ml_dtypes' types), the helper died, and the compile ended in an uncaught _ServerGone."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "x"], ["y"])],
+        "square",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT8E5M2, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT8E5M2, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    compile_error(make_project(model), tmp_path / "out")
+
+
+def test_a_model_source_too_long_for_the_file_system_is_a_model_error(make_project, tmp_path: Path) -> None:
+    """Found in CI: a 300-character file name made Path.is_file() raise ENAMETOOLONG (uncaught OSError)."""
+    error = compile_error(make_project(config=f"name: demo\nmodel:\n  source: ./{'x' * 300}.onnx\n"), tmp_path / "o")
+    assert error.exit_code == 4 and "cannot be opened" in str(error)

@@ -214,3 +214,35 @@ def test_helper_process_is_restarted_after_it_goes(tmp_path: Path) -> None:
     isolation._server.proc.kill()
     isolation._server.proc.wait()
     still_works(tmp_path)
+
+
+def test_a_helper_that_dies_is_a_crash_and_the_next_call_starts_a_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    where = {"model_path": Path("model.onnx"), "first_stage": ("onnx", "loading the model")}
+    isolation.run_isolated("pid", **where)  # a helper is running
+
+    def gone(self, job, clock):
+        raise isolation._ServerGone("gpuxc's model isolation helper process died")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(isolation._Server, "call", gone)
+        with pytest.raises(ModelCrashed) as caught:
+            isolation.run_isolated("pid", **where)
+    assert caught.value.exit_code == ExitCode.MODEL_CRASHED
+    assert "isolation helper died while loading the model" in str(caught.value)
+    assert isolation.run_isolated("pid", **where) != os.getpid()  # a fresh helper
+
+
+def test_a_job_the_helper_cannot_read_is_an_error_and_the_helper_stays(monkeypatch: pytest.MonkeyPatch) -> None:
+    where = {"model_path": Path("model.onnx"), "first_stage": ("onnx", "loading the model")}
+    first = isolation.run_isolated("pid", **where)
+    real_encode = isolation.wire.encode
+
+    def garbled(value):
+        data = real_encode(value)
+        return data.replace(b'"$path"', b'"$nope"') if isinstance(value, tuple) and value[0] == "job" else data
+
+    with monkeypatch.context() as patch:
+        patch.setattr(isolation.wire, "encode", garbled)
+        with pytest.raises(ModelError, match="could not be read"):
+            isolation.run_isolated("load", Path("model.onnx"), **where)
+    assert isolation.run_isolated("pid", **where) != first  # a new child of the same helper

@@ -42,6 +42,20 @@ def test_round_trip_of_every_kind() -> None:
     assert rest[6:] == [b"\x00\xff", Path("a/b.onnx")]
 
 
+def test_ml_dtypes_arrays_round_trip() -> None:
+    """bfloat16 / float8 / int4 reference inputs have no .npy spelling: they travel by type name."""
+    import ml_dtypes
+
+    for kind in (ml_dtypes.bfloat16, ml_dtypes.float8_e5m2, ml_dtypes.float8_e4m3fn):
+        array = np.arange(6, dtype=np.float32).reshape(2, 3).astype(kind)
+        back = wire.decode(wire.encode({"x": array}))["x"]
+        assert back.dtype == array.dtype and back.shape == (2, 3)
+        np.testing.assert_array_equal(back.astype(np.float32), array.astype(np.float32))
+    forged = wire.encode({"x": np.zeros(2, ml_dtypes.bfloat16)}).replace(b'"bfloat16"', b'"finfo"')
+    with pytest.raises(wire.WireError):  # only ml_dtypes' scalar types, looked up by name
+        wire.decode(forged)
+
+
 def test_loaded_model_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
     models.save(models.mlp(), path)
