@@ -29,6 +29,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from fixtures import models
 from gpuxc.errors import (
     ExitCode,
     GpuxcError,
@@ -53,23 +54,8 @@ def write_config(proj: Path) -> None:
 
 
 def external_model(proj: Path, location: str, offset: str | None = "0", length: str | None = "32") -> Path:
-    """``proj/model.onnx``: y = x @ W, W (4x2 float32) in external data at ``location``."""
-    proj.mkdir(parents=True, exist_ok=True)
-    weight = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[4, 2], data_location=TensorProto.EXTERNAL)
-    for key, value in (("location", location), ("offset", offset), ("length", length)):
-        if value is not None:
-            entry = weight.external_data.add()
-            entry.key, entry.value = key, value
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
-        initializer=[weight],
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    path = proj / "model.onnx"
-    path.write_bytes(proto.SerializeToString())
+    """``proj/model.onnx`` (fixtures.models.external_weight) and its gpux.yml."""
+    path = models.external_weight(proj, location, offset, length)
     write_config(proj)
     return path
 

@@ -12,7 +12,6 @@ import numpy as np
 import onnx
 import onnx.parser
 import pytest
-from onnx import TensorProto, helper
 
 from fixtures import models
 from gpuxc import model as gpuxc_model
@@ -154,27 +153,7 @@ def test_external_data_inside_the_folder_loads_and_is_listed(tmp_path: Path) -> 
 
 
 def external_model(folder: Path, location: str, *, offset: str = "0", length: str = "32") -> Path:
-    """A model whose one weight (4x2 float32) points at ``location``; written without validation."""
-    folder.mkdir(parents=True, exist_ok=True)
-    weight = TensorProto()
-    weight.name = "W"
-    weight.data_type = TensorProto.FLOAT
-    weight.dims.extend([4, 2])
-    weight.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", offset), ("length", length)):
-        entry = weight.external_data.add()
-        entry.key, entry.value = key, value
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
-        initializer=[weight],
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    path = folder / "model.onnx"
-    path.write_bytes(proto.SerializeToString())
-    return path
+    return models.external_weight(folder, location, offset, length)
 
 
 def write_weights(path: Path) -> None:
