@@ -30,7 +30,8 @@ import numpy as np
 import onnx
 from pydantic import ValidationError
 
-from gpuxc import __version__, bundle, warm
+# isolation: the untrusted model's first load and ONNX Runtime session run in a child process.
+from gpuxc import __version__, bundle, isolation, warm
 from gpuxc.bundle import BundleResult
 from gpuxc.calibration import load_samples
 from gpuxc.compare import DEFAULT_TOLERANCE, compare, worst_of
@@ -131,8 +132,6 @@ def project_for(config: GpuxConfig, say: Progress) -> Project:
                          f"opened ({exc.strerror})") from None  # fmt: skip
     if not found:
         raise ModelError(f"{config.where('model', 'source')}: model file '{config.model.source}' not found")
-    from gpuxc import isolation  # the untrusted model's first load and ORT session run in a child process
-
     try:
         loaded = isolation.load_model(model_path)
     except ModelError as exc:
@@ -153,8 +152,6 @@ def project_for(config: GpuxConfig, say: Progress) -> Project:
 
 def _generated_reference(config: GpuxConfig, loaded: LoadedModel, say: Progress) -> tuple[Any, Any, Any]:
     """Generated inputs and their outputs; unknown dims fall back through FALLBACK_SIZES."""
-    from gpuxc import isolation
-
     sig = loaded.signature
     first_error: ReferenceError_ | None = None
     tried: list[dict[str, list[int]]] = []
