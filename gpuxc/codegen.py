@@ -17,11 +17,12 @@ import functools
 import keyword
 import re
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from gpuxc.errors import GpuxcError
+
+if TYPE_CHECKING:
+    import jinja2  # imported in environment(): a warm rebuild needs template_root() only
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -113,6 +114,8 @@ def _check_plain(value: Any, depth: int = 0) -> None:
 
 @functools.lru_cache(maxsize=8)
 def environment(extra_dirs: tuple[Path, ...] = ()) -> jinja2.Environment:
+    import jinja2
+
     loaders = [jinja2.FileSystemLoader(str(d)) for d in extra_dirs] + [jinja2.FileSystemLoader(str(template_root()))]
     env = jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),

@@ -232,7 +232,7 @@ def test_cache_cli_ls_and_clear(make_project, cache_dir: Path, tmp_path: Path, g
 
 
 def test_warm_cli_build_never_imports_onnx_or_the_plugins(make_project, cache_dir: Path, tmp_path: Path) -> None:
-    """`gpuxc compile` with every target cached restores before importing anything heavy."""
+    """`gpuxc compile` with every target cached restores before importing anything heavy (jinja2 included)."""
     project = make_project(models.mlp())
     build(project, tmp_path / "a")
     probe = (
@@ -240,7 +240,7 @@ def test_warm_cli_build_never_imports_onnx_or_the_plugins(make_project, cache_di
         "from gpuxc.cli import main\n"
         "sys.argv = ['gpuxc', 'compile', sys.argv[1], '-t', 'cpu', '-o', sys.argv[2]]\n"
         "code = main()\n"
-        "heavy = ('onnx', 'onnxruntime', 'numpy', 'gpuxc_cpu', 'gpuxc.pipeline')\n"
+        "heavy = ('onnx', 'onnxruntime', 'numpy', 'jinja2', 'gpuxc_cpu', 'gpuxc.pipeline')\n"
         "heavy = sorted(m for m in heavy if m in sys.modules)\n"
         "print('HEAVY', heavy, code)\n"
     )
