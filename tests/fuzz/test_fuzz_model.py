@@ -121,21 +121,7 @@ def _node_names(graph: onnx.GraphProto) -> list[str]:
     return names
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes | str | int) -> bytes:
-    """One protobuf field: a varint for an int, length-delimited for bytes or str."""
-    if isinstance(payload, int):
-        return _varint(number << 3) + _varint(payload)
-    data = payload.encode() if isinstance(payload, str) else payload
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
+_field = models.proto_field
 
 
 def _nested_if(depth: int) -> bytes:

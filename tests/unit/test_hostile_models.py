@@ -77,21 +77,7 @@ def save(proj: Path, proto: onnx.ModelProto | bytes) -> Path:
 
 
 # Raw protobuf: the bombs cannot be built with the protobuf library (it refuses deep nesting).
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _int_field(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value)
+_field = _int_field = models.proto_field
 
 
 def _model_bytes(graph: bytes) -> bytes:
