@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fixtures.real_models import CATALOG, fetch  # noqa: E402
-from gpuxc import bench as benchmod  # noqa: E402
-from gpuxc.check import verify_against  # noqa: E402
+from gpuxc.build.pipeline import compile_project  # noqa: E402
+from gpuxc.bundle import bench as benchmod  # noqa: E402
+from gpuxc.bundle.against import verify_against  # noqa: E402
 from gpuxc.errors import GpuxcError  # noqa: E402
-from gpuxc.pipeline import compile_project  # noqa: E402
 from gpuxc.plugin import get_registry  # noqa: E402
 
 

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fixtures import models  # noqa: E402
-from gpuxc.pipeline import compile_project  # noqa: E402
+from gpuxc.build.pipeline import compile_project  # noqa: E402
 
 START = "<!-- serve_load.py: start -->"
 END = "<!-- serve_load.py: end -->"

@@ -135,7 +135,7 @@ def _compile(
     verbose: VerboseOpt = False,
 ) -> None:
     """Compile a project into one verified bundle per target."""
-    from gpuxc import warm
+    from gpuxc.cache import restore as warm
 
     def progress(message: str) -> None:
         _err(f"gpuxc: {message}")
@@ -150,7 +150,7 @@ def _compile(
     # Every target cached: done without importing onnx, ONNX Runtime or the plugins.
     results = warm.restore_all(path, target or None, out, config, progress, **options)
     if results is None:
-        from gpuxc.pipeline import compile_project
+        from gpuxc.build.pipeline import compile_project
 
         results = compile_project(path, target or None, out, config, progress, **options)
     if json_out:
@@ -179,7 +179,7 @@ def inspect(
         _inspect_convertible(path, target, json_out)
         return
     if path.is_dir():
-        from gpuxc.manifest import read_manifest
+        from gpuxc.bundle.manifest import read_manifest
 
         manifest = read_manifest(path)
         fields = {"name", "version", "target", "gpuxc_version", "inputs", "outputs", "verification", "artifact",
@@ -198,7 +198,7 @@ def inspect(
             for t in tensors:
                 typer.echo(f"  {kind} {t.name}: {t.dtype} {t.shape}" + (f" labels={len(t.labels)}" if t.labels else ""))
         return
-    from gpuxc.isolation import load_model
+    from gpuxc.project.isolation import load_model
 
     sig = load_model(path).signature
     if json_out:
@@ -222,7 +222,7 @@ def _inspect_convertible(path: Path, target: str, json_out: bool) -> None:
         raise BundleError(f"{path}: inspect --target takes an ONNX model file, not a bundle")
     from gpuxc_coreml.translate import unsupported_ops  # imported here: the other commands do not need it
 
-    from gpuxc.isolation import load_model
+    from gpuxc.project.isolation import load_model
 
     loaded = load_model(path)
     raw = unsupported_ops(loaded.proto)
@@ -249,9 +249,9 @@ def _unsupported_after_folding(loaded: Any, path: Path, target: str, unsupported
     """(missing ops, shapes) after fix-shapes + constant folding at the default sizes, or None."""
     import tempfile
 
-    from gpuxc.calibration import resolve_model_shapes
     from gpuxc.passes import PassContext, PassManager, PassSpec
     from gpuxc.plugin import get_registry
+    from gpuxc.project.calibration import resolve_model_shapes
 
     try:
         shapes = resolve_model_shapes(loaded.signature)
@@ -313,7 +313,7 @@ app.add_typer(cache_app, name="cache")
 @handle_errors
 def cache_ls(cache_dir: CacheDirOpt = None, json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """List cached bundles: key, project, target, variant, size, last use."""
-    from gpuxc.cache import BuildCache, default_cache_dir
+    from gpuxc.cache.store import BuildCache, default_cache_dir
 
     cache = BuildCache(cache_dir if cache_dir is not None else default_cache_dir())
     entries = cache.entries()
@@ -338,7 +338,7 @@ def cache_ls(cache_dir: CacheDirOpt = None, json_out: JsonOpt = False, verbose: 
 @handle_errors
 def cache_clear(cache_dir: CacheDirOpt = None, verbose: VerboseOpt = False) -> None:
     """Remove every cached bundle."""
-    from gpuxc.cache import BuildCache, default_cache_dir
+    from gpuxc.cache.store import BuildCache, default_cache_dir
 
     cache = BuildCache(cache_dir if cache_dir is not None else default_cache_dir())
     count, freed = cache.clear()
@@ -357,7 +357,7 @@ def init(
     verbose: VerboseOpt = False,
 ) -> None:
     """Write a gpux.yml from a model's signature."""
-    from gpuxc.init import write_config
+    from gpuxc.project.scaffold import write_config
 
     path = write_config(model, out, name, force)
     _err(f"wrote {path}")
@@ -410,8 +410,8 @@ def verify(
     """Verify a bundle: its reference outputs (bundle runner), or --against a model on fresh inputs."""
     _require_bundle(bundle)
     if integrity:
-        from gpuxc.bundle import integrity_problems
-        from gpuxc.manifest import read_manifest
+        from gpuxc.bundle.manifest import read_manifest
+        from gpuxc.bundle.writer import integrity_problems
 
         problems = integrity_problems(bundle, read_manifest(bundle))
         if json_out:
@@ -427,7 +427,7 @@ def verify(
             raise BundleError("--inputs needs --against MODEL.onnx")
         cmd = [sys.executable, str(bundle), "verify"] + (["--json"] if json_out else [])
         raise typer.Exit(subprocess.call(cmd))
-    from gpuxc.check import verify_against
+    from gpuxc.bundle.against import verify_against
     from gpuxc.errors import VerificationFailed
 
     report = verify_against(bundle, against, inputs, samples)
@@ -466,7 +466,7 @@ def bench(
     verbose: VerboseOpt = False,
 ) -> None:
     """Latency p50/p90/p99, throughput and peak RSS of bundles (and of the raw model with --compare)."""
-    from gpuxc import bench as benchmod
+    from gpuxc.bundle import bench as benchmod
 
     for b in bundles:
         _require_bundle(b)

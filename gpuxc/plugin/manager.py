@@ -23,7 +23,7 @@ from gpuxc.plugin import spec
 
 if TYPE_CHECKING:
     from gpuxc.passes import Pass
-    from gpuxc.target import Target
+    from gpuxc.targets import Target
 
 hookimpl = pluggy.HookimplMarker(spec.PROJECT)
 
@@ -51,8 +51,8 @@ class Registry:
     plugins: list[str] = field(default_factory=list)
 
     def target(self, name: str) -> type[Target]:
-        from gpuxc.config import did_you_mean
         from gpuxc.errors import TargetUnavailable
+        from gpuxc.project.config import did_you_mean
 
         try:
             return self.targets[name]
@@ -63,7 +63,7 @@ class Registry:
             ) from None
 
     def pass_(self, name: str) -> type[Pass]:
-        from gpuxc.config import did_you_mean
+        from gpuxc.project.config import did_you_mean
 
         try:
             return self.passes[name]
@@ -73,7 +73,7 @@ class Registry:
 
 def _register_into(registry: Registry, kind: str, plugin: str) -> Any:
     from gpuxc.passes import Pass
-    from gpuxc.target import Target
+    from gpuxc.targets import Target
 
     base: type = Target if kind == "target" else Pass
     table: dict[str, Any] = registry.targets if kind == "target" else registry.passes

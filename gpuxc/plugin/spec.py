@@ -21,7 +21,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 def gpuxc_register_targets(register: Callable[[type[Any]], None]) -> None:
     """Register target classes: call ``register(MyTarget)`` once per class.
 
-    :param register: takes a ``gpuxc.target.Target`` subclass; the registry keys it by its
+    :param register: takes a ``gpuxc.targets.Target`` subclass; the registry keys it by its
         ``name`` and rejects a name that another plugin already registered.
     """
 

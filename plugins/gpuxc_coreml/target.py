@@ -14,18 +14,18 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from gpuxc.bundle.requirements import pinned, version_of
 from gpuxc.errors import CompileError, first_line
 from gpuxc.passes import PassSpec
-from gpuxc.plans import onnx_plan
-from gpuxc.runtime_versions import pinned, version_of
-from gpuxc.target import Artifact, Availability, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
+from gpuxc.passes.plans import onnx_plan
+from gpuxc.targets import Artifact, Availability, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
 
 if TYPE_CHECKING:
     import numpy as np
     from onnx import ModelProto
 
-    from gpuxc.config import GpuxConfig
-    from gpuxc.model import ModelSignature
+    from gpuxc.project.config import GpuxConfig
+    from gpuxc.project.model import ModelSignature
 
 ENTRY = "model/model.mlpackage"
 MACOS_ONLY = "CoreML runs only on macOS; python <bundle> verify on a Mac completes it"
@@ -81,7 +81,7 @@ class CoreMLTarget(Target):
     def compile(self, model: ModelProto, ctx: CompileContext) -> Artifact:
         import coremltools as ct
 
-        from gpuxc.reference import resolve_shapes
+        from gpuxc.project.reference import resolve_shapes
         from gpuxc_coreml.translate import (
             Untranslatable,
             build_program,

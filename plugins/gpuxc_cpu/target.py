@@ -15,19 +15,19 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
+from gpuxc.bundle.requirements import pinned
 from gpuxc.errors import CompileError, ConfigError
-from gpuxc.model import save_model
 from gpuxc.passes import PassSpec
-from gpuxc.plans import has_calibration, onnx_plan
-from gpuxc.runtime_versions import pinned
-from gpuxc.target import Artifact, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
+from gpuxc.passes.plans import has_calibration, onnx_plan
+from gpuxc.project.model import save_model
+from gpuxc.targets import Artifact, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
 
 if TYPE_CHECKING:
     import numpy as np
     from onnx import ModelProto
 
-    from gpuxc.config import GpuxConfig
-    from gpuxc.model import ModelSignature
+    from gpuxc.project.config import GpuxConfig
+    from gpuxc.project.model import ModelSignature
 
 PROVIDERS = ["CPUExecutionProvider"]
 
@@ -119,12 +119,12 @@ class CpuTarget(Target):
         )
 
     def verification_runtime(self) -> str:
-        from gpuxc.runtime_versions import version_of
+        from gpuxc.bundle.requirements import version_of
 
         return f"onnxruntime {version_of('onnxruntime')} CPUExecutionProvider"
 
     def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from gpuxc.reference import run_onnxruntime
+        from gpuxc.project.reference import run_onnxruntime
 
         return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=PROVIDERS)
 

@@ -15,18 +15,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from gpuxc.bundle.requirements import pinned, version_of
 from gpuxc.errors import CompileError, ConfigError, first_line
-from gpuxc.model import save_model
 from gpuxc.passes import PassSpec
-from gpuxc.runtime_versions import pinned, version_of
-from gpuxc.target import Artifact, Availability, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
+from gpuxc.project.model import save_model
+from gpuxc.targets import Artifact, Availability, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
 
 if TYPE_CHECKING:
     import numpy as np
     from onnx import ModelProto
 
-    from gpuxc.config import GpuxConfig
-    from gpuxc.model import ModelSignature
+    from gpuxc.project.config import GpuxConfig
+    from gpuxc.project.model import ModelSignature
 
 # OpenVINO's names for the hints, by our names.
 HINTS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
@@ -150,8 +150,8 @@ class OpenVinoTarget(Target):
             import nncf
         except ImportError:
             raise CompileError("int8-static for openvino needs NNCF: pip install nncf") from None
-        from gpuxc.calibration import load_samples, random_samples
-        from gpuxc.reference import resolve_shapes
+        from gpuxc.project.calibration import load_samples, random_samples
+        from gpuxc.project.reference import resolve_shapes
 
         config = ctx.config
         cal = config.build.calibration

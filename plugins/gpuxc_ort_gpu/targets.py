@@ -13,19 +13,19 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
+from gpuxc.bundle.requirements import pinned, version_of
 from gpuxc.errors import CompileError, ConfigError
-from gpuxc.model import iter_nodes, opset_map, save_model
 from gpuxc.passes import PassSpec
-from gpuxc.plans import onnx_plan
-from gpuxc.runtime_versions import pinned, version_of
-from gpuxc.target import Artifact, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
+from gpuxc.passes.plans import onnx_plan
+from gpuxc.project.model import iter_nodes, opset_map, save_model
+from gpuxc.targets import Artifact, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
 
 if TYPE_CHECKING:
     import numpy as np
     from onnx import ModelProto
 
-    from gpuxc.config import GpuxConfig
-    from gpuxc.model import ModelSignature
+    from gpuxc.project.config import GpuxConfig
+    from gpuxc.project.model import ModelSignature
 
 # ONNX Runtime's DirectML execution provider implements opsets 7 to 20 (ONNX Runtime 1.18+).
 DML_OPSETS = (7, 20)
@@ -91,7 +91,7 @@ class _OrtGpuTarget(Target):
         return f"onnxruntime {version_of('onnxruntime')} CPUExecutionProvider (stand-in for {self.providers[0]})"
 
     def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from gpuxc.reference import run_onnxruntime
+        from gpuxc.project.reference import run_onnxruntime
 
         return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=["CPUExecutionProvider"])
 
@@ -168,7 +168,7 @@ class CudaTarget(_OrtGpuTarget):
         return super().proxy_verification()
 
     def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from gpuxc.reference import run_onnxruntime
+        from gpuxc.project.reference import run_onnxruntime
 
         providers = ["CPUExecutionProvider"] if self.proxy_verification() else self.providers
         return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=providers)

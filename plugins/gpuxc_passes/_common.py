@@ -20,10 +20,10 @@ from onnx import ModelProto, TensorProto
 
 from gpuxc.compare import DEFAULT_TOLERANCE, compare
 from gpuxc.errors import GpuxcError, PassError, first_line
-from gpuxc.model import ModelSignature, describe, iter_nodes, iter_tensors, save_model
-from gpuxc.reference import DEFAULT_DIM, DEFAULT_SPATIAL, FALLBACK_SIZES, generate, index_bounds
+from gpuxc.project.model import ModelSignature, describe, iter_nodes, iter_tensors, save_model
+from gpuxc.project.reference import DEFAULT_DIM, DEFAULT_SPATIAL, FALLBACK_SIZES, generate, index_bounds
 
-# A protobuf cannot be serialized past 2 GiB; gpuxc.model.save_model moves weights to an
+# A protobuf cannot be serialized past 2 GiB; gpuxc.project.model.save_model moves weights to an
 # external data file above this size, and in-memory tools (onnxsim, shape inference) fail.
 LARGE_MODEL_BYTES = 1_800_000_000
 # Unknown dims for output checks: small first (fast), then the reference's sizes and fallbacks.
@@ -122,7 +122,7 @@ def generated_inputs(
 
     Raises ``PassError`` when the model fails at every size, naming the shapes tried.
     """
-    from gpuxc.calibration import resolve_model_shapes
+    from gpuxc.project.calibration import resolve_model_shapes
 
     bounds = index_bounds(model)
     tried: list[dict[str, list[int]]] = []

@@ -9,8 +9,8 @@ from __future__ import annotations
 from onnx import ModelProto
 
 from gpuxc.errors import PassError
-from gpuxc.model import infer_shapes
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult
+from gpuxc.project.model import infer_shapes
 
 
 class FixShapesConfig(PassConfig):

@@ -24,8 +24,8 @@ import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from gpuxc.errors import first_line
-from gpuxc.model import save_model
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult
+from gpuxc.project.model import save_model
 from gpuxc_passes._common import is_large
 
 # Ops whose output is not a function of their inputs.

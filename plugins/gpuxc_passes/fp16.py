@@ -30,8 +30,8 @@ import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, ValueInfoProto, helper
 
 from gpuxc.errors import PassError
-from gpuxc.model import infer_shapes, iter_tensors, save_model
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSkipped
+from gpuxc.project.model import infer_shapes, iter_tensors, save_model
 from gpuxc_passes._common import (
     CHECK_SIZES,
     check_outputs,

@@ -26,8 +26,8 @@ from typing import Literal
 from onnx import ModelProto
 
 from gpuxc.errors import PassError, first_line
-from gpuxc.model import save_model
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSkipped
+from gpuxc.project.model import save_model
 from gpuxc_passes._common import gigabytes, is_large
 
 # An operator name after the start or a comma (type-reduction JSON after an op holds only quoted strings).

@@ -15,8 +15,8 @@ from typing import Literal
 import onnx
 from onnx import ModelProto
 
-from gpuxc.model import iter_nodes, save_model
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult
+from gpuxc.project.model import iter_nodes, save_model
 
 LEVELS = ("basic", "extended", "all")
 

@@ -16,8 +16,8 @@ from typing import Any, Literal
 import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
-from gpuxc.model import save_model
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSkipped
+from gpuxc.project.model import save_model
 from gpuxc_passes._common import for_per_channel, is_large, op_counts, op_diff, quiet_quantizer
 
 # Which input holds the weight, per op type (other op types: any float initializer input).

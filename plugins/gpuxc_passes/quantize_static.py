@@ -1,7 +1,7 @@
 """``quantize-static``: int8 weights and activations, scales calibrated on representative inputs.
 
 ONNX Runtime's ``quantize_static`` with a ``CalibrationDataReader`` over samples from
-``data`` (the layouts of :mod:`gpuxc.calibration`: a folder of .npz/.npy files, one sample
+``data`` (the layouts of :mod:`gpuxc.project.calibration`: a folder of .npz/.npy files, one sample
 each, or one .npz holding N samples per input) or, only when asked with ``random: true``,
 over generated inputs; a random calibration is a smoke test and says so in the manifest.
 
@@ -27,8 +27,8 @@ from onnx import ModelProto
 from pydantic import Field, model_validator
 
 from gpuxc.errors import PassError, first_line
-from gpuxc.model import infer_shapes, iter_nodes, save_model
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSkipped
+from gpuxc.project.model import infer_shapes, iter_nodes, save_model
 from gpuxc_passes._common import (
     CALIBRATION_SIZES,
     for_per_channel,
@@ -107,7 +107,7 @@ class QuantizeStatic(Pass):
         signature = signature_of(model)
         result_warnings: list[str] = []
         if config.data is not None:
-            from gpuxc.calibration import load_samples
+            from gpuxc.project.calibration import load_samples
 
             path = Path(config.data)
             if not path.is_absolute():
@@ -115,7 +115,7 @@ class QuantizeStatic(Pass):
             samples = load_samples(path, signature, config.samples)
             source = f"data: {config.data}"
         else:
-            from gpuxc.calibration import random_samples
+            from gpuxc.project.calibration import random_samples
 
             first, _ = generated_inputs(
                 model, signature, config.shapes or ctx.reference_shapes, ctx.workdir, CALIBRATION_SIZES, "shapes"

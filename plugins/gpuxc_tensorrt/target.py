@@ -16,19 +16,19 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from gpuxc.bundle.requirements import pinned, version_of
 from gpuxc.errors import CompileError, ConfigError
-from gpuxc.model import save_model, sha256_file
 from gpuxc.passes import PassSpec
-from gpuxc.plans import onnx_plan
-from gpuxc.runtime_versions import pinned, version_of
-from gpuxc.target import Artifact, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
+from gpuxc.passes.plans import onnx_plan
+from gpuxc.project.model import save_model, sha256_file
+from gpuxc.targets import Artifact, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
 
 if TYPE_CHECKING:
     import numpy as np
     from onnx import ModelProto
 
-    from gpuxc.config import GpuxConfig
-    from gpuxc.model import ModelSignature
+    from gpuxc.project.config import GpuxConfig
+    from gpuxc.project.model import ModelSignature
 
 BUILDER = Path(__file__).with_name("builder.py")
 # When a dynamic batch dim has no larger value configured, profiles allow up to this.
@@ -97,8 +97,8 @@ class TensorRTTarget(Target):
 
     def profiles(self, ctx: CompileContext, model: ModelProto) -> dict[str, dict[str, list[int]]]:
         """min/opt/max for every input with a dynamic dim (explicit ones checked against the model)."""
-        from gpuxc.model import tensor_info
-        from gpuxc.reference import resolve_shapes
+        from gpuxc.project.model import tensor_info
+        from gpuxc.project.reference import resolve_shapes
 
         options: TensorRTOptions = ctx.options  # type: ignore[assignment]
         reference = resolve_shapes(ctx.signature, ctx.config)
@@ -181,7 +181,7 @@ class TensorRTTarget(Target):
         return f"onnxruntime {version_of('onnxruntime')} CPUExecutionProvider (stand-in: the prepared ONNX)"
 
     def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from gpuxc.reference import run_onnxruntime
+        from gpuxc.project.reference import run_onnxruntime
 
         return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=["CPUExecutionProvider"])
 

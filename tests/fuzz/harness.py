@@ -1,7 +1,7 @@
 """What every fuzz example runs and checks, and the figures the fuzz suite reports.
 
 One example = one project folder (a generated gpux.yml or a mutated model.onnx) compiled by
-``gpuxc.pipeline.compile_project`` in-process for the cpu target into a fresh ``--out``
+``gpuxc.build.pipeline.compile_project`` in-process for the cpu target into a fresh ``--out``
 folder, end to end (no stage is skipped: a rejected input stops where gpuxc stops it, an
 accepted one is planned, compiled, verified and published). After it we check:
 
@@ -20,7 +20,7 @@ accepted one is planned, compiled, verified and published). After it we check:
 - (model suite) nothing read from outside the project: no Python-level open of the sandbox's
   "outside" folder, and no bundle holding the marker bytes of the file there.
 
-The model steps gpuxc isolates (gpuxc/isolation.py) run in children of a helper process
+The model steps gpuxc isolates (gpuxc/project/isolation.py) run in children of a helper process
 started for the suite with its TMPDIR and limits (4 GiB, 120 s); the suite itself runs under
 RLIMIT_AS (+6 GiB), so a runaway example fails instead of taking the machine down.
 
@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpuxc.bundle import STAGING_PREFIX, integrity_problems
+from gpuxc.bundle.manifest import MANIFEST_NAME, read_manifest
+from gpuxc.bundle.writer import STAGING_PREFIX, integrity_problems
 from gpuxc.errors import GpuxcError
-from gpuxc.manifest import MANIFEST_NAME, read_manifest
 
 
 def examples(default: int) -> int:
@@ -92,7 +92,7 @@ class Figures:
     compiled: int = 0  # compile_project returned: every bundle published and intact
     rejected: Counter[str] = field(default_factory=Counter)  # "ConfigError (exit 3)" -> count
     uncaught: int = 0  # an exception that is not a GpuxcError
-    uncaught_sites: Counter[str] = field(default_factory=Counter)  # "ValueError at gpuxc/reference.py:170" -> n
+    uncaught_sites: Counter[str] = field(default_factory=Counter)  # "ValueError at gpuxc/project/reference.py:170" -> n
     bad_messages: int = 0  # a GpuxcError whose message is not one line of UTF-8 text
     outside_writes: int = 0  # examples that wrote (or left files) outside --out
     outside_reads: int = 0  # examples that opened the sandbox's "outside" folder (model suite)
@@ -320,7 +320,7 @@ class Sandbox:
 
     def run(self, files: dict[str, bytes], example: str, *, preexisting: bool = False) -> str:
         """Compile one project (``files`` over the template) and check it; returns the outcome."""
-        from gpuxc.pipeline import compile_project
+        from gpuxc.build.pipeline import compile_project
 
         fig = self.figures
         fig.examples += 1
@@ -512,11 +512,11 @@ class Clock:
 
 
 def restart_isolation_helper() -> None:
-    """Stop gpuxc's model isolation helper process (gpuxc/isolation.py), if one runs: it keeps the
+    """Stop gpuxc's model isolation helper process (gpuxc/project/isolation.py), if one runs: it keeps the
     environment it started with, so the next model step starts one with the current TMPDIR and
     limits (at the start of a suite: ours; at its end: the next test's)."""
     try:
-        from gpuxc import isolation
+        from gpuxc.project import isolation
     except ImportError:
         return
     close = getattr(isolation, "_close_server", None)
@@ -528,7 +528,7 @@ def isolate(monkeypatch: Any, sandbox: Sandbox) -> None:
     """Temp files into the sandbox, the sandbox's work folder as cwd, no build cache."""
     monkeypatch.setenv("TMPDIR", str(sandbox.tmp))
     monkeypatch.setenv("GPUXC_NO_CACHE", "1")
-    # Isolated model steps (gpuxc/isolation.py): a child that wants more memory or time than this
+    # Isolated model steps (gpuxc/project/isolation.py): a child that wants more memory or time than this
     # fails as ModelLimitExceeded instead of swapping the CI machine or stalling the run.
     monkeypatch.setenv("GPUXC_MODEL_MEMORY_LIMIT", CHILD_MEMORY_LIMIT)
     monkeypatch.setenv("GPUXC_MODEL_TIMEOUT", CHILD_TIMEOUT_S)

@@ -521,7 +521,7 @@ def write_template(folder: Path) -> None:
 
 
 def test_fuzz_gpux_yml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gpuxc.pipeline import compile_project
+    from gpuxc.build.pipeline import compile_project
 
     figures = FIGURES["gpux.yml"] = Figures("gpux.yml")
     clock = Clock()

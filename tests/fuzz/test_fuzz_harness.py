@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from fixtures import models
-from gpuxc.bundle import STAGING_PREFIX
+from gpuxc.bundle.writer import STAGING_PREFIX
 from gpuxc.errors import ConfigError
 from tests.fuzz.harness import Figures, Sandbox, isolate
 
@@ -96,7 +96,7 @@ def test_each_kind_of_misbehaviour_is_counted(tmp_path: Path, monkeypatch: pytes
     os.symlink(os.path.join("..", "outside", "secret.bin"), sandbox.template / "link.bin")
     isolate(monkeypatch, sandbox)
     sandbox.freeze()
-    monkeypatch.setattr("gpuxc.pipeline.compile_project", fake)
+    monkeypatch.setattr("gpuxc.build.pipeline.compile_project", fake)
 
     sandbox.run({}, "self-test")
 

@@ -514,7 +514,7 @@ def write_template(folder: Path) -> bytes:
 
 
 def test_fuzz_model_onnx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gpuxc.pipeline import compile_project
+    from gpuxc.build.pipeline import compile_project
 
     figures = FIGURES["model.onnx"] = Figures("model.onnx")
     clock = Clock()

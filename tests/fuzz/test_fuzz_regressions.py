@@ -10,8 +10,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from fixtures import models
+from gpuxc.build.pipeline import compile_project
 from gpuxc.errors import ConfigError, GpuxcError
-from gpuxc.pipeline import compile_project
 
 MINIMAL = "name: demo\nmodel:\n  source: ./model.onnx\n"
 
@@ -30,7 +30,7 @@ def compile_error(project: Path, out: Path) -> GpuxcError:
     return caught.value
 
 
-# -- gpux.yml: fixed in gpuxc/yamlsource.py ------------------------------------------------------
+# -- gpux.yml: fixed in gpuxc/project/yamlsource.py ------------------------------------------------------
 
 
 @pytest.mark.parametrize(

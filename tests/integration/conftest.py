@@ -235,7 +235,7 @@ def shared_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def shared_bundle(shared_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One compiled, verified cpu bundle for read-only use by many tests."""
-    from gpuxc.pipeline import compile_project
+    from gpuxc.build.pipeline import compile_project
 
     [result] = compile_project(shared_project, ["cpu"], tmp_path_factory.mktemp("shared-dist"))
     assert result.verification["status"] == "passed", result.verification

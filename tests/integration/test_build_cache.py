@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from fixtures import models
-from gpuxc import cache as cache_mod
-from gpuxc import pipeline
-from gpuxc.pipeline import compile_project
+from gpuxc.build import pipeline
+from gpuxc.build.pipeline import compile_project
+from gpuxc.cache import store as cache_mod
 from tests.integration.conftest import Proc, run_cmd
 
 
@@ -240,7 +240,7 @@ def test_warm_cli_build_never_imports_onnx_or_the_plugins(make_project, cache_di
         "from gpuxc.cli import main\n"
         "sys.argv = ['gpuxc', 'compile', sys.argv[1], '-t', 'cpu', '-o', sys.argv[2]]\n"
         "code = main()\n"
-        "heavy = ('onnx', 'onnxruntime', 'numpy', 'jinja2', 'gpuxc_cpu', 'gpuxc.pipeline')\n"
+        "heavy = ('onnx', 'onnxruntime', 'numpy', 'jinja2', 'gpuxc_cpu', 'gpuxc.build.pipeline')\n"
         "heavy = sorted(m for m in heavy if m in sys.modules)\n"
         "print('HEAVY', heavy, code)\n"
     )

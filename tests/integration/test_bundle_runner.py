@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from gpuxc.pipeline import compile_project
+from gpuxc.build.pipeline import compile_project
 from tests.integration.conftest import (
     SHARED_LABELS,
     assert_one_error_line,

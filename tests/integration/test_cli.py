@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from fixtures import models
-from gpuxc.bundle import STAGING_PREFIX
+from gpuxc.bundle.writer import STAGING_PREFIX
 from gpuxc.cli import app
 from gpuxc.errors import ExitCode
 from tests.integration.conftest import (

@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 from fixtures import models
-from gpuxc.pipeline import BundleResult, compile_project
+from gpuxc.build.pipeline import BundleResult, compile_project
 from tests.integration.conftest import load_npz, ort_run, run_cmd, write_project
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"

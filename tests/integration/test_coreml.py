@@ -15,8 +15,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fixtures import models
+from gpuxc.build.pipeline import compile_project
 from gpuxc.errors import CompileError
-from gpuxc.pipeline import compile_project
 
 pytest.importorskip("coremltools", reason="the coreml target needs `pip install gpuxc[coreml]`")
 

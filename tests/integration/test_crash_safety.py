@@ -51,7 +51,7 @@ def test_killed_builds_leave_either_the_old_or_a_complete_new_bundle(tmp_path: P
 
 
 def test_only_staging_folders_of_dead_builds_are_removed(tmp_path: Path) -> None:
-    from gpuxc.bundle import remove_abandoned_staging
+    from gpuxc.bundle.writer import remove_abandoned_staging
 
     live = tmp_path / f".gpuxc-staging-{os.getppid()}-demo-1-cpu-abc"  # a running process: a concurrent build
     dead = tmp_path / ".gpuxc-staging-999999999-demo-1-cpu-def"  # no such process

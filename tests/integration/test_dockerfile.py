@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from fixtures import models
-from gpuxc.codegen import docker_word
+from gpuxc.build.pipeline import compile_project
+from gpuxc.bundle.codegen import docker_word
 from gpuxc.errors import GpuxcError
-from gpuxc.pipeline import compile_project
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 
 from fixtures import models
+from gpuxc.build.pipeline import compile_project
 from gpuxc.errors import CompileError, ConfigError
-from gpuxc.pipeline import compile_project
 
 
 def manifest_of(path: Path) -> dict:

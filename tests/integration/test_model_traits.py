@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import models
-from gpuxc.pipeline import compile_project
+from gpuxc.build.pipeline import compile_project
 
 
 def test_model_with_external_data_compiles_and_its_bundle_is_self_contained(tmp_path: Path) -> None:

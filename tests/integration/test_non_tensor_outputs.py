@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from fixtures import models
-from gpuxc.pipeline import compile_project
+from gpuxc.build.pipeline import compile_project
 
 
 def test_zipmap_classifier_compiles_verifies_and_runs(make_project, tmp_path: Path) -> None:

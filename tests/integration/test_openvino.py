@@ -13,8 +13,8 @@ import onnxruntime as ort
 import pytest
 
 from fixtures import models
+from gpuxc.build.pipeline import compile_project
 from gpuxc.errors import ConfigError
-from gpuxc.pipeline import compile_project
 
 pytest.importorskip("openvino", reason="the openvino target needs `pip install gpuxc[openvino]`")
 

@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fixtures import models
+from gpuxc.build.pipeline import compile_project
 from gpuxc.errors import PassError
-from gpuxc.pipeline import compile_project
 
 
 def wide_mlp(width: int = 256, layers: int = 3) -> onnx.ModelProto:

@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from gpuxc.build.pipeline import compile_project
 from gpuxc.errors import ReferenceError_
-from gpuxc.pipeline import compile_project
-from gpuxc.reference import DEFAULT_DIM
+from gpuxc.project.reference import DEFAULT_DIM
 
 
 def conv1d_needing_long_input(kernel: int = DEFAULT_DIM * 2 + 1) -> onnx.ModelProto:

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from gpuxc.pipeline import compile_project
+from gpuxc.build.pipeline import compile_project
 from tests.integration.conftest import (
     SHARED_LABELS,
     endless_loop_model,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gpuxc.pipeline import compile_project
+from gpuxc.build.pipeline import compile_project
 from tests.integration.conftest import endless_loop_model, running_server, write_project
 
 STEPS_FOREVER = 2**62

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fixtures import models
-from gpuxc.pipeline import compile_project
+from gpuxc.build.pipeline import compile_project
 from tests.integration.conftest import ort_run, running_server, write_project
 
 

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from gpuxc.pipeline import compile_project
+from gpuxc.build.pipeline import compile_project
 
 
 def test_compile_mlp_passes(make_project, tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ import onnx
 import pytest
 
 from fixtures import models
+from gpuxc.build.pipeline import compile_project
 from gpuxc.errors import ConfigError
-from gpuxc.pipeline import compile_project
 
 FAKE_TENSORRT = '''
 """Recording stand-in for the tensorrt module: every call is appended to CALLS."""

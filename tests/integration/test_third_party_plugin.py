@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from fixtures import models
-from gpuxc.codegen import template_root
+from gpuxc.bundle.codegen import template_root
 from gpuxc.errors import ExitCode
 from tests.integration.conftest import Proc, assert_one_error_line, run_cmd, write_project
 
@@ -29,11 +29,11 @@ PLUGIN = textwrap.dedent(
 
     from onnx import ModelProto
 
-    from gpuxc.model import save_model
+    from gpuxc.project.model import save_model
     from gpuxc.passes import Pass, PassContext, PassResult, PassSpec
     from gpuxc.plugin import hookimpl
-    from gpuxc.runtime_versions import pinned
-    from gpuxc.target import Artifact, RuntimeSpec, Target, TargetOptions
+    from gpuxc.bundle.requirements import pinned
+    from gpuxc.targets import Artifact, RuntimeSpec, Target, TargetOptions
 
 
     class EchoOptions(TargetOptions):
@@ -75,7 +75,7 @@ PLUGIN = textwrap.dedent(
             return "echo on onnxruntime CPUExecutionProvider"
 
         def execute(self, bundle_dir, artifact, inputs):
-            from gpuxc.reference import run_onnxruntime
+            from gpuxc.project.reference import run_onnxruntime
 
             cpu = ["CPUExecutionProvider"]
             return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=cpu)

@@ -13,8 +13,8 @@ import pytest
 from onnx import numpy_helper
 
 from fixtures import models
+from gpuxc.build.pipeline import compile_project
 from gpuxc.errors import ExitCode, MemoryBudgetExceeded
-from gpuxc.pipeline import compile_project
 
 
 def gpuxc(*args: str) -> subprocess.CompletedProcess[str]:

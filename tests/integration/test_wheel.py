@@ -70,7 +70,7 @@ def test_wheel_in_a_fresh_venv_compiles_the_example(wheel: Path, tmp_path: Path)
         [
             python,
             "-c",
-            "import gpuxc, gpuxc.codegen as c; print(gpuxc.__file__); print(c.template_root())",
+            "import gpuxc, gpuxc.bundle.codegen as c; print(gpuxc.__file__); print(c.template_root())",
         ],
         cwd=work,
     )

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuxc.pipeline import AUTO_MIN_GAIN, Candidate, select_candidate
-from gpuxc.target import Variant
+from gpuxc.build.pipeline import AUTO_MIN_GAIN, Candidate, select_candidate
+from gpuxc.targets import Variant
 
 
 def cand(name: str, status: str, latency: float | None) -> Candidate:

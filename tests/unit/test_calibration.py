@@ -1,4 +1,4 @@
-"""gpuxc.calibration: the three sample layouts, their checks, and generated samples."""
+"""gpuxc.project.calibration: the three sample layouts, their checks, and generated samples."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import onnx
 import pytest
 
 from fixtures import models
-from gpuxc.calibration import load_samples, random_samples, resolve_model_shapes
-from gpuxc.config import load_config
 from gpuxc.errors import ConfigError
-from gpuxc.model import ModelSignature, describe, load_model
-from gpuxc.reference import generate, index_bounds, load_calibration_sample
+from gpuxc.project.calibration import load_samples, random_samples, resolve_model_shapes
+from gpuxc.project.config import load_config
+from gpuxc.project.model import ModelSignature, describe, load_model
+from gpuxc.project.reference import generate, index_bounds, load_calibration_sample
 
 
 def signature(model: onnx.ModelProto) -> ModelSignature:

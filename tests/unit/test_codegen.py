@@ -17,10 +17,10 @@ import pytest
 
 from fixtures import models
 from gpuxc import __version__
-from gpuxc.bundle import RUNNER_TEMPLATES
-from gpuxc.codegen import py_ident, py_literal, render, requirement, template_root, text_line
+from gpuxc.build.pipeline import compile_project
+from gpuxc.bundle.codegen import py_ident, py_literal, render, requirement, template_root, text_line
+from gpuxc.bundle.writer import RUNNER_TEMPLATES
 from gpuxc.errors import GpuxcError
-from gpuxc.pipeline import compile_project
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
 UPDATE_GOLDEN = os.environ.get("GPUXC_UPDATE_GOLDEN") == "1"

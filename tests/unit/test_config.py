@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gpuxc import yamlsource
-from gpuxc.config import GpuSection, find_config, load_config
 from gpuxc.errors import ConfigError
+from gpuxc.project import yamlsource
+from gpuxc.project.config import GpuSection, find_config, load_config
 
 FULL_MAPPING_FORM = """\
 name: image-classifier

@@ -56,19 +56,19 @@ except ImportError:  # pragma: no cover - markdown-it-py comes with rich (typer)
 
 from fixtures import models
 from gpuxc import __version__
-from gpuxc import bundle as bundle_mod
-from gpuxc.bundle import RUNNER_TEMPLATES
-from gpuxc.codegen import REQUIREMENT_RE, environment, render, template_root
-from gpuxc.config import GpuxConfig, load_config
+from gpuxc.build.pipeline import Project, _manifest, compile_project
+from gpuxc.bundle import writer as bundle_mod
+from gpuxc.bundle.codegen import REQUIREMENT_RE, environment, render, template_root
+from gpuxc.bundle.manifest import BuildInfo, Verification
+from gpuxc.bundle.requirements import SERVE_DISTS, pinned
+from gpuxc.bundle.writer import RUNNER_TEMPLATES
 from gpuxc.errors import ConfigError, GpuxcError, ModelError
-from gpuxc.init import config_for
-from gpuxc.manifest import BuildInfo, Verification
-from gpuxc.model import load_model
-from gpuxc.pipeline import Project, _manifest, compile_project
 from gpuxc.plugin import get_registry
-from gpuxc.runtime_versions import SERVE_DISTS, pinned
-from gpuxc.signature import check_signature
-from gpuxc.target import Artifact, RuntimeSpec, Target
+from gpuxc.project.config import GpuxConfig, load_config
+from gpuxc.project.model import load_model
+from gpuxc.project.scaffold import config_for
+from gpuxc.project.signature import check_signature
+from gpuxc.targets import Artifact, RuntimeSpec, Target
 
 PAYLOADS: dict[str, str] = {
     "quotes": 'it\'s "quoted"',
@@ -379,7 +379,7 @@ def _value_doc(case: Case, value: str) -> None:
 
 # A NUL in a graph input/output name: zipfile cuts reference entry names at the NUL, so the
 # bundle's reference data no longer matches its names and `python <bundle> verify` fails
-# (gpuxc/model.py should refuse such a name, or bundle.write_npz store it whole).
+# (gpuxc/project/model.py should refuse such a name, or bundle.write_npz store it whole).
 
 MODEL_SOURCES = [
     # A NUL would cut the name short in reference/*.npz (zip member names end there): refused.

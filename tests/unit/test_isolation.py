@@ -1,4 +1,4 @@
-"""gpuxc.isolation: the model's first load and ONNX Runtime session run in a child process under a
+"""gpuxc.project.isolation: the model's first load and ONNX Runtime session run in a child process under a
 memory limit and a clock; a child that crashes or runs over becomes one clear error, the caller lives.
 
 No model is known to crash this ONNX Runtime, so crashes are made with the test hook
@@ -20,11 +20,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from fixtures import models
-from gpuxc import isolation
+from gpuxc.build.pipeline import load_project
 from gpuxc.errors import ConfigError, ExitCode, ModelCrashed, ModelError, ModelLimitExceeded
-from gpuxc.model import load_model
-from gpuxc.pipeline import load_project
-from gpuxc.reference import make_inputs, run_onnxruntime
+from gpuxc.project import isolation
+from gpuxc.project.model import load_model
+from gpuxc.project.reference import make_inputs, run_onnxruntime
 from tests.unit.test_hostile_models import constant_of_shape_bomb, relu_model, save
 
 GIB = 1 << 30
@@ -59,7 +59,7 @@ def test_ordinary_models_compile_entry_under_the_default_limit(build, tmp_path: 
 
 
 def test_real_model_loads_and_runs_under_the_default_limit(magika_model: Path, tmp_path: Path) -> None:
-    from gpuxc.config import load_config
+    from gpuxc.project.config import load_config
 
     assert isolation.memory_limit() == isolation.physical_memory()
     loaded = isolation.load_model(magika_model)

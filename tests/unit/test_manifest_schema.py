@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from fixtures import models
-from gpuxc.errors import BundleError
-from gpuxc.manifest import (
+from gpuxc.build.pipeline import compile_project
+from gpuxc.bundle.manifest import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -20,24 +20,24 @@ from gpuxc.manifest import (
     json_schema,
     read_manifest,
 )
-from gpuxc.pipeline import compile_project
+from gpuxc.errors import BundleError
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_DOC = REPO / "docs" / "bundle-format.schema.json"
 
 
 def test_documented_schema_equals_the_generated_one() -> None:
-    assert SCHEMA_DOC.is_file(), "regenerate with: python -m gpuxc.manifest > docs/bundle-format.schema.json"
+    assert SCHEMA_DOC.is_file(), "regenerate with: python -m gpuxc.bundle.manifest > docs/bundle-format.schema.json"
     documented = json.loads(SCHEMA_DOC.read_text(encoding="utf-8"))
     assert documented == json_schema(), (
         "docs/bundle-format.schema.json is out of date; regenerate it with "
-        "`python -m gpuxc.manifest > docs/bundle-format.schema.json`"
+        "`python -m gpuxc.bundle.manifest > docs/bundle-format.schema.json`"
     )
 
 
 def test_python_m_gpuxc_manifest_prints_the_schema() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "gpuxc.manifest"],
+        [sys.executable, "-m", "gpuxc.bundle.manifest"],
         capture_output=True,
         text=True,
         check=True,

@@ -1,4 +1,4 @@
-"""gpuxc.model.load_model: signatures, hashes, and external data that must stay in its folder."""
+"""gpuxc.project.model.load_model: signatures, hashes, and external data that must stay in its folder."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import onnx.parser
 import pytest
 
 from fixtures import models
-from gpuxc import model as gpuxc_model
 from gpuxc.errors import ModelError, UnsafeModelError
-from gpuxc.model import load_model
+from gpuxc.project import model as gpuxc_model
+from gpuxc.project.model import load_model
 
 
 def saved(tmp_path: Path, proto: onnx.ModelProto, name: str = "model.onnx", **kwargs: Any) -> Path:

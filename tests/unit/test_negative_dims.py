@@ -7,9 +7,9 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-from gpuxc.model import load_model
 from gpuxc.passes import PassContext, PassManager, PassSpec
 from gpuxc.plugin import get_registry
+from gpuxc.project.model import load_model
 
 
 def paddle_style(tmp_path: Path) -> Path:

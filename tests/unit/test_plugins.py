@@ -13,14 +13,14 @@ import pytest
 from gpuxc.errors import PluginError, TargetUnavailable
 from gpuxc.plugin import manager, spec
 from gpuxc.plugin.manager import DISABLE_AUTOLOAD_ENV, build_registry, get_registry
-from gpuxc.target import Target
+from gpuxc.targets import Target
 
 REPO = Path(__file__).resolve().parents[2]
 _ids = itertools.count()
 
 TARGET_PLUGIN = """
 from gpuxc.plugin import hookimpl
-from gpuxc.target import Target
+from gpuxc.targets import Target
 
 
 class FooTarget(Target):
@@ -135,7 +135,7 @@ def test_registering_a_non_target_class_is_an_error(tmp_path: Path, monkeypatch:
 def test_registering_a_target_as_a_pass_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = """
     from gpuxc.plugin import hookimpl
-    from gpuxc.target import Target
+    from gpuxc.targets import Target
 
     class Confused(Target):
         name = "confused"
@@ -159,7 +159,7 @@ def test_target_names_must_be_plain(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_target_options_must_be_a_pydantic_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = """
     from gpuxc.plugin import hookimpl
-    from gpuxc.target import Target
+    from gpuxc.targets import Target
 
     class BadOptions(Target):
         name = "bad-options"
@@ -210,7 +210,7 @@ def test_entry_point_must_name_a_module(tmp_path: Path, monkeypatch: pytest.Monk
 def test_misspelt_hook_is_an_error_not_silence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = """
     from gpuxc.plugin import hookimpl
-    from gpuxc.target import Target
+    from gpuxc.targets import Target
 
     class FooTarget(Target):
         name = "foo"

@@ -1,4 +1,4 @@
-"""gpuxc.reference: concrete shapes, deterministic inputs, calibration samples."""
+"""gpuxc.project.reference: concrete shapes, deterministic inputs, calibration samples."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import onnx.parser
 import pytest
 
 from fixtures import models
-from gpuxc.config import GpuxConfig, load_config
 from gpuxc.errors import ConfigError, ReferenceError_
-from gpuxc.model import LoadedModel, load_model
-from gpuxc.reference import (
+from gpuxc.project.config import GpuxConfig, load_config
+from gpuxc.project.model import LoadedModel, load_model
+from gpuxc.project.reference import (
     DEFAULT_DIM,
     DEFAULT_SPATIAL,
     index_bounds,

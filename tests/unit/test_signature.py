@@ -1,4 +1,4 @@
-"""gpuxc.signature.check_signature: what gpux.yml declares against what the model is."""
+"""gpuxc.project.signature.check_signature: what gpux.yml declares against what the model is."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import onnx
 import pytest
 
 from fixtures import models
-from gpuxc.config import load_config
 from gpuxc.errors import SignatureMismatch
-from gpuxc.model import load_model
-from gpuxc.signature import bundle_io, check_signature
+from gpuxc.project.config import load_config
+from gpuxc.project.model import load_model
+from gpuxc.project.signature import bundle_io, check_signature
 
 CFG = str(Path("project1", "gpux.yml"))  # make_project numbers its folders; one project per test
 HEAD = "name: demo\nmodel:\n  source: ./model.onnx\n"  # lines 1-3

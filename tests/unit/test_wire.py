@@ -1,4 +1,4 @@
-"""gpuxc/wire.py: what the model-isolation child sends back is data, never code (no pickle)."""
+"""gpuxc/project/wire.py: what the model-isolation child sends back is data, never code (no pickle)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fixtures import models
-from gpuxc import wire
-from gpuxc.model import load_model
+from gpuxc.project import wire
+from gpuxc.project.model import load_model
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,8 +22,8 @@ from gpuxc.errors import ModelError, ReferenceError_, first_line
 if TYPE_CHECKING:
     from onnx import ModelProto
 
-    from gpuxc.config import GpuxConfig
-    from gpuxc.model import ModelSignature, TensorInfo
+    from gpuxc.project.config import GpuxConfig
+    from gpuxc.project.model import ModelSignature, TensorInfo
 
 # Symbolic dims with no value from gpux.yml: an image-like rank-4 float input gets 224x224
 # spatial dims (what most CNNs are trained on); any other unknown dim gets 16.
@@ -206,9 +206,9 @@ def index_bounds(model: ModelProto) -> dict[str, int]:
 
 
 def load_calibration_sample(config: GpuxConfig, signature: ModelSignature) -> dict[str, np.ndarray]:
-    """The first sample of ``build.calibration.data`` (any layout of :mod:`gpuxc.calibration`),
+    """The first sample of ``build.calibration.data`` (any layout of :mod:`gpuxc.project.calibration`),
     checked against the signature; errors point at ``build.calibration.data`` in gpux.yml."""
-    from gpuxc.calibration import load_samples
+    from gpuxc.project.calibration import load_samples
 
     assert config.build.calibration is not None and config.build.calibration.data is not None
     where = config.where("build", "calibration", "data")
@@ -221,7 +221,7 @@ def run_onnxruntime(model: Path | bytes, inputs: dict[str, np.ndarray], provider
                     ) -> dict[str, np.ndarray]:  # fmt: skip
     """Run a model file in ONNX Runtime; returns outputs by name.
 
-    ``on_stage`` hears "creating a session" and "running the reference inputs" (gpuxc/isolation.py
+    ``on_stage`` hears "creating a session" and "running the reference inputs" (gpuxc/project/isolation.py
     names the stage a crashed child was in).
     """
     import onnxruntime as ort

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from gpuxc.errors import ConfigError
-from gpuxc.isolation import load_model
+from gpuxc.project.isolation import load_model
 
 
 def config_for(model: Path, name: str | None = None, source: str | None = None) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Bundle format v1: the manifest ``gpux-bundle.json`` (documented in docs/bundle-format.md).
 
 The JSON Schema in docs/bundle-format.schema.json is generated from these
-models (``python -m gpuxc.manifest``); a test fails when the two drift apart.
+models (``python -m gpuxc.bundle.manifest``); a test fails when the two drift apart.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_jsonable_python
 
-from gpuxc.bundle import MANIFEST_NAME  # noqa: F401 (re-exported; the bundle layout is defined there)
-from gpuxc.model import ModelSignature
+from gpuxc.bundle.writer import MANIFEST_NAME  # noqa: F401 (re-exported; the bundle layout is defined there)
 from gpuxc.passes import PassRecord
+from gpuxc.project.model import ModelSignature
 
 FORMAT = "gpux-bundle"
 FORMAT_VERSION = 1

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from gpuxc.passes import PassSpec
 
 if TYPE_CHECKING:
-    from gpuxc.config import GpuxConfig
-    from gpuxc.target import Variant
+    from gpuxc.project.config import GpuxConfig
+    from gpuxc.targets import Variant
 
 
 def onnx_plan(

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gpuxc.errors import GpuxcError, PassError, PluginError, first_line
 
+__all__ = ["PassConfig", "PassResult", "PassContext", "PassSpec", "PassRecord", "PassSkipped", "Pass", "PassManager"]
 
 class PassConfig(BaseModel):
     """Base of every pass's typed parameters."""

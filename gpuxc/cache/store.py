@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuxc import __version__
-from gpuxc.bundle import remove_abandoned_staging
+from gpuxc.bundle.writer import remove_abandoned_staging
 from gpuxc.digests import sha256_file, tree_digest
 from gpuxc.errors import CacheError
 
@@ -116,7 +116,7 @@ def cpu_facts() -> dict[str, str]:
 
 
 def host_facts() -> dict[str, Any]:
-    from gpuxc.runtime_versions import version_of
+    from gpuxc.bundle.requirements import version_of
 
     return {
         "system": platform.system().lower(),

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from gpuxc.bundle.manifest import read_manifest
 from gpuxc.compare import compare, worst_of
 from gpuxc.errors import BundleError, ConfigError, TargetUnavailable
-from gpuxc.isolation import load_model, run_onnxruntime
-from gpuxc.manifest import read_manifest
 from gpuxc.plugin import get_registry
-from gpuxc.reference import generate, index_bounds
-from gpuxc.target import Artifact
+from gpuxc.project.isolation import load_model, run_onnxruntime
+from gpuxc.project.reference import generate, index_bounds
+from gpuxc.targets import Artifact
 
 # Fresh samples use seeds past the reference's (build.seed) so they are new data.
 FRESH_SEED_BASE = 1_000_003

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from gpuxc.errors import ConfigError
-from gpuxc.yamlsource import SourceMap, load_yaml
+from gpuxc.project.yamlsource import SourceMap, load_yaml
 
 CONFIG_NAMES = ("gpux.yml", "gpux.yaml")
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpuxc.config import GpuxConfig, TensorSpec, did_you_mean
+from gpuxc.bundle.manifest import TensorSpecOut
 from gpuxc.errors import SignatureMismatch
-from gpuxc.manifest import TensorSpecOut
-from gpuxc.model import ModelSignature, TensorInfo
+from gpuxc.project.config import GpuxConfig, TensorSpec, did_you_mean
+from gpuxc.project.model import ModelSignature, TensorInfo
 
 
 def check_signature(config: GpuxConfig, signature: ModelSignature) -> None:

@@ -23,9 +23,9 @@ from gpuxc.errors import BundleError, ConfigError
 if TYPE_CHECKING:
     import numpy as np
 
-    from gpuxc.manifest import FileEntry, Manifest
+    from gpuxc.bundle.manifest import FileEntry, Manifest
 
-# The manifest's file name (gpuxc.manifest re-exports it); defined here, where the layout is.
+# The manifest's file name (gpuxc.bundle.manifest re-exports it); defined here, where the layout is.
 MANIFEST_NAME = "gpux-bundle.json"
 
 # numpy, jinja2, onnx and the manifest models are imported where used: a warm rebuild from the build cache stages,
@@ -245,7 +245,7 @@ def _storable(value: np.ndarray) -> np.ndarray:
 
 def write_runner(bundle: Path, context: dict[str, Any], adapter: str, extra_dirs: tuple[Path, ...] = ()) -> None:
     """Render the runner templates and the target's adapter into ``bundle``."""
-    from gpuxc.codegen import PACKAGE_DIR, render
+    from gpuxc.bundle.codegen import PACKAGE_DIR, render
 
     files = dict(RUNNER_TEMPLATES)
     files[adapter] = "runner/runtime.py"
@@ -258,7 +258,7 @@ def write_runner(bundle: Path, context: dict[str, Any], adapter: str, extra_dirs
 
 
 def file_entries(bundle: Path) -> list[FileEntry]:
-    from gpuxc.manifest import FileEntry
+    from gpuxc.bundle.manifest import FileEntry
 
     entries = []
     for path in sorted(p for p in bundle.rglob("*") if p.is_file()):

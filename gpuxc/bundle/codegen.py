@@ -24,7 +24,7 @@ from gpuxc.errors import GpuxcError
 if TYPE_CHECKING:
     import jinja2  # imported in environment(): a warm rebuild needs template_root() only
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the installed gpuxc package
 
 
 def template_root() -> Path:

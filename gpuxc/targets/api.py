@@ -21,10 +21,12 @@ if TYPE_CHECKING:
     import numpy as np
     from onnx import ModelProto
 
-    from gpuxc.config import GpuxConfig
-    from gpuxc.model import ModelSignature
     from gpuxc.passes import PassSpec
+    from gpuxc.project.config import GpuxConfig
+    from gpuxc.project.model import ModelSignature
 
+
+__all__ = ["TargetOptions", "Availability", "RuntimeSpec", "Variant", "CompileContext", "Artifact", "Target"]
 
 class TargetOptions(BaseModel):
     """Base of every target's options (``build.options.<target>`` in gpux.yml)."""

@@ -13,7 +13,7 @@ import onnx
 from onnx import ModelProto
 from pydantic import BaseModel
 
-from gpuxc.model import infer_shapes, iter_tensors
+from gpuxc.project.model import infer_shapes, iter_tensors
 
 
 class MemoryEstimate(BaseModel):

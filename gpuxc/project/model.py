@@ -10,7 +10,7 @@ do is bounded before the expensive or native steps run: the file size (protobuf'
 (against the file's real size and the tensor's declared size). Nesting depth is
 bounded by protobuf's own parser (100 messages). The native steps themselves
 (checker, shape inference, ONNX Runtime) run in a child process during a compile:
-see gpuxc/isolation.py.
+see gpuxc/project/isolation.py.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpuxc import bundle
-from gpuxc.bundle import BundleResult
-from gpuxc.cache import (
+from gpuxc.bundle import writer as bundle
+from gpuxc.bundle.writer import BundleResult
+from gpuxc.cache.store import (
     BuildCache,
     cache_disabled_by_env,
     code_digest,
@@ -25,8 +25,8 @@ from gpuxc.cache import (
     key_document,
     key_of,
 )
-from gpuxc.config import GpuxConfig, find_config, load_config
 from gpuxc.digests import sha256_file, tree_digest
+from gpuxc.project.config import GpuxConfig, find_config, load_config
 
 Progress = Callable[[str], None]
 
@@ -56,7 +56,7 @@ def load_build_config(path: Path, config_path: Path | None, precision: str | Non
 
 def build_key(config: GpuxConfig, target: str, reproducible: bool) -> CacheKey | None:
     """The cache key of one target's build; None when an input is missing (the build reports it)."""
-    from gpuxc.codegen import template_root
+    from gpuxc.bundle.codegen import template_root
     from gpuxc.plugin.manager import plugin_module_names
 
     try:

@@ -1,7 +1,7 @@
 """``gpuxc bench``: latency, throughput and peak memory of bundles, side by side with raw ONNX Runtime.
 
 Every measurement runs in its own child process (the bundle's own runner, or
-``python -m gpuxc.bench raw`` for the plain model) so that peak RSS belongs to
+``python -m gpuxc.bundle.bench raw`` for the plain model) so that peak RSS belongs to
 that model alone and one session's threads never compete with another's. With
 ``--compare``, the raw model and the bundles take turns for several rounds and
 the median of each one's p50s is compared.
@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gpuxc.bundle.manifest import read_manifest
 from gpuxc.errors import BundleError, GpuxcError
-from gpuxc.manifest import read_manifest
 
 
 def bench_bundle(bundle: Path, runs: int, warmup: int, threads: int | None) -> dict[str, Any]:
@@ -31,7 +31,7 @@ def bench_bundle(bundle: Path, runs: int, warmup: int, threads: int | None) -> d
 
 
 def bench_raw(model: Path, inputs: Path, runs: int, warmup: int, threads: int | None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "gpuxc.bench", "raw", str(model), str(inputs), "--runs", str(runs),
+    cmd = [sys.executable, "-m", "gpuxc.bundle.bench", "raw", str(model), str(inputs), "--runs", str(runs),
            "--warmup", str(warmup)]  # fmt: skip
     if threads:
         cmd += ["--threads", str(threads)]
@@ -93,7 +93,7 @@ def table(summary: dict[str, Any]) -> list[str]:
 
 def _raw_main(argv: list[str]) -> int:
     """Child process: the plain model in a default ONNX Runtime session."""
-    parser = argparse.ArgumentParser(prog="python -m gpuxc.bench raw")
+    parser = argparse.ArgumentParser(prog="python -m gpuxc.bundle.bench raw")
     parser.add_argument("model")
     parser.add_argument("inputs")
     parser.add_argument("--runs", type=int, default=100)
@@ -132,5 +132,6 @@ if __name__ == "__main__":
         except GpuxcError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(int(exc.exit_code)) from None
-    print("usage: python -m gpuxc.bench raw MODEL INPUTS.npz [--runs N] [--warmup N] [--threads N]", file=sys.stderr)
+    usage = "usage: python -m gpuxc.bundle.bench raw MODEL INPUTS.npz [--runs N] [--warmup N] [--threads N]"
+    print(usage, file=sys.stderr)
     raise SystemExit(2)

@@ -23,7 +23,7 @@ without a word, or swaps and brings in the OOM killer. Here each step runs in a 
 
 This contains crashes and resource exhaustion. It is not a sandbox: the child runs with the
 user's rights and can read what the user can (external data containment is enforced before,
-by gpuxc/model.py). Linux only; elsewhere, or with ``GPUXC_ISOLATION=0``, the steps run in
+by gpuxc/project/model.py). Linux only; elsewhere, or with ``GPUXC_ISOLATION=0``, the steps run in
 process with no limits. ``GPUXC_ISOLATION_TEST_FAULT=abort|segv[:load|:run]`` makes the child
 crash at the start of a step: a test hook, since no model is known to crash ONNX Runtime.
 """
@@ -46,13 +46,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpuxc import errors, wire
+from gpuxc import errors
 from gpuxc.errors import ConfigError, GpuxcError, ModelCrashed, ModelLimitExceeded, first_line
+from gpuxc.project import wire
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from gpuxc.model import LoadedModel
+    from gpuxc.project.model import LoadedModel
 
 MEMORY_ENV = "GPUXC_MODEL_MEMORY_LIMIT"
 TIMEOUT_ENV = "GPUXC_MODEL_TIMEOUT"
@@ -62,7 +63,7 @@ DEFAULT_TIMEOUT_S = 900.0
 # A loaded model up to this size comes back from the child whole; a bigger one is loaded again
 # in process (the same deterministic steps the child just finished).
 SEND_BACK_BYTES = 256 << 20
-PRELOAD = ("numpy", "onnx", "onnxruntime", "gpuxc.model", "gpuxc.reference")
+PRELOAD = ("numpy", "onnx", "onnxruntime", "gpuxc.project.model", "gpuxc.project.reference")
 _START_TIMEOUT_S = 120.0
 _ALLOC_RE = re.compile(r"bad_alloc|Failed to allocate|[Cc]annot allocate memory|MemoryError|[Oo]ut of memory")
 _SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?\s*", re.IGNORECASE)
@@ -130,8 +131,8 @@ def size_text(n: int) -> str:
 
 
 def load_model(path: Path) -> LoadedModel:
-    """:func:`gpuxc.model.load_model` (parse, checks, shape inference) in a child process."""
-    from gpuxc import model
+    """:func:`gpuxc.project.model.load_model` (parse, checks, shape inference) in a child process."""
+    from gpuxc.project import model
 
     loaded = run_isolated("load", Path(path), model_path=Path(path), first_stage=("onnx", "loading the model"))
     return loaded if loaded is not None else model.load_model(path)
@@ -139,13 +140,13 @@ def load_model(path: Path) -> LoadedModel:
 
 def run_onnxruntime(path: Path, inputs: dict[str, np.ndarray], providers: list[str] | None = None,
                     level: str = "all") -> dict[str, np.ndarray]:  # fmt: skip
-    """:func:`gpuxc.reference.run_onnxruntime` on a model file (session and first run) in a child process."""
+    """:func:`gpuxc.project.reference.run_onnxruntime` on a model file (session and first run) in a child process."""
     return run_isolated("run", Path(path), inputs, providers, level, model_path=Path(path),
                         first_stage=("ONNX Runtime", "creating a session"))  # fmt: skip
 
 
 def _load_step(path: Path) -> LoadedModel | None:
-    from gpuxc import model
+    from gpuxc.project import model
 
     _test_fault("load")
     loaded = model.load_model(path)
@@ -153,7 +154,7 @@ def _load_step(path: Path) -> LoadedModel | None:
 
 
 def _run_step(path: Path, inputs: dict[str, Any], providers: list[str] | None, level: str) -> dict[str, Any]:
-    from gpuxc import reference
+    from gpuxc.project import reference
 
     def on_stage(doing: str) -> None:
         stage("ONNX Runtime", doing)
@@ -183,7 +184,7 @@ def stage(library: str, doing: str) -> None:
 def run_isolated(step: str, *args: Any, model_path: Path, first_stage: tuple[str, str]) -> Any:
     """``STEPS[step](*args)`` in a child process (in process when :func:`enabled` is false).
 
-    Arguments and results travel as plain data (gpuxc/wire.py, never as code); a
+    Arguments and results travel as plain data (gpuxc/project/wire.py, never as code); a
     :class:`GpuxcError` the step raises comes back as its class name and message; a child that
     dies, goes over the memory limit or the clock becomes a one-line ModelError.
     """
@@ -328,7 +329,7 @@ class _Server:
         env["GPUXC_ISOLATION_SYSPATH"] = json.dumps(sys.path)
         env.setdefault("OPENBLAS_NUM_THREADS", "1")  # fewer threads in a process that forks
         code = ("import json, os, sys; sys.path[:] = json.loads(os.environ['GPUXC_ISOLATION_SYSPATH']); "
-                "from gpuxc.isolation import _serve; _serve()")  # fmt: skip
+                "from gpuxc.project.isolation import _serve; _serve()")  # fmt: skip
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, env=env, close_fds=True)  # fmt: skip
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -448,7 +449,7 @@ def _warm_up() -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    from gpuxc import model, reference
+    from gpuxc.project import model, reference
 
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "w"], ["y"])],

@@ -1,4 +1,4 @@
-"""A data-only message format between gpuxc and its model-isolation child (gpuxc/isolation.py).
+"""A data-only message format between gpuxc and its model-isolation child (gpuxc/project/isolation.py).
 
 No pickle: a message from a child that ran untrusted model code must not be able to make the
 parent run code. A message is a JSON tree plus raw blobs; only these kinds travel:
@@ -87,7 +87,7 @@ def _enc(value: Any, blobs: list[bytes], depth: int) -> Any:
         np.lib.format.write_array(buffer, array, allow_pickle=False)
         blobs.append(buffer.getvalue())
         return {"$array": len(blobs) - 1, "scalar": isinstance(value, np.generic)}
-    from gpuxc.model import LoadedModel
+    from gpuxc.project.model import LoadedModel
 
     if isinstance(value, LoadedModel):
         blobs.append(value.proto.SerializeToString())
@@ -159,7 +159,7 @@ def _ml_array(index: int, name: str, shape: list[int], blobs: list[bytes]) -> An
 def _model(index: int, path: str, signature: dict[str, Any], blobs: list[bytes]) -> Any:
     import onnx
 
-    from gpuxc.model import LoadedModel, ModelSignature
+    from gpuxc.project.model import LoadedModel, ModelSignature
 
     proto = onnx.ModelProto()
     proto.ParseFromString(blobs[index])

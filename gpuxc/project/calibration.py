@@ -16,7 +16,7 @@ the model's float (NumPy writes float64 by default), integers to the model's int
 when every value fits; never across kinds (int to float, float to int, bool to int).
 
 ``random_samples`` generates inputs with the generator of the reference inputs
-(:func:`gpuxc.reference.generate`), from seeds derived from ``seed`` but never equal to it.
+(:func:`gpuxc.project.reference.generate`), from seeds derived from ``seed`` but never equal to it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from gpuxc.errors import ConfigError, first_line
 if TYPE_CHECKING:
     from onnx import ModelProto
 
-    from gpuxc.model import ModelSignature, TensorInfo
+    from gpuxc.project.model import ModelSignature, TensorInfo
 
 __all__ = ["load_samples", "random_samples", "resolve_model_shapes"]
 
@@ -70,13 +70,13 @@ def load_samples(data: Path, signature: ModelSignature, samples: int, *, where: 
 def random_samples(signature: ModelSignature, shapes: dict[str, list[int]], n: int, seed: int,
                    model: ModelProto) -> list[Sample]:  # fmt: skip
     """``n`` generated samples of the given concrete ``shapes``, drawn like the reference inputs
-    (:func:`gpuxc.reference.generate`: realistic values per dtype, token ids inside the vocabulary).
+    (:func:`gpuxc.project.reference.generate`: realistic values per dtype, token ids inside the vocabulary).
 
     Each sample has its own seed derived from ``seed``, never ``seed`` itself: the reference
     inputs (drawn from ``build.seed``) are not among them, so verification does not run on the
     data a quantizer was calibrated on.
     """
-    from gpuxc.reference import generate, index_bounds
+    from gpuxc.project.reference import generate, index_bounds
 
     bounds = index_bounds(model)
     seeds = np.random.SeedSequence([seed, _CALIBRATION_STREAM]).generate_state(n)
@@ -86,9 +86,9 @@ def random_samples(signature: ModelSignature, shapes: dict[str, list[int]], n: i
 def resolve_model_shapes(signature: ModelSignature, given: dict[str, list[int]] | None = None,
                          defaults: tuple[int, int] | None = None) -> dict[str, list[int]]:  # fmt: skip
     """Concrete input shapes without a gpux.yml: ``given`` shapes first, then the model's fixed
-    dims, then the rules of :func:`gpuxc.reference.resolve_shapes` (batch 1, ``defaults``)."""
-    from gpuxc.config import GpuxConfig
-    from gpuxc.reference import DEFAULT_DIM, DEFAULT_SPATIAL, resolve_shapes
+    dims, then the rules of :func:`gpuxc.project.reference.resolve_shapes` (batch 1, ``defaults``)."""
+    from gpuxc.project.config import GpuxConfig
+    from gpuxc.project.reference import DEFAULT_DIM, DEFAULT_SPATIAL, resolve_shapes
 
     config = GpuxConfig.model_validate(
         {"name": "shapes", "model": {"source": "model.onnx"}, "build": {"shapes": dict(given or {})}}

@@ -31,11 +31,14 @@ import onnx
 from pydantic import ValidationError
 
 # isolation: the untrusted model's first load and ONNX Runtime session run in a child process.
-from gpuxc import __version__, bundle, isolation, warm
-from gpuxc.bundle import BundleResult
-from gpuxc.calibration import load_samples
+from gpuxc import __version__
+from gpuxc.bundle import writer as bundle
+from gpuxc.project import isolation
+from gpuxc.cache import restore as warm
+from gpuxc.bundle.writer import BundleResult
+from gpuxc.project.calibration import load_samples
 from gpuxc.compare import DEFAULT_TOLERANCE, compare, worst_of
-from gpuxc.config import GpuxConfig, did_you_mean, find_config, load_config
+from gpuxc.project.config import GpuxConfig, did_you_mean, find_config, load_config
 from gpuxc.errors import (
     CompileError,
     ConfigError,
@@ -47,7 +50,7 @@ from gpuxc.errors import (
     VerificationFailed,
     first_line,
 )
-from gpuxc.manifest import (
+from gpuxc.bundle.manifest import (
     ArtifactInfo,
     BuildInfo,
     HostInfo,
@@ -58,12 +61,12 @@ from gpuxc.manifest import (
     SourceInfo,
     Verification,
 )
-from gpuxc.memory import MemoryEstimate, activation_bytes, human
-from gpuxc.memory import estimate as memory_estimate
-from gpuxc.model import LoadedModel, describe
+from gpuxc.build.memory import MemoryEstimate, activation_bytes, human
+from gpuxc.build.memory import estimate as memory_estimate
+from gpuxc.project.model import LoadedModel, describe
 from gpuxc.passes import PassContext, PassManager, PassRecord
 from gpuxc.plugin import get_registry
-from gpuxc.reference import (
+from gpuxc.project.reference import (
     DEFAULT_DIM,
     DEFAULT_SPATIAL,
     FALLBACK_SIZES,
@@ -74,9 +77,9 @@ from gpuxc.reference import (
     resolve_shapes,
     run_onnxruntime,
 )
-from gpuxc.runtime_versions import SERVE_DISTS, pinned, version_of
-from gpuxc.signature import bundle_io, check_signature
-from gpuxc.target import Artifact, CompileContext, Target, Variant
+from gpuxc.bundle.requirements import SERVE_DISTS, pinned, version_of
+from gpuxc.project.signature import bundle_io, check_signature
+from gpuxc.targets import Artifact, CompileContext, Target, Variant
 
 Progress = Callable[[str], None]
 # Lossy variants are verified on the reference input plus this many more.

@@ -1,0 +1,1 @@
+"""The bundle: its layout, manifest, runner code generation, writing, publishing, archives."""

@@ -1,0 +1,1 @@
+"""The build cache: content-addressed bundles restored before any heavy import."""
