@@ -31,6 +31,7 @@ import onnx
 from pydantic import ValidationError
 
 # isolation: the untrusted model's first load and ONNX Runtime session run in a child process.
+from gpuxc.bundle import layout
 from gpuxc import __version__
 from gpuxc.bundle import writer as bundle
 from gpuxc.project import isolation
@@ -66,6 +67,7 @@ from gpuxc.build.memory import estimate as memory_estimate
 from gpuxc.project.model import LoadedModel, describe
 from gpuxc.passes import PassContext, PassManager, PassRecord
 from gpuxc.plugin import get_registry
+from gpuxc.ort_session import run_onnxruntime
 from gpuxc.project.reference import (
     DEFAULT_DIM,
     DEFAULT_SPATIAL,
@@ -75,7 +77,6 @@ from gpuxc.project.reference import (
     load_calibration_sample,
     make_inputs,
     resolve_shapes,
-    run_onnxruntime,
 )
 from gpuxc.bundle.requirements import SERVE_DISTS, pinned, version_of
 from gpuxc.project.signature import bundle_io, check_signature
@@ -253,7 +254,7 @@ class Candidate:
         metrics = self.verification.outputs if self.verification else {}
         cosines = [m["cosine"] for m in metrics.values() if isinstance(m, dict) and "cosine" in m]
         max_abs = [m["max_abs"] for m in metrics.values() if isinstance(m, dict) and "max_abs" in m]
-        size = sum(p.stat().st_size for p in (self.root / "model").rglob("*") if p.is_file()) if self.artifact else None
+        size = sum(p.stat().st_size for p in (self.root / layout.MODEL_DIR).rglob("*") if p.is_file()) if self.artifact else None
         return {
             "name": self.variant.name,
             "precision": self.variant.precision,
@@ -302,14 +303,14 @@ def compile_target(
                 raise VerificationFailed(_failure_message(target, chosen), hint=_failure_hint(chosen))
         else:
             candidates = [
-                _try_candidate(project, target, options, v, stage / ".candidates" / v.name, workdir, tsay, i == 0)
+                _try_candidate(project, target, options, v, stage / layout.CANDIDATES_DIR / v.name, workdir, tsay, i == 0)
                 for i, v in enumerate(variants)
             ]
             _check_budget(project, candidates, tsay, fixed=False)
             chosen = _choose(target, candidates, project.reference_inputs, tsay)
             summaries = [c.summary(candidates[0].latency_ms) for c in candidates]  # before the folders go
-            os.rename(chosen.root / "model", stage / "model")
-            shutil.rmtree(stage / ".candidates")
+            os.rename(chosen.root / layout.MODEL_DIR, stage / layout.MODEL_DIR)
+            shutil.rmtree(stage / layout.CANDIDATES_DIR)
             chosen.root = stage
         assert chosen.artifact is not None and chosen.verification is not None and chosen.model is not None
         _print_report(chosen.verification, tsay)
@@ -669,8 +670,8 @@ def _manifest(project: Project, target: Target, build: BuildInfo, artifact: Any,
             max_queue_delay=config.serving.max_queue_delay,
         ),  # fmt: skip
         reference=ReferenceInfo(
-            inputs="reference/inputs.npz",
-            outputs="reference/outputs.npz",
+            inputs=layout.REFERENCE_INPUTS,
+            outputs=layout.REFERENCE_OUTPUTS,
             origin=project.reference_origin,
             seed=config.build.seed,  # type: ignore[arg-type]
             shapes=project.reference_shapes,

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gpuxc.bundle import layout
 from gpuxc.bundle.manifest import read_manifest
 from gpuxc.errors import BundleError, GpuxcError
 
@@ -56,7 +57,7 @@ def compare_runs(model: Path, bundles: list[Path], runs: int, warmup: int, threa
         raise BundleError("--compare needs at least one bundle")
     for b in bundles:
         read_manifest(b)
-    inputs = bundles[0] / "reference" / "inputs.npz"
+    inputs = bundles[0] / layout.REFERENCE_INPUTS
     rows: dict[str, list[dict[str, Any]]] = {"raw": [], **{str(b): [] for b in bundles}}
     for _ in range(rounds):
         rows["raw"].append(bench_raw(model, inputs, runs, warmup, threads))

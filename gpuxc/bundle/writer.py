@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpuxc.bundle import layout
 from gpuxc.digests import sha256_file
 from gpuxc.errors import BundleError, ConfigError
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from gpuxc.bundle.manifest import FileEntry, Manifest
 
 # The manifest's file name (gpuxc.bundle.manifest re-exports it); defined here, where the layout is.
-MANIFEST_NAME = "gpux-bundle.json"
+from gpuxc.bundle.layout import MANIFEST_NAME  # noqa: E402,F401 (re-exported)
 
 # numpy, jinja2, onnx and the manifest models are imported where used: a warm rebuild from the build cache stages,
 # archives and publishes bundles without loading them.
@@ -176,7 +177,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def write_reference(bundle: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
-    ref = bundle / "reference"
+    ref = bundle / layout.REFERENCE_DIR
     ref.mkdir(parents=True, exist_ok=True)
     write_npz(ref / "inputs.npz", {k: _storable(v) for k, v in inputs.items()})
     write_npz(ref / "outputs.npz", {k: _storable(v) for k, v in outputs.items()})
@@ -254,7 +255,7 @@ def write_runner(bundle: Path, context: dict[str, Any], adapter: str, extra_dirs
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(render(template, context, extra_dirs), encoding="utf-8")
     # One implementation of the comparison for gpuxc and every bundle: copied verbatim.
-    shutil.copyfile(PACKAGE_DIR / "compare.py", bundle / "runner" / "compare.py")
+    shutil.copyfile(PACKAGE_DIR / "compare.py", bundle / layout.RUNNER_DIR / "compare.py")
 
 
 def file_entries(bundle: Path) -> list[FileEntry]:

@@ -22,6 +22,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from gpuxc import __version__
+from gpuxc.bundle import layout
 from gpuxc.errors import BundleError, ConfigError, ExitCode, GpuxcError, first_line
 
 app = typer.Typer(
@@ -369,7 +370,7 @@ def _delegate(command: str) -> Callable[..., None]:
         bundle: Annotated[Path, typer.Argument(help="A bundle folder made by gpuxc compile.")],
         verbose: VerboseOpt = False,
     ) -> None:
-        if not (bundle / "gpux-bundle.json").is_file() or not (bundle / "__main__.py").is_file():
+        if not (bundle / layout.MANIFEST_NAME).is_file() or not (bundle / layout.MAIN).is_file():
             raise BundleError(f"{bundle}: not a gpuxc bundle (no gpux-bundle.json / __main__.py)")
         env = dict(os.environ)
         code = subprocess.call([sys.executable, str(bundle), command, *ctx.args], env=env)
@@ -386,7 +387,7 @@ for _name in ("run", "serve"):
 
 
 def _require_bundle(bundle: Path) -> None:
-    if not (bundle / "gpux-bundle.json").is_file() or not (bundle / "__main__.py").is_file():
+    if not (bundle / layout.MANIFEST_NAME).is_file() or not (bundle / layout.MAIN).is_file():
         raise BundleError(f"{bundle}: not a gpuxc bundle (no gpux-bundle.json / __main__.py)")
 
 

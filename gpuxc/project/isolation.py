@@ -63,7 +63,7 @@ DEFAULT_TIMEOUT_S = 900.0
 # A loaded model up to this size comes back from the child whole; a bigger one is loaded again
 # in process (the same deterministic steps the child just finished).
 SEND_BACK_BYTES = 256 << 20
-PRELOAD = ("numpy", "onnx", "onnxruntime", "gpuxc.project.model", "gpuxc.project.reference")
+PRELOAD = ("numpy", "onnx", "onnxruntime", "gpuxc.project.model", "gpuxc.ort_session")
 _START_TIMEOUT_S = 120.0
 _ALLOC_RE = re.compile(r"bad_alloc|Failed to allocate|[Cc]annot allocate memory|MemoryError|[Oo]ut of memory")
 _SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?\s*", re.IGNORECASE)
@@ -140,7 +140,7 @@ def load_model(path: Path) -> LoadedModel:
 
 def run_onnxruntime(path: Path, inputs: dict[str, np.ndarray], providers: list[str] | None = None,
                     level: str = "all") -> dict[str, np.ndarray]:  # fmt: skip
-    """:func:`gpuxc.project.reference.run_onnxruntime` on a model file (session and first run) in a child process."""
+    """:func:`gpuxc.ort_session.run_onnxruntime` on a model file (session and first run) in a child process."""
     return run_isolated("run", Path(path), inputs, providers, level, model_path=Path(path),
                         first_stage=("ONNX Runtime", "creating a session"))  # fmt: skip
 
@@ -154,14 +154,14 @@ def _load_step(path: Path) -> LoadedModel | None:
 
 
 def _run_step(path: Path, inputs: dict[str, Any], providers: list[str] | None, level: str) -> dict[str, Any]:
-    from gpuxc.project import reference
+    from gpuxc import ort_session
 
     def on_stage(doing: str) -> None:
         stage("ONNX Runtime", doing)
         if doing == "creating a session":
             _test_fault("run")
 
-    return reference.run_onnxruntime(path, inputs, providers, level, on_stage=on_stage)
+    return ort_session.run_onnxruntime(path, inputs, providers, level, on_stage=on_stage)
 
 
 # What a child may be asked to run, by name: a message names a step, it never carries code.
@@ -449,7 +449,8 @@ def _warm_up() -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    from gpuxc.project import model, reference
+    from gpuxc import ort_session
+    from gpuxc.project import model
 
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "w"], ["y"])],
@@ -463,7 +464,7 @@ def _warm_up() -> None:
         path = Path(tmp) / "model.onnx"
         onnx.save(proto, path)
         wire.encode(model.load_model(path))
-        reference.run_onnxruntime(path, {"x": np.ones((1, 2), np.float32)})
+        ort_session.run_onnxruntime(path, {"x": np.ones((1, 2), np.float32)})
     gc.collect()
 
 

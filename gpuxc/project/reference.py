@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpuxc.errors import ModelError, ReferenceError_, first_line
+from gpuxc.errors import ReferenceError_, first_line
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -214,41 +212,3 @@ def load_calibration_sample(config: GpuxConfig, signature: ModelSignature) -> di
     where = config.where("build", "calibration", "data")
     path = (config.project_dir / config.build.calibration.data).resolve()
     return load_samples(path, signature, 1, where=where)[0]
-
-
-def run_onnxruntime(model: Path | bytes, inputs: dict[str, np.ndarray], providers: list[str] | None = None,
-                    level: str = "all", on_stage: Callable[[str], None] | None = None,
-                    ) -> dict[str, np.ndarray]:  # fmt: skip
-    """Run a model file in ONNX Runtime; returns outputs by name.
-
-    ``on_stage`` hears "creating a session" and "running the reference inputs" (gpuxc/project/isolation.py
-    names the stage a crashed child was in).
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = {
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    source = str(model) if isinstance(model, Path) else model
-    if on_stage is not None:
-        on_stage("creating a session")
-    try:
-        session = ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"ONNX Runtime cannot load the model: {first_line(exc)}") from None
-    if on_stage is not None:
-        on_stage("running the reference inputs")
-    try:
-        names = [o.name for o in session.get_outputs()]
-        values = session.run(names, inputs)
-    except Exception as exc:
-        shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in inputs.items())
-        raise ReferenceError_(
-            f"ONNX Runtime failed on the reference inputs ({shapes}): {first_line(exc)}",
-            hint="give input shapes with build.shapes or inputs.<name>.shape in gpux.yml",
-        ) from None
-    return dict(zip(names, (np.asarray(v) for v in values), strict=False))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
+from gpuxc.bundle import layout
 from gpuxc.bundle.requirements import pinned
 from gpuxc.errors import CompileError, ConfigError
 from gpuxc.passes import PassSpec
@@ -80,7 +81,7 @@ class CpuTarget(Target):
 
     def compile(self, model: ModelProto, ctx: CompileContext) -> Artifact:
         options: CpuOptions = ctx.options  # type: ignore[assignment]
-        model_dir = ctx.bundle_dir / "model"
+        model_dir = ctx.bundle_dir / layout.MODEL_DIR
         if options.ort_format:
             # A minimal ONNX Runtime build reads only .ort; the full build reads it too.
             ort_file = ctx.extra_files.get("model.ort")
@@ -124,20 +125,13 @@ class CpuTarget(Target):
         return f"onnxruntime {version_of('onnxruntime')} CPUExecutionProvider"
 
     def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from gpuxc.project.reference import run_onnxruntime
+        from gpuxc.ort_session import run_onnxruntime
 
         return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=PROVIDERS)
 
     def timer(self, bundle_dir: Path, artifact: Artifact) -> Callable[[dict[str, np.ndarray]], Any]:
-        import onnxruntime as ort
+        from gpuxc.ort_session import open_session
 
         # The session the runner opens: ALL optimizations at load, the artifact's thread settings.
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = int(artifact.settings.get("intra_op_threads", 0))
-        options.inter_op_num_threads = int(artifact.settings.get("inter_op_threads", 0))
-        if artifact.settings.get("execution_mode") == "parallel":
-            options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-        session = ort.InferenceSession(str(bundle_dir / artifact.entry), options, providers=PROVIDERS)
+        session = open_session(bundle_dir / artifact.entry, providers=PROVIDERS, settings=artifact.settings)
         return lambda feeds: session.run(None, feeds)

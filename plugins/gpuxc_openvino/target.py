@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from gpuxc.bundle import layout
 from gpuxc.bundle.requirements import pinned, version_of
 from gpuxc.errors import CompileError, ConfigError, first_line
 from gpuxc.passes import PassSpec
@@ -126,7 +127,7 @@ class OpenVinoTarget(Target):
         if variant.precision == "int8-static":
             ov_model = self._quantize(ov_model, model, ctx)
         compress = options.compress_to_fp16 if options.compress_to_fp16 is not None else variant.precision == "fp16"
-        model_dir = ctx.bundle_dir / "model"
+        model_dir = ctx.bundle_dir / layout.MODEL_DIR
         model_dir.mkdir(parents=True, exist_ok=True)
         ov.save_model(ov_model, str(model_dir / "model.xml"), compress_to_fp16=compress)
         hint = variant.settings.get("hint", "f32")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
+from gpuxc.bundle import layout
 from gpuxc.bundle.requirements import pinned, version_of
 from gpuxc.errors import CompileError, ConfigError
 from gpuxc.passes import PassSpec
@@ -62,7 +63,7 @@ class _OrtGpuTarget(Target):
 
     def compile(self, model: ModelProto, ctx: CompileContext) -> Artifact:
         self.check_graph(model)
-        target = ctx.bundle_dir / "model" / "model.onnx"
+        target = ctx.bundle_dir / layout.MODEL_DIR / "model.onnx"
         extra = save_model(model, target)
         return Artifact(entry="model/model.onnx", format="onnx",
                         files=["model/model.onnx", *(f"model/{n}" for n in extra)],
@@ -91,7 +92,7 @@ class _OrtGpuTarget(Target):
         return f"onnxruntime {version_of('onnxruntime')} CPUExecutionProvider (stand-in for {self.providers[0]})"
 
     def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from gpuxc.project.reference import run_onnxruntime
+        from gpuxc.ort_session import run_onnxruntime
 
         return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=["CPUExecutionProvider"])
 
@@ -168,7 +169,7 @@ class CudaTarget(_OrtGpuTarget):
         return super().proxy_verification()
 
     def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from gpuxc.project.reference import run_onnxruntime
+        from gpuxc.ort_session import run_onnxruntime
 
         providers = ["CPUExecutionProvider"] if self.proxy_verification() else self.providers
         return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=providers)

@@ -88,25 +88,13 @@ def run_model(model: ModelProto, inputs: dict[str, np.ndarray], workdir: Path, s
     Failures are a ``PassError`` and ONNX Runtime's own log stays quiet: a pass probing
     input sizes expects some to fail.
     """
-    import onnxruntime as ort
+    from gpuxc.ort_session import run_onnxruntime
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    source: str | bytes = model.SerializeToString() if not is_large(model) else str(workdir / f"{stem}.onnx")
-    if isinstance(source, str):
-        save_model(model, Path(source))
-    try:
-        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise PassError(f"ONNX Runtime cannot load the model: {first_line(exc)}") from None
-    names = [o.name for o in session.get_outputs()]
-    try:
-        values = session.run(names, inputs)
-    except Exception as exc:
-        shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in inputs.items())
-        raise PassError(f"ONNX Runtime failed on inputs {shapes}: {first_line(exc)}") from None
-    return dict(zip(names, values, strict=True))
+    source: Path | bytes = model.SerializeToString() if not is_large(model) else workdir / f"{stem}.onnx"
+    if isinstance(source, Path):
+        save_model(model, source)
+    return run_onnxruntime(source, inputs, level="none", log_level=4, load_error=PassError, run_error=PassError,
+                           what="inputs")  # fmt: skip
 
 
 def generated_inputs(

@@ -257,7 +257,7 @@ def _evaluate(
     names: list[str],
     ctx: PassContext,
 ) -> dict[str, Any]:
-    import onnxruntime as ort
+    from gpuxc.ort_session import open_session
 
     used = {i for n in nodes for i in n.input}
     graph = helper.make_graph(
@@ -270,15 +270,12 @@ def _evaluate(
     )
     probe = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
     probe.functions.extend(model.functions)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
     if is_large(probe):
         path = ctx.workdir / "fold-constants-probe.onnx"
         save_model(probe, path)
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = open_session(path, level="none")
     else:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = open_session(probe.SerializeToString(), level="none")
     return dict(zip(names, session.run(names, {}), strict=True))
 
 

@@ -179,16 +179,13 @@ def _complete_types(model: ModelProto) -> int:
     missing = [o for n in graph.node for o in n.output if o and o not in known]
     if not missing or is_large(model):
         return 0
-    import onnxruntime as ort
+    from gpuxc.ort_session import open_session
 
     probe = ModelProto()
     probe.CopyFrom(model)
     probe.graph.output.extend(ValueInfoProto(name=name) for name in missing)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = open_session(probe.SerializeToString(), level="none")
     except Exception:
         return 0  # the check after conversion reports what is wrong
     added = 0

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from gpuxc.bundle import layout
 from gpuxc.bundle.requirements import pinned, version_of
 from gpuxc.errors import CompileError, ConfigError
 from gpuxc.passes import PassSpec
@@ -136,9 +137,9 @@ class TensorRTTarget(Target):
 
     def compile(self, model: ModelProto, ctx: CompileContext) -> Artifact:
         options: TensorRTOptions = ctx.options  # type: ignore[assignment]
-        model_dir = ctx.bundle_dir / "model"
+        model_dir = ctx.bundle_dir / layout.MODEL_DIR
         extra = save_model(model, model_dir / "model.onnx")
-        runner_dir = ctx.bundle_dir / "runner"
+        runner_dir = ctx.bundle_dir / layout.RUNNER_DIR
         runner_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(BUILDER, runner_dir / "trt_builder.py")  # the same builder, on the device
         settings: dict[str, Any] = {
@@ -181,7 +182,7 @@ class TensorRTTarget(Target):
         return f"onnxruntime {version_of('onnxruntime')} CPUExecutionProvider (stand-in: the prepared ONNX)"
 
     def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from gpuxc.project.reference import run_onnxruntime
+        from gpuxc.ort_session import run_onnxruntime
 
         return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=["CPUExecutionProvider"])
 

@@ -17,11 +17,12 @@ import pytest
 
 from fixtures import models
 from gpuxc.compare import DEFAULT_TOLERANCE, compare
+from gpuxc.ort_session import run_onnxruntime
 from gpuxc.passes import PassContext, PassManager, PassRecord, PassSpec
 from gpuxc.plugin import get_registry
 from gpuxc.project.calibration import resolve_model_shapes
 from gpuxc.project.model import describe, iter_nodes, load_model
-from gpuxc.project.reference import generate, index_bounds, run_onnxruntime
+from gpuxc.project.reference import generate, index_bounds
 
 INT8 = DEFAULT_TOLERANCE["int8"]
 FP32 = DEFAULT_TOLERANCE["fp32"]

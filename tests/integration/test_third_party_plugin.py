@@ -75,7 +75,7 @@ PLUGIN = textwrap.dedent(
             return "echo on onnxruntime CPUExecutionProvider"
 
         def execute(self, bundle_dir, artifact, inputs):
-            from gpuxc.project.reference import run_onnxruntime
+            from gpuxc.ort_session import run_onnxruntime
 
             cpu = ["CPUExecutionProvider"]
             return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=cpu)

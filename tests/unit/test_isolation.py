@@ -22,9 +22,10 @@ from onnx import TensorProto, helper
 from fixtures import models
 from gpuxc.build.pipeline import load_project
 from gpuxc.errors import ConfigError, ExitCode, ModelCrashed, ModelError, ModelLimitExceeded
+from gpuxc.ort_session import run_onnxruntime
 from gpuxc.project import isolation
 from gpuxc.project.model import load_model
-from gpuxc.project.reference import make_inputs, run_onnxruntime
+from gpuxc.project.reference import make_inputs
 from tests.unit.test_hostile_models import constant_of_shape_bomb, relu_model, save
 
 GIB = 1 << 30

@@ -24,10 +24,10 @@ from onnx import TensorProto, helper, numpy_helper
 from fixtures import models
 from gpuxc.compare import DEFAULT_TOLERANCE, compare
 from gpuxc.errors import PassError
+from gpuxc.ort_session import run_onnxruntime
 from gpuxc.passes import PassContext, PassManager, PassRecord, PassSpec
 from gpuxc.plugin import get_registry
 from gpuxc.project.model import iter_nodes
-from gpuxc.project.reference import run_onnxruntime
 
 REPO = Path(__file__).resolve().parents[2]
 NEW_PASSES = ["simplify", "fold-constants", "fp16", "quantize-dynamic", "quantize-static", "ort-format"]

@@ -10,11 +10,11 @@ import pytest
 
 from fixtures import models
 from gpuxc.errors import PassError, PluginError
+from gpuxc.ort_session import run_onnxruntime
 from gpuxc.passes import Pass, PassConfig, PassContext, PassManager, PassResult, PassSpec
 from gpuxc.plugin import get_registry
 from gpuxc.plugin.manager import Registry
 from gpuxc.project.model import iter_nodes
-from gpuxc.project.reference import run_onnxruntime
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 
 from fixtures import models
 from gpuxc.errors import ConfigError, ReferenceError_
+from gpuxc.ort_session import run_onnxruntime
 from gpuxc.project.config import GpuxConfig, load_config
 from gpuxc.project.model import LoadedModel, load_model
 from gpuxc.project.reference import (
@@ -20,7 +21,6 @@ from gpuxc.project.reference import (
     load_calibration_sample,
     make_inputs,
     resolve_shapes,
-    run_onnxruntime,
 )
 
 HEAD = "name: demo\nmodel:\n  source: ./model.onnx\n"
