@@ -8,7 +8,7 @@ from pathlib import Path
 from gpuxc_coreml.translate import TRANSLATORS, describe_unsupported, unsupported_ops
 from onnx import TensorProto, helper
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "targets" / "coreml.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "targets" / "coreml.md"
 
 
 def test_every_translated_op_is_in_the_docs_table() -> None:

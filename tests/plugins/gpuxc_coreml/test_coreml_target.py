@@ -22,7 +22,7 @@ pytest.importorskip("coremltools", reason="the coreml target needs `pip install 
 
 from gpuxc_coreml.translate import build_program, evaluate, output_signature, signature_mismatches  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def image_classifier() -> onnx.ModelProto:
