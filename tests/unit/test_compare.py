@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpuxc.compare import DEFAULT_TOLERANCE, compare, judge, output_metrics
+from gpuxc.bundle.compare import DEFAULT_TOLERANCE, compare, judge, output_metrics
 
 TOL = dict(DEFAULT_TOLERANCE["fp32"])
 
