@@ -172,7 +172,7 @@ class CoreMLTarget(Target):
         version = version_of("coremltools")
         coreml = f"coremltools=={version}" if version else "coremltools>=8.0"
         return RuntimeSpec(
-            adapter="coreml/runtime.py.j2",
+            adapter="coreml/runtime.py",
             requirements=[f"{coreml}; sys_platform == 'darwin'", *pinned(["numpy"])],
             providers=[options.compute_units],
         )

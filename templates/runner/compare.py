@@ -1,8 +1,9 @@
 """Output comparison against a tolerance, and latency statistics: code gpuxc and bundles share.
 
 This module imports only NumPy and the standard library: the bundle writer
-copies it verbatim into every bundle as ``runner/compare.py``, so compile-time
-verification and ``python <bundle> verify`` on the device judge by the same code.
+copies it verbatim into every bundle as ``runner/compare.py``, and gpuxc loads this
+same file (``gpuxc.bundle.compare`` re-exports it), so compile-time verification and
+``python <bundle> verify`` on the device judge by the same code.
 """
 
 from __future__ import annotations

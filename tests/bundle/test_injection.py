@@ -6,8 +6,8 @@ validation with a one-line ``ConfigError`` naming ``gpux.yml:line:column`` and t
 is accepted, and then
 
 * the template context is the benign one (no project string reaches a template);
-* every generated ``.py`` parses, its AST skeleton (string constants blanked) and its comments
-  equal the benign build's, and the payload occurs in it only inside string literals;
+* every ``.py`` file of the bundle is a byte-for-byte copy of its runner source (the runner is
+  plain Python, copied: it reads every project value from the manifest at run time);
 * the Dockerfile (instructions, JSON arrays, ``shlex`` tokens), README.md (Markdown token
   structure, ``shlex`` tokens of its shell lines) and requirements.txt keep the benign structure;
 * gpux-bundle.json is valid JSON holding the value unchanged where the source says, or (model
@@ -18,17 +18,15 @@ skips the target compile (tens of ms each, and no project string reaches it). Re
 compiles then check the mirror of the template context, every payload in the model's tensor
 names (reference data included), and a kitchen-sink project with every payload in every accepted
 source at once, whose runner is executed (``info``, ``run``, ``verify``) while no marker file may
-appear. Template-level tests feed payloads straight into the template context (defence in depth:
-the filters hold even if validation did not) and check that every ``{{ }}`` in every template ends
-in a filter that is safe for its kind of file.
+appear. Template-level tests feed payloads straight into the template context of the rendered
+files (defence in depth: the filters hold even if validation did not) and check that every
+``{{ }}`` in every template ends in a filter that is safe for its kind of file.
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import functools
-import io
 import itertools
 import json
 import re
@@ -36,7 +34,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tokenize
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,10 +55,10 @@ from fixtures import models
 from gpuxc import __version__
 from gpuxc.build.pipeline import Project, _manifest, compile_project
 from gpuxc.bundle import writer as bundle_mod
-from gpuxc.bundle.codegen import REQUIREMENT_RE, environment, render, template_root
+from gpuxc.bundle.codegen import REQUIREMENT_RE, environment, render
 from gpuxc.bundle.manifest import BuildInfo, Verification
 from gpuxc.bundle.requirements import SERVE_DISTS, pinned
-from gpuxc.bundle.writer import RUNNER_TEMPLATES
+from gpuxc.bundle.runner_source import RENDERED_FILES, runner_files, template_root
 from gpuxc.errors import ConfigError, GpuxcError, ModelError
 from gpuxc.plugin import get_registry
 from gpuxc.project.config import GpuxConfig, load_config
@@ -96,8 +93,7 @@ PAYLOADS: dict[str, str] = {
     "semicolon": "; rm -rf /",
     "unicode": "🙂 ünïcödé",
 }
-# Values that must not occur in generated code outside string literals (too short ones, like
-# "#", occur in any code).
+# Values searched for in the generated files (too short ones, like "#", occur in any file).
 MIN_SEARCH = 4
 LINE_BREAKS = ("\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
 
@@ -430,41 +426,18 @@ def pairs() -> list[Any]:
 # -- what a bundle must look like ------------------------------------------------------------------
 
 
-def skeleton(text: str) -> str:
-    """``ast.dump`` with every string constant replaced by a placeholder."""
-    tree = ast.parse(text)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            node.value = "<str>"
-    return ast.dump(tree)
+@functools.lru_cache(maxsize=8)
+def runner_sources(adapter: str = "onnxruntime/runtime.py") -> dict[str, str]:
+    """The runner's source files by path in the bundle: what every bundle's ``.py`` files must be."""
+    return {rel: source.read_text(encoding="utf-8") for rel, source in runner_files(adapter).items()}
 
 
-def comments(text: str) -> list[str]:
-    return [t.string for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type == tokenize.COMMENT]
-
-
-@functools.lru_cache(maxsize=64)
-def py_shape(text: str) -> tuple[str, tuple[str, ...]]:
-    # Cached by text: accepted values leave generated code byte-identical, so this runs rarely.
-    return skeleton(text), tuple(comments(text))
-
-
-def assert_only_in_strings(text: str, value: str, rel: str) -> None:
-    """Every occurrence of ``value`` in the Python ``text`` lies inside one string token."""
-    if len(value.strip()) < MIN_SEARCH or value not in text:
-        return
-    starts = [0]
-    for line in io.StringIO(text):  # the lines tokenize numbers (split at "\n" only)
-        starts.append(starts[-1] + len(line))
-    spans = [
-        (starts[t.start[0] - 1] + t.start[1], starts[t.end[0] - 1] + t.end[1])
-        for t in tokenize.generate_tokens(io.StringIO(text).readline)
-        if t.type == tokenize.STRING
-    ]
-    index = text.find(value)
-    while index >= 0:
-        assert any(a <= index and index + len(value) <= b for a, b in spans), f"{rel}: {value!r} outside a string"
-        index = text.find(value, index + 1)
+def assert_runner_is_a_copy(python: dict[str, str]) -> None:
+    """Every ``.py`` file of a bundle is its runner source, byte for byte."""
+    sources = runner_sources()
+    assert python.keys() == sources.keys()
+    for rel, text in python.items():
+        assert text == sources[rel], f"{rel}: differs from its source {runner_files('onnxruntime/runtime.py')[rel]}"
 
 
 def dockerfile_shape(text: str) -> list[tuple[str, Any]]:
@@ -555,10 +528,8 @@ class Generated:
 
 def assert_same_structure(got: Generated, benign: Generated, value: str) -> dict[str, Any]:
     """The checks every accepted value must pass; returns the parsed manifest."""
-    assert got.python.keys() == benign.python.keys()
-    for rel, text in got.python.items():
-        assert py_shape(text) == py_shape(benign.python[rel]), f"{rel}: generated code changed"
-        assert_only_in_strings(text, value, rel)
+    assert_runner_is_a_copy(got.python)
+    assert got.python == benign.python
     assert dockerfile_shape(got.dockerfile) == dockerfile_shape(benign.dockerfile)
     assert got.readme.count("\n") == benign.readme.count("\n")
     assert markdown_shape(got.readme) == markdown_shape(benign.readme)
@@ -586,7 +557,7 @@ def _no_constant(name: str) -> Any:
 #
 # The bulk stops short of the target compile (passes, artifact, verification: tens of ms per build
 # that no string of the project reaches): gpux.yml is validated and the model loaded and checked by
-# the real functions, the runner rendered from the template context compile_target builds (mirrored
+# the real functions, the runner written from the template context compile_target builds (mirrored
 # in runner_context; test_runner_context_is_the_one_compile_target_builds checks the mirror against
 # a real build), and the manifest written by the pipeline's own _manifest. The end-to-end tests
 # below compile for real.
@@ -616,15 +587,17 @@ def serve_requirements() -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=8)
 def render_runner(context_json: str, adapter: str) -> dict[str, str]:
-    """What bundle.write_runner writes, by path in the bundle (rendering is a pure function of the
-    context, so equal contexts are rendered once)."""
+    """What bundle.write_runner writes, by path in the bundle: the runner sources copied and the
+    rendered files (rendering is a pure function of the context, so equal contexts are rendered
+    once)."""
     context = json.loads(context_json)
-    files = {**RUNNER_TEMPLATES, adapter: "runner/runtime.py"}
-    return {rel: render(template, context) for template, rel in files.items()}
+    files = {rel: source.read_text(encoding="utf-8") for rel, source in runner_files(adapter).items()}
+    files.update({rel: render(template, context) for template, rel in RENDERED_FILES.items()})
+    return files
 
 
 def generate(case: Case, folder: Path) -> tuple[Generated, dict[str, Any]]:
-    """Validate, load, check, render and write the manifest as a cpu build would; returns the
+    """Validate, load, check, write the runner and the manifest as a cpu build would; returns the
     generated files and the template context."""
     project = case.write(folder)
     config = load_config(project / "gpux.yml")
@@ -969,10 +942,7 @@ def test_template_context_fuzz(key: str, payload_id: str) -> None:
         return
     benign_files = benign_render()
     for template, text in files.items():
-        if template.endswith(".py.j2"):
-            assert py_shape(text) == py_shape(benign_files[template]), f"{template}: generated code changed"
-            assert_only_in_strings(text, value, template)
-        elif template.endswith("Dockerfile.j2"):
+        if template.endswith("Dockerfile.j2"):
             assert dockerfile_shape(text) == dockerfile_shape(benign_files[template])
         elif template.endswith("README.md.j2"):
             assert text.count("\n") == benign_files[template].count("\n")
@@ -985,7 +955,7 @@ def test_template_context_fuzz(key: str, payload_id: str) -> None:
 
 # Filters whose output is safe where they are used, by kind of generated file.
 SAFE_FILTERS = {
-    ".py.j2": {"py_literal", "py_ident", "doc_text"},
+    ".py.j2": {"py_literal", "py_ident", "doc_text"},  # a third party's adapter template
     "Dockerfile.j2": {"docker_word", "int", "text_line"},
     "README.md.j2": {"md_text", "md_code"},
     "requirements.txt.j2": {"requirement", "text_line"},
@@ -1016,5 +986,19 @@ def test_template_context_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert set(captured) == set(template_context()), "compile_target's context changed: update template_context()"
 
 
-def test_runner_templates_are_the_rendered_ones() -> None:
-    assert {t for t in all_templates() if t.startswith("runner/")} == set(RUNNER_TEMPLATES)
+def test_the_templates_are_the_rendered_files() -> None:
+    # Everything else gpuxc writes into a bundle is copied: no template, no placeholder.
+    assert set(all_templates()) == set(RENDERED_FILES)
+
+
+@pytest.mark.parametrize("payload_id", list(PAYLOADS))
+def test_runner_is_copied_whatever_the_context(payload_id: str, tmp_path: Path) -> None:
+    """write_runner with a payload in every string of the template context: the runner files are
+    their sources byte for byte (only the rendered files may hold context values)."""
+    context = {k: PAYLOADS[payload_id] if isinstance(v, str) else v for k, v in template_context().items()}
+    try:
+        bundle_mod.write_runner(tmp_path, context, "onnxruntime/runtime.py")
+    except GpuxcError as exc:
+        assert str(exc).startswith("internal: "), str(exc)  # a rendered file's filter refused it: fine
+    python = {p.relative_to(tmp_path).as_posix(): p.read_text(encoding="utf-8") for p in tmp_path.rglob("*.py")}
+    assert_runner_is_a_copy(python)

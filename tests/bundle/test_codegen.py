@@ -1,8 +1,9 @@
-"""Generated code: literal/identifier filters, templates that always parse, and no injection.
+"""Bundle files: the filters, the rendered files (README.md, Dockerfile, requirements.txt), and
+the runner copied, not rendered.
 
-Golden files: ``tests/golden/<path in the bundle>.txt`` hold the generated runner of an
+Golden files: ``tests/bundle/golden/<path in the bundle>.txt`` hold the rendered files of an
 example-like project. After a deliberate template change, regenerate them with
-``GPUXC_UPDATE_GOLDEN=1 python -m pytest tests/unit/test_codegen.py`` and review the diff.
+``GPUXC_UPDATE_GOLDEN=1 python -m pytest tests/bundle/test_codegen.py`` and review the diff.
 """
 
 from __future__ import annotations
@@ -10,19 +11,21 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fixtures import models
-from gpuxc import __version__
 from gpuxc.build.pipeline import compile_project
-from gpuxc.bundle.codegen import py_ident, py_literal, render, requirement, template_root, text_line
-from gpuxc.bundle.writer import RUNNER_TEMPLATES
+from gpuxc.bundle.codegen import py_ident, py_literal, render, requirement, text_line
+from gpuxc.bundle.runner_source import RENDERED_FILES, runner_files, template_root
+from gpuxc.bundle.writer import write_runner
+from gpuxc.cache.store import code_digest
 from gpuxc.errors import GpuxcError
 
-GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 UPDATE_GOLDEN = os.environ.get("GPUXC_UPDATE_GOLDEN") == "1"
 
 HOSTILE = [
@@ -122,33 +125,45 @@ def test_requirement_refuses_anything_else(line: str) -> None:
 
 
 def context(**overrides: Any) -> dict[str, Any]:
+    """A template context like compile_target's, with fixed versions (the golden files use it)."""
     base = {
-        "gpuxc_version": __version__,
+        "gpuxc_version": "0.1.0",
         "target": "cpu",
-        "name": "demo",
+        "name": "image-classifier",
         "version": "1.0.0",
         "verification_status": "passed",
         "verification_reason": None,
-        "requirements": ["onnxruntime==1.0", "numpy==2.0"],
-        "serve_requirements": ["fastapi==0.110", "uvicorn==0.29"],
+        "requirements": ["onnxruntime==1.20.0", "numpy==2.1.0"],
+        "serve_requirements": ["fastapi==0.110.0", "uvicorn==0.29.0", "prometheus-client==0.20.0"],
+        "python": "3.11",
+        "port": 8080,
+        "image": "image-classifier-cpu",
     }
     return {**base, **overrides}
 
 
-def python_templates() -> list[str]:
+def templates() -> list[str]:
     root = template_root()
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py.j2"))
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.j2"))
 
 
-def test_every_runner_template_is_rendered_into_bundles() -> None:
-    runner = {t for t in python_templates() if t.startswith("runner/")}
-    assert runner <= set(RUNNER_TEMPLATES)
+def test_only_the_rendered_files_are_templates() -> None:
+    assert templates() == sorted(RENDERED_FILES)
 
 
-@pytest.mark.parametrize("template", python_templates())
-def test_each_python_template_renders_valid_python(template: str) -> None:
-    text = render(template, context())
-    ast.parse(text)
+def test_every_runner_source_is_plain_python_that_parses() -> None:
+    sources = sorted(template_root().rglob("*.py"))
+    assert sources
+    for source in sources:
+        ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
+
+
+def test_the_runner_is_every_runner_source_and_the_adapter() -> None:
+    files = runner_files("onnxruntime/runtime.py")
+    runner = template_root() / "runner"
+    assert files["__main__.py"] == runner / "__main__.py"
+    assert files["runner/runtime.py"] == template_root() / "onnxruntime" / "runtime.py"
+    assert {p.name for p in files.values()} == {p.name for p in runner.glob("*.py")} | {"runtime.py"}
 
 
 def test_render_refuses_a_template_that_renders_invalid_python(tmp_path: Path) -> None:
@@ -170,11 +185,41 @@ def test_render_refuses_an_undefined_variable(tmp_path: Path) -> None:
 
 def test_extra_template_dirs_come_first(tmp_path: Path) -> None:
     (tmp_path / "runner").mkdir()
-    (tmp_path / "runner" / "__init__.py.j2").write_text("OVERRIDDEN = True\n", encoding="utf-8")
-    assert render("runner/__init__.py.j2", context(), (tmp_path,)) == "OVERRIDDEN = True\n"
+    (tmp_path / "runner" / "README.md.j2").write_text("OVERRIDDEN {{ target | md_code }}\n", encoding="utf-8")
+    assert render("runner/README.md.j2", context(), (tmp_path,)) == "OVERRIDDEN cpu\n"
 
 
-# -- compiled bundles: no injection ----------------------------------------------------------
+def test_a_plain_adapter_is_copied_and_a_template_adapter_rendered(tmp_path: Path) -> None:
+    """A target's template_dir may hold its adapter as plain Python or (older plugins) as a
+    ``.py.j2`` template rendered with the same context and checked filters."""
+    extra = tmp_path / "plugin-templates"
+    (extra / "echo").mkdir(parents=True)
+    (extra / "echo" / "runtime.py").write_text("PLAIN = '{{ target }}'\n", encoding="utf-8")
+    (extra / "echo" / "runtime.py.j2").write_text("TARGET = {{ target | py_literal }}\n", encoding="utf-8")
+    write_runner(tmp_path / "plain", context(), "echo/runtime.py", (extra,))
+    assert (tmp_path / "plain" / "runner" / "runtime.py").read_text(encoding="utf-8") == "PLAIN = '{{ target }}'\n"
+    write_runner(tmp_path / "rendered", context(target="it's"), "echo/runtime.py.j2", (extra,))
+    assert (tmp_path / "rendered" / "runner" / "runtime.py").read_text(encoding="utf-8") == 'TARGET = "it\'s"\n'
+    api = (template_root() / "runner" / "api.py").read_bytes()
+    for bundle in ("plain", "rendered"):  # the rest of the runner: copies of gpuxc's sources
+        assert (tmp_path / bundle / "runner" / "api.py").read_bytes() == api
+
+
+def test_an_adapter_in_no_template_dir_is_an_internal_error(tmp_path: Path) -> None:
+    with pytest.raises(GpuxcError, match="no template file nowhere/runtime.py"):
+        write_runner(tmp_path, context(), "nowhere/runtime.py")
+
+
+def test_the_build_cache_key_covers_the_runner_sources(tmp_path: Path) -> None:
+    copy = tmp_path / "templates"
+    shutil.copytree(template_root(), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_digest([], [copy])["templates:templates"]
+    compare_py = copy / "runner" / "compare.py"
+    compare_py.write_text(compare_py.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8")
+    assert code_digest([], [copy])["templates:templates"] != before
+
+
+# -- compiled bundles: the runner copied, no injection ------------------------------------------
 
 
 def generated_python(bundle: Path) -> dict[str, str]:
@@ -217,48 +262,32 @@ def test_hostile_strings_in_the_config_do_not_change_generated_code(make_project
     assert manifest["outputs"][0]["labels"] == hostile_config["outputs"]["probs"]["labels"]
     assert manifest["metadata"]["nested"]["list"] == HOSTILE
 
-    # ...and not into any generated Python file.
+    # ...and not into any Python file: those are the runner's sources, copied.
     benign_code = generated_python(benign)
     hostile_code = generated_python(hostile)
-    assert benign_code.keys() == hostile_code.keys()
+    assert hostile_code == benign_code
+    sources = runner_files("onnxruntime/runtime.py")
     for rel, text in hostile_code.items():
-        assert ast.dump(ast.parse(text)) == ast.dump(ast.parse(benign_code[rel])), rel
+        assert text == sources[rel].read_text(encoding="utf-8"), rel
     readme = (hostile / "README.md").read_text(encoding="utf-8")
     assert "{{" not in readme and "$(id)" not in readme
 
 
-# -- golden files ----------------------------------------------------------------------------
-
-EXAMPLE_LIKE = {
-    "name": "image-classifier",
-    "version": "1.0.0",
-    "description": "A tiny image classifier",
-    "inputs": {"image": {"type": "float32", "shape": [1, 3, 32, 32], "description": "RGB image, NCHW"}},
-    "outputs": {"logits": {"type": "float32", "shape": [1, 4], "labels": ["cat", "dog", "bird", "fish"]}},
-    "runtime": {"gpu": {"memory": "2GB", "backend": "auto"}, "batch_size": 1, "timeout": 30},
-    "serving": {"host": "127.0.0.1", "port": 8080},
-    "build": {"targets": ["cpu"]},
-}
+# -- golden files: the rendered files ----------------------------------------------------------
 
 
-def test_generated_runner_matches_the_golden_files(make_project, tmp_path: Path) -> None:
-    project = make_project(models.tiny_cnn(), EXAMPLE_LIKE)
-    [result] = compile_project(project, ["cpu"], tmp_path / "dist")
-    generated = generated_python(result.path)
-    goldens = {rel: GOLDEN_DIR / f"{rel}.txt" for rel in generated}
+def test_rendered_files_match_the_golden_files() -> None:
+    rendered = {rel: render(template, context()) for template, rel in RENDERED_FILES.items()}
+    goldens = {rel: GOLDEN_DIR / f"{rel}.txt" for rel in rendered}
     if UPDATE_GOLDEN:
-        for rel, text in generated.items():
-            goldens[rel].parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN_DIR.mkdir(exist_ok=True)
+        for rel, text in rendered.items():
             goldens[rel].write_text(text, encoding="utf-8")
     missing = [rel for rel, path in goldens.items() if not path.is_file()]
     assert not missing, f"no golden file for {missing}; run with GPUXC_UPDATE_GOLDEN=1 and review"
-    stale = sorted(
-        p.relative_to(GOLDEN_DIR).as_posix()[: -len(".txt")]
-        for p in GOLDEN_DIR.rglob("*.py.txt")
-        if p.relative_to(GOLDEN_DIR).as_posix()[: -len(".txt")] not in generated
-    )
-    assert not stale, f"golden files for files no longer generated: {stale}"
-    for rel, text in generated.items():
+    stale = sorted(p.name for p in GOLDEN_DIR.glob("*.txt") if p.name[: -len(".txt")] not in rendered)
+    assert not stale, f"golden files for files no longer rendered: {stale}"
+    for rel, text in rendered.items():
         assert text == goldens[rel].read_text(encoding="utf-8"), (
             f"{rel} differs from {goldens[rel]}; if the template change is intended, "
             "rerun with GPUXC_UPDATE_GOLDEN=1 and review the diff"
