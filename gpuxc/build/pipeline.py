@@ -588,7 +588,7 @@ def _verify(
     project: Project, target: Target, stage: Path, artifact: Any, variant: Variant, say: Progress
 ) -> Verification:
     tolerance = tolerance_for(project.config, variant.precision)
-    reason = target.verification_unsupported()
+    reason = target.why_unverifiable()
     if reason is not None:
         say(f"{variant.name}: verify skipped ({reason})")
         return Verification(status="unverified", reason=reason, tolerance=tolerance)
@@ -606,7 +606,7 @@ def _verify(
         for name, metrics in report["outputs"].items():
             worst[name] = worst_of(worst.get(name), metrics)
     report = {"status": "failed" if failures else "passed", "outputs": worst, "failures": failures}
-    proxy = target.proxy_verification()
+    proxy = target.why_stand_in()
     status = report["status"]
     reason = None if status == "passed" else "; ".join(report["failures"][:3])
     if proxy is not None and status == "passed":

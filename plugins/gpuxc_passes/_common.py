@@ -20,6 +20,7 @@ from onnx import ModelProto, TensorProto
 
 from gpuxc.compare import DEFAULT_TOLERANCE, compare
 from gpuxc.errors import GpuxcError, PassError, first_line
+from gpuxc.passes import PassContext
 from gpuxc.project.model import ModelSignature, describe, iter_nodes, iter_tensors, save_model
 from gpuxc.project.reference import DEFAULT_DIM, DEFAULT_SPATIAL, FALLBACK_SIZES, generate, index_bounds
 
@@ -130,6 +131,15 @@ def generated_inputs(
         f"the input model does not run on generated inputs {tried[0]} ({first.message}); "
         f"give the input shapes with the pass parameter '{param}'"
     )
+
+
+def check_inputs(
+    model: ModelProto, check_shapes: dict[str, list[int]], ctx: PassContext
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Inputs for a pass's check of its result, and the input model's outputs on them: shapes from
+    the pass's ``check_shapes`` parameter, else the build's reference shapes (``CHECK_SIZES`` fill the rest)."""
+    given = check_shapes or ctx.reference_shapes
+    return generated_inputs(model, signature_of(model), given, ctx.workdir, CHECK_SIZES, "check_shapes")
 
 
 def reason(exc: BaseException) -> str:

@@ -43,19 +43,18 @@ class FoldConstantsConfig(PassConfig):
     """A folded value over this size (MiB) is kept only if it is no larger than the constants it is computed from."""
 
 
-class FoldConstants(Pass):
+class FoldConstants(Pass[FoldConstantsConfig]):
     name = "fold-constants"
     description = "Constant nodes to initializers, constant subgraphs computed once (ONNX Runtime)"
     Config = FoldConstantsConfig
 
     def run(self, model: ModelProto, ctx: PassContext) -> PassResult:
-        config: FoldConstantsConfig = self.config  # type: ignore[assignment]
         out = ModelProto()
         out.CopyFrom(model)
         graph = out.graph
         stats: dict[str, Any] = {"constants_converted": _constants_to_initializers(out)}
-        if config.fold:
-            stats.update(_fold(out, ctx, config.size_limit_mb * MIB))
+        if self.config.fold:
+            stats.update(_fold(out, ctx, self.config.size_limit_mb * MIB))
         modified = stats["constants_converted"] > 0 or stats.get("nodes_folded", 0) > 0
         if not modified:
             return PassResult(model=model, modified=False, stats=stats)

@@ -149,11 +149,11 @@ class Boom(Pass):
 class NotApplicable(Pass):
     name = "not-applicable"
 
-    def requires(self, model: onnx.ModelProto) -> str | None:
+    def why_skip(self, model: onnx.ModelProto) -> str | None:
         return "needs something this model lacks"
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:  # pragma: no cover - never called
-        raise AssertionError("run() must not be called when requires() gives a reason")
+        raise AssertionError("run() must not be called when why_skip() gives a reason")
 
 
 class NoOpConfig(PassConfig):
