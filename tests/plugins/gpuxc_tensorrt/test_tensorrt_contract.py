@@ -139,7 +139,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("trt")
     project = root / "proj"
     project.mkdir()
-    example = Path(__file__).resolve().parents[2] / "examples" / "image-classifier"
+    example = Path(__file__).resolve().parents[3] / "examples" / "image-classifier"
     sys.path.insert(0, str(example))
     try:
         import make_model
