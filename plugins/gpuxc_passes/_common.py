@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnx import ModelProto, TensorProto
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
 from gpuxc.compare import DEFAULT_TOLERANCE, compare
 from gpuxc.errors import GpuxcError, PassError, first_line
@@ -45,6 +45,15 @@ def gigabytes(model: ModelProto) -> str:
 def signature_of(model: ModelProto) -> ModelSignature:
     """The model's signature (inputs, outputs, opsets) without a file behind it."""
     return describe(model, sha256="", size_bytes=model.ByteSize(), external=[])
+
+
+def subgraphs(node: NodeProto) -> Iterator[GraphProto]:
+    """The graphs a node holds as attributes (If branches, Loop and Scan bodies), in order."""
+    for attr in node.attribute:
+        if attr.type == AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == AttributeProto.GRAPHS:
+            yield from attr.graphs
 
 
 def op_counts(model: ModelProto) -> Counter[str]:

@@ -26,7 +26,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto,
 from gpuxc.errors import first_line
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult
 from gpuxc.project.model import save_model
-from gpuxc_passes._common import is_large
+from gpuxc_passes._common import is_large, subgraphs
 
 # Ops whose output is not a function of their inputs.
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -229,22 +229,14 @@ def _subgraph_reads(graph: GraphProto) -> set[str]:
     def walk(g: GraphProto) -> None:
         for node in g.node:
             reads.update(node.input)
-            for attr in node.attribute:
-                if attr.type == AttributeProto.GRAPH:
-                    walk(attr.g)
-                elif attr.type == AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        walk(sub)
-            # graph outputs of a body may name an outer value directly
+            for sub in subgraphs(node):
+                walk(sub)
+        # graph outputs of a body may name an outer value directly
         reads.update(v.name for v in g.output)
 
     for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == AttributeProto.GRAPH:
-                walk(attr.g)
-            elif attr.type == AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    walk(sub)
+        for sub in subgraphs(node):
+            walk(sub)
     return reads
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, ValueInfoProto, helper
+from onnx import GraphProto, ModelProto, TensorProto, ValueInfoProto, helper
 
 from gpuxc.errors import PassError
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSkipped
@@ -41,6 +41,7 @@ from gpuxc_passes._common import (
     op_counts,
     reason,
     run_model,
+    subgraphs,
     summary,
 )
 
@@ -212,9 +213,5 @@ def _fix_casts(graph: GraphProto) -> int:
             if to is not None and to.i == TensorProto.FLOAT and types.get(node.output[0]) == TensorProto.FLOAT16:
                 to.i = TensorProto.FLOAT16
                 fixed += 1
-        for attr in node.attribute:
-            if attr.type == AttributeProto.GRAPH:
-                fixed += _fix_casts(attr.g)
-            elif attr.type == AttributeProto.GRAPHS:
-                fixed += sum(_fix_casts(g) for g in attr.graphs)
+        fixed += sum(_fix_casts(sub) for sub in subgraphs(node))
     return fixed

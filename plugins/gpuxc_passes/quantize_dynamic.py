@@ -14,11 +14,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import onnx
-from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
+from onnx import GraphProto, ModelProto, TensorProto
 
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSkipped
 from gpuxc.project.model import save_model
-from gpuxc_passes._common import for_per_channel, is_large, op_counts, op_diff, quiet_quantizer
+from gpuxc_passes._common import for_per_channel, is_large, op_counts, op_diff, quiet_quantizer, subgraphs
 
 # Which input holds the weight, per op type (other op types: any float initializer input).
 WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1, "Gather": 0, "EmbedLayerNormalization": 2}
@@ -99,12 +99,8 @@ def quantizable_nodes(model: ModelProto, op_types: list[str], exclude: list[str]
                 names = [node.input[index]] if index is not None and index < len(node.input) else list(node.input)
                 if any(n in inits and inits[n].data_type in FLOAT_TYPES for n in names):
                     found.append(node.name or node.op_type)
-            for attr in node.attribute:
-                if attr.type == AttributeProto.GRAPH:
-                    walk(attr.g, inits)
-                elif attr.type == AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        walk(sub, inits)
+            for sub in subgraphs(node):
+                walk(sub, inits)
 
     walk(model.graph, {})
     return found
