@@ -226,8 +226,8 @@ def main() -> int:
         name
         for name, cls in sorted(registry.targets.items())
         if cls().check_available().available
-        and cls().verification_unsupported() is None
-        and cls().proxy_verification() is None  # timing a stand-in runtime would say nothing
+        and cls().why_unverifiable() is None
+        and cls().why_stand_in() is None  # timing a stand-in runtime would say nothing
     ]
     rows, failures = [], []
     with tempfile.TemporaryDirectory(prefix="gpuxc-bench-") as tmp:

@@ -30,27 +30,14 @@ import numpy as np
 import onnx
 from pydantic import ValidationError
 
+from gpuxc import __version__
+from gpuxc.build.memory import MemoryEstimate, activation_bytes, human
+from gpuxc.build.memory import estimate as memory_estimate
+
 # isolation: the untrusted model's first load and ONNX Runtime session run in a child process.
 from gpuxc.bundle import layout
-from gpuxc import __version__
 from gpuxc.bundle import writer as bundle
-from gpuxc.project import isolation
-from gpuxc.cache import restore as warm
-from gpuxc.bundle.writer import BundleResult
-from gpuxc.project.calibration import load_samples
 from gpuxc.bundle.compare import DEFAULT_TOLERANCE, compare, worst_of
-from gpuxc.project.config import GpuxConfig, did_you_mean, find_config, load_config
-from gpuxc.errors import (
-    CompileError,
-    ConfigError,
-    GpuxcError,
-    MemoryBudgetExceeded,
-    ModelError,
-    ReferenceError_,
-    TargetUnavailable,
-    VerificationFailed,
-    first_line,
-)
 from gpuxc.bundle.manifest import (
     ArtifactInfo,
     BuildInfo,
@@ -62,12 +49,27 @@ from gpuxc.bundle.manifest import (
     SourceInfo,
     Verification,
 )
-from gpuxc.build.memory import MemoryEstimate, activation_bytes, human
-from gpuxc.build.memory import estimate as memory_estimate
-from gpuxc.project.model import LoadedModel, describe
+from gpuxc.bundle.requirements import SERVE_DISTS, pinned, version_of
+from gpuxc.bundle.writer import BundleResult
+from gpuxc.cache import restore as warm
+from gpuxc.errors import (
+    CompileError,
+    ConfigError,
+    GpuxcError,
+    MemoryBudgetExceeded,
+    ModelError,
+    ReferenceError_,
+    TargetUnavailable,
+    VerificationFailed,
+    first_line,
+)
+from gpuxc.ort_session import run_onnxruntime
 from gpuxc.passes import PassContext, PassManager, PassRecord
 from gpuxc.plugin import get_registry
-from gpuxc.ort_session import run_onnxruntime
+from gpuxc.project import isolation
+from gpuxc.project.calibration import load_samples
+from gpuxc.project.config import GpuxConfig, did_you_mean, find_config, load_config
+from gpuxc.project.model import LoadedModel, describe
 from gpuxc.project.reference import (
     DEFAULT_DIM,
     DEFAULT_SPATIAL,
@@ -78,7 +80,6 @@ from gpuxc.project.reference import (
     make_inputs,
     resolve_shapes,
 )
-from gpuxc.bundle.requirements import SERVE_DISTS, pinned, version_of
 from gpuxc.project.signature import bundle_io, check_signature
 from gpuxc.targets import Artifact, CompileContext, Target, Variant
 
@@ -588,7 +589,7 @@ def _verify(
     project: Project, target: Target, stage: Path, artifact: Any, variant: Variant, say: Progress
 ) -> Verification:
     tolerance = tolerance_for(project.config, variant.precision)
-    reason = target.verification_unsupported()
+    reason = target.why_unverifiable()
     if reason is not None:
         say(f"{variant.name}: verify skipped ({reason})")
         return Verification(status="unverified", reason=reason, tolerance=tolerance)
@@ -606,7 +607,7 @@ def _verify(
         for name, metrics in report["outputs"].items():
             worst[name] = worst_of(worst.get(name), metrics)
     report = {"status": "failed" if failures else "passed", "outputs": worst, "failures": failures}
-    proxy = target.proxy_verification()
+    proxy = target.why_stand_in()
     status = report["status"]
     reason = None if status == "passed" else "; ".join(report["failures"][:3])
     if proxy is not None and status == "passed":

@@ -46,7 +46,7 @@ def verify_against(bundle: Path, model_path: Path, inputs: Path | None = None, s
     manifest = read_manifest(bundle)
     registry = get_registry()
     target = registry.target(manifest.target)()
-    reason = target.verification_unsupported()
+    reason = target.why_unverifiable()
     if reason is not None:
         raise TargetUnavailable(f"cannot run a {manifest.target} bundle on this host: {reason}",
                                 hint=f"run 'python {bundle} verify' on the device")  # fmt: skip

@@ -284,9 +284,9 @@ def targets(json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
             "reason": availability.reason,
             "install_hint": availability.install_hint or (None if availability.available else cls.install_hint),
             "verifies_here": availability.available
-            and target.verification_unsupported() is None
-            and target.proxy_verification() is None,
-            "verify_note": (target.verification_unsupported() or target.proxy_verification())
+            and target.why_unverifiable() is None
+            and target.why_stand_in() is None,
+            "verify_note": (target.why_unverifiable() or target.why_stand_in())
             if availability.available
             else None,
             "plugin": registry.origins.get(f"target:{name}"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from onnx import ModelProto
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from gpuxc.errors import GpuxcError, PassError, PluginError, first_line
 
 __all__ = ["PassConfig", "PassResult", "PassContext", "PassSpec", "PassRecord", "PassSkipped", "Pass", "PassManager"]
+
 
 class PassConfig(BaseModel):
     """Base of every pass's typed parameters."""
@@ -80,23 +81,29 @@ class PassSkipped(Exception):
     """Raised by a pass that finds nothing to do on this model (recorded as skipped, never an error)."""
 
 
-class Pass:
-    """Base class of graph passes; subclasses set ``name``, ``Config`` and implement ``run``."""
+ConfigT = TypeVar("ConfigT", bound=PassConfig)
+
+
+class Pass(Generic[ConfigT]):
+    """Base class of graph passes, generic over their parameters: ``class Fp16(Pass[Fp16Config])``
+    sets ``name`` and ``Config = Fp16Config`` and implements ``run``, where ``self.config`` is an
+    ``Fp16Config``. ``Config`` is what the registry validates and the manager builds the
+    instance's config from (a ClassVar cannot name the type variable, so both are written)."""
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     Config: ClassVar[type[PassConfig]] = PassConfig
 
-    def __init__(self, config: PassConfig) -> None:
-        self.config = config
+    def __init__(self, config: ConfigT) -> None:
+        self.config: ConfigT = config
 
     @classmethod
     def validate_class(cls) -> None:
         if not (isinstance(cls.Config, type) and issubclass(cls.Config, BaseModel)):
             raise PluginError(f"pass '{cls.name}': Config must be a pydantic model")
 
-    def requires(self, model: ModelProto) -> str | None:
-        """Why this pass cannot run on ``model`` (it is then skipped), or ``None``."""
+    def why_skip(self, model: ModelProto) -> str | None:
+        """Why this pass cannot run on ``model`` (it is then recorded as skipped), or ``None``."""
         return None
 
     def run(self, model: ModelProto, ctx: PassContext) -> PassResult:
@@ -104,11 +111,13 @@ class Pass:
 
 
 class PassManager:
+    """Runs planned passes in order and records each run (applied, unchanged or skipped)."""
+
     def __init__(self, registry: Any) -> None:
         self.registry = registry
         self.artifacts: dict[str, Path] = {}  # extra files produced by the passes of the last run
 
-    def instantiate(self, spec: PassSpec) -> Pass:
+    def instantiate(self, spec: PassSpec) -> Pass[Any]:
         cls = self.registry.pass_(spec.name)
         try:
             config = cls.Config.model_validate(spec.params)
@@ -129,7 +138,7 @@ class PassManager:
             started = time.perf_counter()
             if progress:
                 progress(f"pass {spec.name}")
-            reason = instance.requires(model)
+            reason = instance.why_skip(model)
             if reason is not None:
                 records.append(PassRecord(name=spec.name, params=params, required=spec.required, status="skipped",
                                           reason=reason, seconds=0.0, stats={}))  # fmt: skip

@@ -45,12 +45,12 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 class Registry:
     """Targets and passes by name, each with the plugin that registered it."""
 
-    targets: dict[str, type[Target]] = field(default_factory=dict)
-    passes: dict[str, type[Pass]] = field(default_factory=dict)
+    targets: dict[str, type[Target[Any]]] = field(default_factory=dict)
+    passes: dict[str, type[Pass[Any]]] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)  # "target:cpu" -> plugin name
     plugins: list[str] = field(default_factory=list)
 
-    def target(self, name: str) -> type[Target]:
+    def target(self, name: str) -> type[Target[Any]]:
         from gpuxc.errors import TargetUnavailable
         from gpuxc.project.config import did_you_mean
 
@@ -62,7 +62,7 @@ class Registry:
                 f"unknown target '{name}'{did_you_mean(name, self.targets)}; known targets: {known}"
             ) from None
 
-    def pass_(self, name: str) -> type[Pass]:
+    def pass_(self, name: str) -> type[Pass[Any]]:
         from gpuxc.project.config import did_you_mean
 
         try:
@@ -75,7 +75,7 @@ def _register_into(registry: Registry, kind: str, plugin: str) -> Any:
     from gpuxc.passes import Pass
     from gpuxc.targets import Target
 
-    base: type = Target if kind == "target" else Pass
+    base: type[Target[Any]] | type[Pass[Any]] = Target if kind == "target" else Pass
     table: dict[str, Any] = registry.targets if kind == "target" else registry.passes
 
     def register(cls: type[Any]) -> None:

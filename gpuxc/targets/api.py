@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -28,10 +28,14 @@ if TYPE_CHECKING:
 
 __all__ = ["TargetOptions", "Availability", "RuntimeSpec", "Variant", "CompileContext", "Artifact", "Target"]
 
+
 class TargetOptions(BaseModel):
     """Base of every target's options (``build.options.<target>`` in gpux.yml)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+OptionsT = TypeVar("OptionsT", bound=TargetOptions)
 
 
 class Availability(BaseModel):
@@ -43,7 +47,7 @@ class Availability(BaseModel):
 class RuntimeSpec(BaseModel):
     """How the generated runner executes the artifact."""
 
-    adapter: str  # template name of the runner's runtime adapter, e.g. "cpu/runtime.py.j2"
+    adapter: str  # template name of the runner's runtime adapter, e.g. "onnxruntime/runtime.py"
     requirements: list[str]  # pinned requirement lines for requirements.txt
     providers: list[str] = []  # execution providers / devices the adapter prefers, in order
     settings: dict[str, Any] = {}  # read by the adapter from the manifest at run time
@@ -66,10 +70,12 @@ class Variant:
 
 
 @dataclass
-class CompileContext:
+class CompileContext(Generic[OptionsT]):
+    """What ``Target.compile`` may know about the build: ``options`` is the target's own Options."""
+
     config: GpuxConfig
     signature: ModelSignature
-    options: TargetOptions
+    options: OptionsT
     bundle_dir: Path  # the staging bundle root; write artifacts under bundle_dir / "model"
     workdir: Path  # scratch space, removed after the build
     variant: Variant = field(default_factory=lambda: Variant("fp32", "fp32"))
@@ -84,8 +90,24 @@ class Artifact:
     settings: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest, read by the adapter
 
 
-class Target:
-    """Base class of compile targets. Subclasses set the class attributes and implement the methods."""
+class Target(Generic[OptionsT]):
+    """Base class of compile targets, generic over their options: ``class CpuTarget(Target[CpuOptions])``
+    sets ``Options = CpuOptions`` (what the registry checks and the pipeline validates
+    ``build.options.<name>`` with) and receives a ``CpuOptions`` wherever ``options`` is passed.
+
+    The methods are listed in the order the pipeline calls them:
+
+    1. ``check_available``: can this host compile for the target at all?
+    2. ``variants``: which builds to make (one, or the candidates of ``--optimize auto``);
+       then, for each variant:
+    3. ``plan``: the passes its runtime needs, run by the pass manager;
+    4. ``compile``: the passed model into artifact files under ``ctx.bundle_dir``;
+    5. ``runtime``: the runner's adapter and pinned requirements for the bundle;
+    6. verification queries: ``why_unverifiable`` (not executed here at all),
+       ``why_stand_in`` (executed on a stand-in runtime), ``verification_runtime`` (what executes it);
+    7. ``execute``: run the artifact on the reference inputs (numerics gate), and
+       ``timer``: run it repeatedly under ``--optimize auto``.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
@@ -103,21 +125,7 @@ class Target:
         """Whether this host can compile for the target (imports of its toolchain succeed)."""
         return Availability(available=True)
 
-    def verification_unsupported(self) -> str | None:
-        """Why the artifact cannot be executed on this host (then it is recorded unverified), or None."""
-        return None
-
-    def proxy_verification(self) -> str | None:
-        """When ``execute`` runs the artifact on a stand-in runtime (ONNX Runtime CPU for a
-        DirectML or CUDA bundle), why: the numerics gate still applies, but the manifest
-        records the bundle as unverified on its own runtime, with this reason."""
-        return None
-
-    def verification_runtime(self) -> str:
-        """What executes the artifact in ``execute``, for the manifest (e.g. "onnxruntime 1.31.1 CPU")."""
-        return self.name
-
-    def variants(self, config: GpuxConfig, options: TargetOptions, auto: bool) -> list[Variant]:
+    def variants(self, config: GpuxConfig, options: OptionsT, auto: bool) -> list[Variant]:
         """Variants to build: the configured precision, or under ``auto`` every candidate that applies.
 
         The first variant of an auto search is the baseline no other may be slower than.
@@ -128,15 +136,33 @@ class Target:
         return [Variant(precision, precision)]
 
     def plan(
-        self, config: GpuxConfig, signature: ModelSignature, options: TargetOptions, variant: Variant
+        self, config: GpuxConfig, signature: ModelSignature, options: OptionsT, variant: Variant
     ) -> list[PassSpec]:
+        """The passes to run on the source model for ``variant``, in order."""
         return []
 
-    def compile(self, model: ModelProto, ctx: CompileContext) -> Artifact:
+    def compile(self, model: ModelProto, ctx: CompileContext[OptionsT]) -> Artifact:
+        """Write the passed ``model`` as artifact files under ``ctx.bundle_dir``; what was written."""
         raise NotImplementedError
 
-    def runtime(self, options: TargetOptions, artifact: Artifact) -> RuntimeSpec:
+    def runtime(self, options: OptionsT, artifact: Artifact) -> RuntimeSpec:
+        """How the bundle's runner executes ``artifact``: adapter template and pinned requirements."""
         raise NotImplementedError
+
+    def why_unverifiable(self) -> str | None:
+        """Why the artifact cannot be executed on this host (then it is recorded unverified), or None."""
+        return None
+
+    def why_stand_in(self) -> str | None:
+        """When ``execute`` runs the artifact on a stand-in runtime (ONNX Runtime CPU for a
+        DirectML or CUDA bundle), why: the numerics gate still applies, but the manifest
+        records the bundle as unverified on its own runtime, with this reason. None when the
+        target's own runtime executes it."""
+        return None
+
+    def verification_runtime(self) -> str:
+        """What executes the artifact in ``execute``, for the manifest (e.g. "onnxruntime 1.31.1 CPU")."""
+        return self.name
 
     def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the artifact on this host (for compile-time verification)."""

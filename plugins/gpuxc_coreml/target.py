@@ -43,7 +43,7 @@ class CoreMLOptions(TargetOptions):
     """Which units the runner lets CoreML use (read at run time)."""
 
 
-class CoreMLTarget(Target):
+class CoreMLTarget(Target[CoreMLOptions]):
     name = "coreml"
     description = "CoreML ML Program (.mlpackage) for Apple devices; verified on macOS only"
     Options = CoreMLOptions
@@ -57,23 +57,19 @@ class CoreMLTarget(Target):
                                 install_hint=self.install_hint)  # fmt: skip
         return Availability(available=True)
 
-    def verification_unsupported(self) -> str | None:
+    def why_unverifiable(self) -> str | None:
         return None if sys.platform == "darwin" else MACOS_ONLY
 
     def verification_runtime(self) -> str:
         return f"coremltools {version_of('coremltools')} (CoreML, CPU_ONLY)"
 
-    def variants(self, config: GpuxConfig, options: CoreMLOptions, auto: bool) -> list[Variant]:  # type: ignore[override]
+    def variants(self, config: GpuxConfig, options: CoreMLOptions, auto: bool) -> list[Variant]:
         # CoreML quantizes through its own optimizers, not ONNX passes: one fp32-graph variant,
         # with compute precision taken from the options.
         return [Variant(options.compute_precision, "fp32" if options.compute_precision == "fp32" else "fp16")]
 
     def plan(
-        self,
-        config: GpuxConfig,
-        signature: ModelSignature,
-        options: CoreMLOptions,  # type: ignore[override]
-        variant: Variant,
+        self, config: GpuxConfig, signature: ModelSignature, options: CoreMLOptions, variant: Variant
     ) -> list[PassSpec]:
         # The translators read shapes, axes and slice bounds as constants: fold first, then
         # BASIC optimization (no ORT-only fused ops such as FusedConv, which have no translator).
@@ -82,7 +78,7 @@ class CoreMLTarget(Target):
         specs.append(PassSpec("ort-optimize", {"level": "basic", "providers": ["CPUExecutionProvider"]}))
         return specs
 
-    def compile(self, model: ModelProto, ctx: CompileContext) -> Artifact:
+    def compile(self, model: ModelProto, ctx: CompileContext[CoreMLOptions]) -> Artifact:
         import coremltools as ct
 
         from gpuxc.project.reference import resolve_shapes
@@ -94,7 +90,7 @@ class CoreMLTarget(Target):
             unsupported_ops,
         )
 
-        options: CoreMLOptions = ctx.options  # type: ignore[assignment]
+        options = ctx.options
         # Every missing op is reported at once, before anything is written.
         missing = unsupported_ops(model)
         if missing:
@@ -168,7 +164,7 @@ class CoreMLTarget(Target):
                                f"the ONNX model takes {want_in} and gives {want_out}")  # fmt: skip
         return inputs, outputs
 
-    def runtime(self, options: CoreMLOptions, artifact: Artifact) -> RuntimeSpec:  # type: ignore[override]
+    def runtime(self, options: CoreMLOptions, artifact: Artifact) -> RuntimeSpec:
         version = version_of("coremltools")
         coreml = f"coremltools=={version}" if version else "coremltools>=8.0"
         return RuntimeSpec(

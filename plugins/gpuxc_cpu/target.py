@@ -20,8 +20,8 @@ from gpuxc.bundle.requirements import pinned
 from gpuxc.errors import CompileError, ConfigError
 from gpuxc.passes import PassSpec
 from gpuxc.passes.plans import has_calibration, onnx_plan
-from gpuxc.project.model import save_model
-from gpuxc.targets import Artifact, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
+from gpuxc.targets import Artifact, CompileContext, RuntimeSpec, TargetOptions, Variant
+from gpuxc.targets.onnx_file import OnnxFileTarget
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,13 +50,13 @@ class CpuOptions(TargetOptions):
     """Ship model.ort plus its required-operators config, for ONNX Runtime minimal builds on edge devices."""
 
 
-class CpuTarget(Target):
+class CpuTarget(OnnxFileTarget[CpuOptions]):
     name = "cpu"
     description = "ONNX Runtime, CPU execution provider (portable ONNX, optimized offline)"
     Options = CpuOptions
     install_hint = "pip install onnxruntime"
 
-    def variants(self, config: GpuxConfig, options: CpuOptions, auto: bool) -> list[Variant]:  # type: ignore[override]
+    def variants(self, config: GpuxConfig, options: CpuOptions, auto: bool) -> list[Variant]:
         if not (auto or config.build.precision == "auto"):
             return [Variant(config.build.precision, config.build.precision)]
         # fp16 is no candidate here: ONNX Runtime's CPU kernels are fp32 and would add casts.
@@ -67,7 +67,7 @@ class CpuTarget(Target):
 
     def plan(
         self, config: GpuxConfig, signature: ModelSignature, options: CpuOptions, variant: Variant
-    ) -> list[PassSpec]:  # type: ignore[override]
+    ) -> list[PassSpec]:
         level = config.build.optimization_level or "extended"
         if level == "all" and not options.host_specific:
             raise ConfigError(
@@ -79,8 +79,8 @@ class CpuTarget(Target):
             specs.append(PassSpec("ort-format", {}))
         return specs
 
-    def compile(self, model: ModelProto, ctx: CompileContext) -> Artifact:
-        options: CpuOptions = ctx.options  # type: ignore[assignment]
+    def compile(self, model: ModelProto, ctx: CompileContext[CpuOptions]) -> Artifact:
+        options = ctx.options
         model_dir = ctx.bundle_dir / layout.MODEL_DIR
         if options.ort_format:
             # A minimal ONNX Runtime build reads only .ort; the full build reads it too.
@@ -94,12 +94,8 @@ class CpuTarget(Target):
                 files.append(f"model/{name}")
             entry, fmt = "model/model.ort", "ort"
         else:
-            try:
-                extra = save_model(model, model_dir / "model.onnx")
-            except Exception as exc:
-                raise CompileError(f"cpu: cannot write the model: {exc}") from None
-            files = ["model/model.onnx", *(f"model/{name}" for name in extra)]
-            entry, fmt = "model/model.onnx", "onnx"
+            files = self.save_onnx(model, ctx)
+            entry, fmt = files[0], "onnx"
         return Artifact(
             entry=entry,
             format=fmt,
@@ -112,22 +108,12 @@ class CpuTarget(Target):
             },
         )
 
-    def runtime(self, options: CpuOptions, artifact: Artifact) -> RuntimeSpec:  # type: ignore[override]
+    def runtime(self, options: CpuOptions, artifact: Artifact) -> RuntimeSpec:
         return RuntimeSpec(
             adapter="onnxruntime/runtime.py",
             requirements=pinned(["onnxruntime", "numpy"]),
             providers=PROVIDERS,
         )
-
-    def verification_runtime(self) -> str:
-        from gpuxc.bundle.requirements import version_of
-
-        return f"onnxruntime {version_of('onnxruntime')} CPUExecutionProvider"
-
-    def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from gpuxc.ort_session import run_onnxruntime
-
-        return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=PROVIDERS)
 
     def timer(self, bundle_dir: Path, artifact: Artifact) -> Callable[[dict[str, np.ndarray]], Any]:
         from gpuxc.ort_session import open_session

@@ -50,7 +50,7 @@ class OpenVinoOptions(TargetOptions):
     """Runner CACHE_DIR for compiled blobs (relative to the bundle); default: none."""
 
 
-class OpenVinoTarget(Target):
+class OpenVinoTarget(Target[OpenVinoOptions]):
     name = "openvino"
     description = "OpenVINO IR (xml + bin) for Intel CPUs, GPUs and NPUs; inference precision recorded"
     Options = OpenVinoOptions
@@ -64,7 +64,7 @@ class OpenVinoTarget(Target):
                                 install_hint=self.install_hint)  # fmt: skip
         return Availability(available=True)
 
-    def verification_unsupported(self) -> str | None:
+    def why_unverifiable(self) -> str | None:
         import openvino as ov
 
         if "CPU" not in ov.Core().available_devices:
@@ -82,7 +82,7 @@ class OpenVinoTarget(Target):
         caps = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
         return [h for h, cap in HINT_CAPABILITY.items() if cap in caps]
 
-    def variants(self, config: GpuxConfig, options: OpenVinoOptions, auto: bool) -> list[Variant]:  # type: ignore[override]
+    def variants(self, config: GpuxConfig, options: OpenVinoOptions, auto: bool) -> list[Variant]:
         precision = config.build.precision
         if precision == "int8-dynamic":
             raise ConfigError(
@@ -102,7 +102,7 @@ class OpenVinoTarget(Target):
 
     def plan(
         self, config: GpuxConfig, signature: ModelSignature, options: OpenVinoOptions, variant: Variant
-    ) -> list[PassSpec]:  # type: ignore[override]
+    ) -> list[PassSpec]:
         specs = []
         if config.build.shapes:
             specs.append(PassSpec("fix-shapes", {"shapes": config.build.shapes}))
@@ -113,10 +113,10 @@ class OpenVinoTarget(Target):
 
     # -- compile -----------------------------------------------------------------------------
 
-    def compile(self, model: ModelProto, ctx: CompileContext) -> Artifact:
+    def compile(self, model: ModelProto, ctx: CompileContext[OpenVinoOptions]) -> Artifact:
         import openvino as ov
 
-        options: OpenVinoOptions = ctx.options  # type: ignore[assignment]
+        options = ctx.options
         variant = ctx.variant
         source = ctx.workdir / "openvino-in.onnx"
         save_model(model, source)
@@ -146,7 +146,7 @@ class OpenVinoTarget(Target):
             },
         )
 
-    def _quantize(self, ov_model: Any, model: ModelProto, ctx: CompileContext) -> Any:
+    def _quantize(self, ov_model: Any, model: ModelProto, ctx: CompileContext[OpenVinoOptions]) -> Any:
         try:
             import nncf
         except ImportError:
@@ -168,7 +168,7 @@ class OpenVinoTarget(Target):
         except Exception as exc:
             raise CompileError(f"openvino: NNCF quantization failed: {first_line(exc)}") from None
 
-    def runtime(self, options: OpenVinoOptions, artifact: Artifact) -> RuntimeSpec:  # type: ignore[override]
+    def runtime(self, options: OpenVinoOptions, artifact: Artifact) -> RuntimeSpec:
         return RuntimeSpec(
             adapter="openvino/runtime.py",
             requirements=pinned(["openvino", "numpy"]),

@@ -8,21 +8,20 @@ is the only level saved: EXTENDED/ALL write CPU-only fused and NCHWc ops.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from gpuxc.bundle import layout
 from gpuxc.bundle.requirements import pinned, version_of
 from gpuxc.errors import CompileError, ConfigError
 from gpuxc.passes import PassSpec
 from gpuxc.passes.plans import onnx_plan
-from gpuxc.project.model import iter_nodes, opset_map, save_model
-from gpuxc.targets import Artifact, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
+from gpuxc.project.model import iter_nodes, opset_map
+from gpuxc.targets import Artifact, CompileContext, RuntimeSpec, TargetOptions, Variant
+from gpuxc.targets.api import OptionsT
+from gpuxc.targets.onnx_file import OnnxFileTarget
 
 if TYPE_CHECKING:
-    import numpy as np
     from onnx import ModelProto
 
     from gpuxc.project.config import GpuxConfig
@@ -34,13 +33,13 @@ DML_OPSETS = (7, 20)
 CPU_ONLY_CONTRIB = {"FusedConv", "NchwcConv", "ReorderInput", "ReorderOutput", "NhwcMaxPool", "QLinearConv"}
 
 
-class _OrtGpuTarget(Target):
-    """What DirectML and CUDA share: BASIC plans, the ONNX Runtime adapter, CPU-numerics proxy."""
+class _OrtGpuTarget(OnnxFileTarget[OptionsT]):
+    """What DirectML and CUDA share: BASIC plans, the ONNX Runtime adapter, CPU-numerics stand-in."""
 
     providers: list[str]
     gpu_name: str
 
-    def variants(self, config: GpuxConfig, options: Any, auto: bool) -> list[Variant]:
+    def variants(self, config: GpuxConfig, options: OptionsT, auto: bool) -> list[Variant]:
         precision = config.build.precision
         if precision in ("int8-dynamic", "int8-static"):
             raise ConfigError(
@@ -52,7 +51,9 @@ class _OrtGpuTarget(Target):
             return [Variant("fp32", "fp32"), Variant("fp16", "fp16")]
         return [Variant(precision, precision)]
 
-    def plan(self, config: GpuxConfig, signature: ModelSignature, options: Any, variant: Variant) -> list[PassSpec]:
+    def plan(
+        self, config: GpuxConfig, signature: ModelSignature, options: OptionsT, variant: Variant
+    ) -> list[PassSpec]:
         level = config.build.optimization_level or "basic"
         if level not in ("none", "basic"):
             raise ConfigError(
@@ -61,13 +62,10 @@ class _OrtGpuTarget(Target):
             )
         return onnx_plan(config, variant, level, ["CPUExecutionProvider"])
 
-    def compile(self, model: ModelProto, ctx: CompileContext) -> Artifact:
+    def compile(self, model: ModelProto, ctx: CompileContext[OptionsT]) -> Artifact:
         self.check_graph(model)
-        target = ctx.bundle_dir / layout.MODEL_DIR / "model.onnx"
-        extra = save_model(model, target)
-        return Artifact(entry="model/model.onnx", format="onnx",
-                        files=["model/model.onnx", *(f"model/{n}" for n in extra)],
-                        settings=self.session_settings(ctx.options))  # fmt: skip
+        files = self.save_onnx(model, ctx)
+        return Artifact(entry=files[0], format="onnx", files=files, settings=self.session_settings(ctx.options))
 
     def check_graph(self, model: ModelProto) -> None:
         bad = set()
@@ -82,19 +80,15 @@ class _OrtGpuTarget(Target):
                 f"{', '.join(sorted(bad))}"
             )
 
-    def session_settings(self, options: Any) -> dict[str, Any]:
-        return {"device_id": options.device_id}
+    def session_settings(self, options: OptionsT) -> dict[str, Any]:
+        """The provider's session settings, recorded in the artifact for the runner."""
+        raise NotImplementedError
 
-    def proxy_verification(self) -> str | None:
+    def why_stand_in(self) -> str | None:
         return f"the {self.gpu_name} execution provider cannot run on this host"
 
     def verification_runtime(self) -> str:
-        return f"onnxruntime {version_of('onnxruntime')} CPUExecutionProvider (stand-in for {self.providers[0]})"
-
-    def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from gpuxc.ort_session import run_onnxruntime
-
-        return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=["CPUExecutionProvider"])
+        return f"{super().verification_runtime()} (stand-in for {self.providers[0]})"
 
 
 class DirectMLOptions(TargetOptions):
@@ -104,7 +98,7 @@ class DirectMLOptions(TargetOptions):
     """DirectX adapter index the runner uses."""
 
 
-class DirectMLTarget(_OrtGpuTarget):
+class DirectMLTarget(_OrtGpuTarget[DirectMLOptions]):
     name = "directml"
     description = "ONNX Runtime DirectML (Windows GPUs); ONNX at BASIC level, DML session settings"
     Options = DirectMLOptions
@@ -122,11 +116,11 @@ class DirectMLTarget(_OrtGpuTarget):
                 hint="convert with onnx.version_converter and recompile",
             )
 
-    def session_settings(self, options: Any) -> dict[str, Any]:
+    def session_settings(self, options: DirectMLOptions) -> dict[str, Any]:
         # DirectML requires both: it cannot run with memory patterns or parallel execution.
         return {"device_id": options.device_id, "disable_memory_pattern": True, "execution_mode": "sequential"}
 
-    def runtime(self, options: Any, artifact: Artifact) -> RuntimeSpec:
+    def runtime(self, options: DirectMLOptions, artifact: Artifact) -> RuntimeSpec:
         version = version_of("onnxruntime")
         return RuntimeSpec(
             adapter="onnxruntime/runtime.py",
@@ -150,7 +144,7 @@ class CudaOptions(TargetOptions):
     """Capture CUDA graphs (needs static input shapes: set build.shapes)."""
 
 
-class CudaTarget(_OrtGpuTarget):
+class CudaTarget(_OrtGpuTarget[CudaOptions]):
     name = "cuda"
     description = "ONNX Runtime CUDA (NVIDIA GPUs); ONNX at BASIC level, CUDA provider options"
     Options = CudaOptions
@@ -158,7 +152,7 @@ class CudaTarget(_OrtGpuTarget):
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     gpu_name = "CUDA"
 
-    def proxy_verification(self) -> str | None:
+    def why_stand_in(self) -> str | None:
         try:
             import onnxruntime as ort
 
@@ -166,25 +160,24 @@ class CudaTarget(_OrtGpuTarget):
                 return None
         except ImportError:
             pass
-        return super().proxy_verification()
+        return super().why_stand_in()
 
-    def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from gpuxc.ort_session import run_onnxruntime
+    def execute_providers(self) -> list[str]:
+        return super().execute_providers() if self.why_stand_in() else self.providers
 
-        providers = ["CPUExecutionProvider"] if self.proxy_verification() else self.providers
-        return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=providers)
-
-    def plan(self, config: GpuxConfig, signature: ModelSignature, options: Any, variant: Variant) -> list[PassSpec]:
+    def plan(
+        self, config: GpuxConfig, signature: ModelSignature, options: CudaOptions, variant: Variant
+    ) -> list[PassSpec]:
         if options.cuda_graphs and not config.build.shapes:
             raise ConfigError(f"{config.where('build', 'options', 'cuda', 'cuda_graphs')}: CUDA graphs need static "
                               "input shapes: set build.shapes")  # fmt: skip
         return super().plan(config, signature, options, variant)
 
-    def session_settings(self, options: Any) -> dict[str, Any]:
+    def session_settings(self, options: CudaOptions) -> dict[str, Any]:
         return {"device_id": options.device_id, "cudnn_conv_algo_search": options.cudnn_conv_algo_search,
                 "enable_cuda_graph": options.cuda_graphs}  # fmt: skip
 
-    def runtime(self, options: Any, artifact: Artifact) -> RuntimeSpec:
+    def runtime(self, options: CudaOptions, artifact: Artifact) -> RuntimeSpec:
         return RuntimeSpec(
             adapter="onnxruntime/runtime.py",
             requirements=[f"onnxruntime-gpu=={version_of('onnxruntime')}", *pinned(["numpy"])],

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnx import ModelProto, TensorProto
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
 from gpuxc.bundle.compare import DEFAULT_TOLERANCE, compare
 from gpuxc.errors import GpuxcError, PassError, first_line
+from gpuxc.passes import PassContext
 from gpuxc.project.model import ModelSignature, describe, iter_nodes, iter_tensors, save_model
 from gpuxc.project.reference import DEFAULT_DIM, DEFAULT_SPATIAL, FALLBACK_SIZES, generate, index_bounds
 
@@ -44,6 +45,15 @@ def gigabytes(model: ModelProto) -> str:
 def signature_of(model: ModelProto) -> ModelSignature:
     """The model's signature (inputs, outputs, opsets) without a file behind it."""
     return describe(model, sha256="", size_bytes=model.ByteSize(), external=[])
+
+
+def subgraphs(node: NodeProto) -> Iterator[GraphProto]:
+    """The graphs a node holds as attributes (If branches, Loop and Scan bodies), in order."""
+    for attr in node.attribute:
+        if attr.type == AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == AttributeProto.GRAPHS:
+            yield from attr.graphs
 
 
 def op_counts(model: ModelProto) -> Counter[str]:
@@ -132,13 +142,22 @@ def generated_inputs(
     )
 
 
+def check_inputs(
+    model: ModelProto, check_shapes: dict[str, list[int]], ctx: PassContext
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Inputs for a pass's check of its result, and the input model's outputs on them: shapes from
+    the pass's ``check_shapes`` parameter, else the build's reference shapes (``CHECK_SIZES`` fill the rest)."""
+    given = check_shapes or ctx.reference_shapes
+    return generated_inputs(model, signature_of(model), given, ctx.workdir, CHECK_SIZES, "check_shapes")
+
+
 def reason(exc: BaseException) -> str:
     """One line for ``exc``: a gpuxc error's message without its hint (the hint speaks of gpux.yml)."""
     return exc.message if isinstance(exc, GpuxcError) else first_line(exc)
 
 
 def check_outputs(expected: dict[str, Any], actual: dict[str, Any], precision: str) -> dict[str, Any]:
-    """``gpuxc.compare.compare`` at the default tolerance of ``precision``."""
+    """``gpuxc.bundle.compare.compare`` at the default tolerance of ``precision``."""
     return compare(expected, actual, DEFAULT_TOLERANCE[precision])
 
 

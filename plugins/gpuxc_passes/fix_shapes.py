@@ -18,18 +18,17 @@ class FixShapesConfig(PassConfig):
     """Input name -> full shape. Fixed dims of the model must match; symbolic dims take these values."""
 
 
-class FixShapes(Pass):
+class FixShapes(Pass[FixShapesConfig]):
     name = "fix-shapes"
     description = "replace symbolic input dims with fixed values (build.shapes)"
     Config = FixShapesConfig
 
     def run(self, model: ModelProto, ctx: PassContext) -> PassResult:
-        config: FixShapesConfig = self.config  # type: ignore[assignment]
         fixed = ModelProto()
         fixed.CopyFrom(model)
         inputs = {v.name: v for v in fixed.graph.input}
         changed: dict[str, list[int]] = {}
-        for name, shape in config.shapes.items():
+        for name, shape in self.config.shapes.items():
             value = inputs.get(name)
             if value is None:
                 raise PassError(f"build.shapes names '{name}', which is not a model input")

@@ -26,7 +26,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto,
 from gpuxc.errors import first_line
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult
 from gpuxc.project.model import save_model
-from gpuxc_passes._common import is_large
+from gpuxc_passes._common import is_large, subgraphs
 
 # Ops whose output is not a function of their inputs.
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -43,19 +43,18 @@ class FoldConstantsConfig(PassConfig):
     """A folded value over this size (MiB) is kept only if it is no larger than the constants it is computed from."""
 
 
-class FoldConstants(Pass):
+class FoldConstants(Pass[FoldConstantsConfig]):
     name = "fold-constants"
     description = "Constant nodes to initializers, constant subgraphs computed once (ONNX Runtime)"
     Config = FoldConstantsConfig
 
     def run(self, model: ModelProto, ctx: PassContext) -> PassResult:
-        config: FoldConstantsConfig = self.config  # type: ignore[assignment]
         out = ModelProto()
         out.CopyFrom(model)
         graph = out.graph
         stats: dict[str, Any] = {"constants_converted": _constants_to_initializers(out)}
-        if config.fold:
-            stats.update(_fold(out, ctx, config.size_limit_mb * MIB))
+        if self.config.fold:
+            stats.update(_fold(out, ctx, self.config.size_limit_mb * MIB))
         modified = stats["constants_converted"] > 0 or stats.get("nodes_folded", 0) > 0
         if not modified:
             return PassResult(model=model, modified=False, stats=stats)
@@ -230,22 +229,14 @@ def _subgraph_reads(graph: GraphProto) -> set[str]:
     def walk(g: GraphProto) -> None:
         for node in g.node:
             reads.update(node.input)
-            for attr in node.attribute:
-                if attr.type == AttributeProto.GRAPH:
-                    walk(attr.g)
-                elif attr.type == AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        walk(sub)
-            # graph outputs of a body may name an outer value directly
+            for sub in subgraphs(node):
+                walk(sub)
+        # graph outputs of a body may name an outer value directly
         reads.update(v.name for v in g.output)
 
     for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == AttributeProto.GRAPH:
-                walk(attr.g)
-            elif attr.type == AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    walk(sub)
+        for sub in subgraphs(node):
+            walk(sub)
     return reads
 
 

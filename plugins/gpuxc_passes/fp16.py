@@ -27,22 +27,21 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, ValueInfoProto, helper
+from onnx import GraphProto, ModelProto, TensorProto, ValueInfoProto, helper
 
 from gpuxc.errors import PassError
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSkipped
 from gpuxc.project.model import infer_shapes, iter_tensors, save_model
 from gpuxc_passes._common import (
-    CHECK_SIZES,
+    check_inputs,
     check_outputs,
-    generated_inputs,
     has_float16,
     has_float32,
     is_large,
     op_counts,
     reason,
     run_model,
-    signature_of,
+    subgraphs,
     summary,
 )
 
@@ -78,7 +77,7 @@ class Fp16Config(PassConfig):
     """Input name -> full shape for the check; unknown dims not given take small values (batch 1)."""
 
 
-class Fp16(Pass):
+class Fp16(Pass[Fp16Config]):
     name = "fp16"
     description = "float32 to float16 weights and compute (onnxconverter-common), fp32 I/O kept"
     Config = Fp16Config
@@ -86,7 +85,6 @@ class Fp16(Pass):
     def run(self, model: ModelProto, ctx: PassContext) -> PassResult:
         from onnxconverter_common import float16
 
-        config: Fp16Config = self.config  # type: ignore[assignment]
         work = ModelProto()
         work.CopyFrom(model)
         stats: dict[str, Any] = {}
@@ -99,18 +97,18 @@ class Fp16(Pass):
         typed = _complete_types(work)
         if typed:
             stats["types_from_onnxruntime"] = typed
-        blocked_nodes = list(config.node_block_list)
-        if config.block_control_flow:
+        blocked_nodes = list(self.config.node_block_list)
+        if self.config.block_control_flow:
             blocked_nodes += [n.name for n in work.graph.node if n.op_type in CONTROL_FLOW and n.name]
         with warnings.catch_warnings(record=True) as caught:
             warnings.filterwarnings("always", message=TRUNCATION_WARNING, category=UserWarning)
             converted = float16.convert_float_to_float16(
                 work,
-                min_positive_val=config.min_positive_val,
-                max_finite_val=config.max_finite_val,
-                keep_io_types=config.keep_io_types,
+                min_positive_val=self.config.min_positive_val,
+                max_finite_val=self.config.max_finite_val,
+                keep_io_types=self.config.keep_io_types,
                 disable_shape_infer=True,  # done above, without the 2 GB limit of the in-memory form
-                op_block_list=config.op_block_list,
+                op_block_list=self.config.op_block_list,
                 node_block_list=blocked_nodes,
             )
         clamped = 0
@@ -130,11 +128,8 @@ class Fp16(Pass):
         counts = op_counts(converted)
         stats["casts"] = counts.get("Cast", 0) - op_counts(model).get("Cast", 0)
         stats["float16_tensors"] = sum(1 for t in iter_tensors(converted.graph) if t.data_type == TensorProto.FLOAT16)
-        if config.check:
-            signature = signature_of(model)
-            inputs, expected = generated_inputs(
-                model, signature, config.check_shapes or ctx.reference_shapes, ctx.workdir, CHECK_SIZES, "check_shapes"
-            )
+        if self.config.check:
+            inputs, expected = check_inputs(model, self.config.check_shapes, ctx)
             halves = {v.name for v in converted.graph.input if v.type.tensor_type.elem_type == TensorProto.FLOAT16}
             feeds = {k: v.astype(np.float16) if k in halves else v for k, v in inputs.items()}
             try:
@@ -218,9 +213,5 @@ def _fix_casts(graph: GraphProto) -> int:
             if to is not None and to.i == TensorProto.FLOAT and types.get(node.output[0]) == TensorProto.FLOAT16:
                 to.i = TensorProto.FLOAT16
                 fixed += 1
-        for attr in node.attribute:
-            if attr.type == AttributeProto.GRAPH:
-                fixed += _fix_casts(attr.g)
-            elif attr.type == AttributeProto.GRAPHS:
-                fixed += sum(_fix_casts(g) for g in attr.graphs)
+        fixed += sum(_fix_casts(sub) for sub in subgraphs(node))
     return fixed

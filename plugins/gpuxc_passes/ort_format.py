@@ -47,13 +47,12 @@ class OrtFormatConfig(PassConfig):
     """List the types each operator needs in the config, for an even smaller minimal build."""
 
 
-class OrtFormat(Pass):
+class OrtFormat(Pass[OrtFormatConfig]):
     name = "ort-format"
     description = "ONNX Runtime .ort file + required-operators config (minimal builds), model unchanged"
     Config = OrtFormatConfig
 
     def run(self, model: ModelProto, ctx: PassContext) -> PassResult:
-        config: OrtFormatConfig = self.config  # type: ignore[assignment]
         if is_large(model):
             raise PassSkipped(
                 f"the .ort format (flatbuffers) cannot hold a model over 2 GB; this one is {gigabytes(model)}"
@@ -64,13 +63,17 @@ class OrtFormat(Pass):
         src = folder / "model.onnx"
         save_model(model, src)
         command = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(src),
-                   "--output_dir", str(out_dir), "--optimization_style", config.optimization_style]  # fmt: skip
-        if config.target_platform:
-            command += ["--target_platform", config.target_platform]
-        if config.enable_type_reduction:
+                   "--output_dir", str(out_dir), "--optimization_style", self.config.optimization_style]  # fmt: skip
+        if self.config.target_platform:
+            command += ["--target_platform", self.config.target_platform]
+        if self.config.enable_type_reduction:
             command.append("--enable_type_reduction")
         # TMPDIR: importing onnxruntime leaves a telemetry file ($TMPDIR/.ses); keep it in the work folder.
-        env = {**os.environ, "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL": config.level, "TMPDIR": str(folder)}
+        env = {
+            **os.environ,
+            "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL": self.config.level,
+            "TMPDIR": str(folder),
+        }
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         ort_files = sorted(out_dir.glob("*.ort"))
         configs = sorted(out_dir.glob("*.config"))
@@ -78,8 +81,8 @@ class OrtFormat(Pass):
             raise PassError(f"convert_onnx_models_to_ort failed: {_reason(done)}")
         _check_loads(ort_files[0])
         stats = {
-            "optimization_style": config.optimization_style,
-            "level": config.level,
+            "optimization_style": self.config.optimization_style,
+            "level": self.config.level,
             "ort_bytes": ort_files[0].stat().st_size,
             "files": {ORT_NAME: ort_files[0].name, CONFIG_NAME: configs[0].name},
             "operators": _operator_count(configs[0].read_text(encoding="utf-8")),

@@ -9,14 +9,14 @@ host's CPU, so it is allowed only for an explicitly host-specific bundle.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Literal
 
 import onnx
 from onnx import ModelProto
 
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult
-from gpuxc.project.model import iter_nodes, save_model
+from gpuxc.project.model import save_model
+from gpuxc_passes._common import is_large, op_counts
 
 LEVELS = ("basic", "extended", "all")
 
@@ -28,7 +28,7 @@ class OrtOptimizeConfig(PassConfig):
     """Execution providers the session is created with while optimizing (fusions depend on them)."""
 
 
-class OrtOptimize(Pass):
+class OrtOptimize(Pass[OrtOptimizeConfig]):
     name = "ort-optimize"
     description = "ONNX Runtime offline graph optimization (basic | extended | all)"
     Config = OrtOptimizeConfig
@@ -36,7 +36,6 @@ class OrtOptimize(Pass):
     def run(self, model: ModelProto, ctx: PassContext) -> PassResult:
         import onnxruntime as ort
 
-        config: OrtOptimizeConfig = self.config  # type: ignore[assignment]
         src = ctx.workdir / "ort-optimize-in.onnx"
         dst = ctx.workdir / "ort-optimize-out.onnx"
         save_model(model, src)
@@ -45,28 +44,22 @@ class OrtOptimize(Pass):
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[config.level]
+        }[self.config.level]
         options.optimized_model_filepath = str(dst)
         options.log_severity_level = 3  # the ALL-level "hardware specific" warning is expected and recorded
-        if model.ByteSize() > 1_800_000_000:
+        if is_large(model):
             options.add_session_config_entry(
                 "session.optimized_model_external_initializers_file_name", "ort-optimize-out.data"
             )
-        ort.InferenceSession(str(src), options, providers=config.providers)
+        ort.InferenceSession(str(src), options, providers=self.config.providers)
         optimized = onnx.load(str(dst))
-        before = _ops(model)
-        after = _ops(optimized)
+        before = op_counts(model)
+        after = op_counts(optimized)
         stats = {
-            "level": config.level,
+            "level": self.config.level,
             "ops_removed": {k: v for k, v in (before - after).items()},
             "ops_added": {k: v for k, v in (after - before).items()},
             "contrib_ops": sum(v for k, v in after.items() if k.startswith("com.microsoft")),
         }
         modified = before != after or len(optimized.graph.initializer) != len(model.graph.initializer)
         return PassResult(model=optimized, modified=modified, stats=stats)
-
-
-def _ops(model: ModelProto) -> Counter[str]:
-    return Counter(
-        f"{n.domain}:{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in iter_nodes(model.graph)
-    )

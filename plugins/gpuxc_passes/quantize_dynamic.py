@@ -14,11 +14,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import onnx
-from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
+from onnx import GraphProto, ModelProto, TensorProto
 
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSkipped
 from gpuxc.project.model import save_model
-from gpuxc_passes._common import for_per_channel, is_large, op_counts, op_diff, quiet_quantizer
+from gpuxc_passes._common import for_per_channel, is_large, op_counts, op_diff, quiet_quantizer, subgraphs
 
 # Which input holds the weight, per op type (other op types: any float initializer input).
 WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1, "Gather": 0, "EmbedLayerNormalization": 2}
@@ -40,39 +40,38 @@ class QuantizeDynamicConfig(PassConfig):
     """Passed unchanged to onnxruntime.quantization.quantize_dynamic (e.g. MatMulConstBOnly)."""
 
 
-class QuantizeDynamic(Pass):
+class QuantizeDynamic(Pass[QuantizeDynamicConfig]):
     name = "quantize-dynamic"
     description = "dynamic int8 quantization of MatMul/Gemm weights (ONNX Runtime)"
     Config = QuantizeDynamicConfig
 
     def run(self, model: ModelProto, ctx: PassContext) -> PassResult:
-        config: QuantizeDynamicConfig = self.config  # type: ignore[assignment]
-        candidates = quantizable_nodes(model, config.op_types, config.nodes_to_exclude)
+        candidates = quantizable_nodes(model, self.config.op_types, self.config.nodes_to_exclude)
         if not candidates:
-            raise PassSkipped(f"no {'/'.join(config.op_types)} with initializer weights to quantize")
+            raise PassSkipped(f"no {'/'.join(self.config.op_types)} with initializer weights to quantize")
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         src = ctx.workdir / "quantize-dynamic-in.onnx"
         dst = ctx.workdir / "quantize-dynamic-out.onnx"
         large = is_large(model)
         upgrade: dict[str, Any] = {}
-        model = for_per_channel(model, config.per_channel, upgrade)
+        model = for_per_channel(model, self.config.per_channel, upgrade)
         save_model(model, src)
         with quiet_quantizer() as messages:
             quantize_dynamic(
                 src,
                 dst,
-                op_types_to_quantize=list(config.op_types),
-                per_channel=config.per_channel,
-                reduce_range=config.reduce_range,
-                weight_type=QuantType.QInt8 if config.weight_type == "qint8" else QuantType.QUInt8,
-                nodes_to_exclude=list(config.nodes_to_exclude),
+                op_types_to_quantize=list(self.config.op_types),
+                per_channel=self.config.per_channel,
+                reduce_range=self.config.reduce_range,
+                weight_type=QuantType.QInt8 if self.config.weight_type == "qint8" else QuantType.QUInt8,
+                nodes_to_exclude=list(self.config.nodes_to_exclude),
                 use_external_data_format=large,
-                extra_options=dict(config.extra_options),
+                extra_options=dict(self.config.extra_options),
             )
         quantized = onnx.load(str(dst))
         before, after = op_counts(model), op_counts(quantized)
-        done = sum(max(before.get(op, 0) - after.get(op, 0), 0) for op in config.op_types)
+        done = sum(max(before.get(op, 0) - after.get(op, 0), 0) for op in self.config.op_types)
         if done == 0:
             raise PassSkipped(f"ONNX Runtime quantized none of the {len(candidates)} candidate node(s)")
         stats: dict[str, Any] = {
@@ -100,12 +99,8 @@ def quantizable_nodes(model: ModelProto, op_types: list[str], exclude: list[str]
                 names = [node.input[index]] if index is not None and index < len(node.input) else list(node.input)
                 if any(n in inits and inits[n].data_type in FLOAT_TYPES for n in names):
                     found.append(node.name or node.op_type)
-            for attr in node.attribute:
-                if attr.type == AttributeProto.GRAPH:
-                    walk(attr.g, inits)
-                elif attr.type == AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        walk(sub, inits)
+            for sub in subgraphs(node):
+                walk(sub, inits)
 
     walk(model.graph, {})
     return found

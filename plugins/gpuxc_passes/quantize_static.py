@@ -90,55 +90,54 @@ class QuantizeStaticConfig(PassConfig):
         return self
 
 
-class QuantizeStatic(Pass):
+class QuantizeStatic(Pass[QuantizeStaticConfig]):
     name = "quantize-static"
     description = "static int8 quantization (QDQ), calibrated on build.calibration data (ONNX Runtime)"
     Config = QuantizeStaticConfig
 
     def run(self, model: ModelProto, ctx: PassContext) -> PassResult:
-        config: QuantizeStaticConfig = self.config  # type: ignore[assignment]
-        if config.data is None and not config.random:
+        if self.config.data is None and not self.config.random:
             raise PassError(NEEDS_DATA)
         if not has_float32(model if is_large(model) else infer_shapes(model)):
             raise PassSkipped("no float32 computation to quantize")
-        handled = _handled_nodes(model, config)
+        handled = _handled_nodes(model, self.config)
         if not handled:
             raise PassSkipped("no node of an op type ONNX Runtime's static quantizer handles")
         signature = signature_of(model)
         result_warnings: list[str] = []
-        if config.data is not None:
+        if self.config.data is not None:
             from gpuxc.project.calibration import load_samples
 
-            path = Path(config.data)
+            path = Path(self.config.data)
             if not path.is_absolute():
                 path = (ctx.project_dir or ctx.model_dir) / path
-            samples = load_samples(path, signature, config.samples)
-            source = f"data: {config.data}"
+            samples = load_samples(path, signature, self.config.samples)
+            source = f"data: {self.config.data}"
         else:
             from gpuxc.project.calibration import random_samples
 
             first, _ = generated_inputs(
-                model, signature, config.shapes or ctx.reference_shapes, ctx.workdir, CALIBRATION_SIZES, "shapes"
+                model, signature, self.config.shapes or ctx.reference_shapes, ctx.workdir, CALIBRATION_SIZES, "shapes"
             )
             shapes = {k: list(v.shape) for k, v in first.items()}
-            samples = random_samples(signature, shapes, config.samples, config.seed, model)
-            source = f"random (seed {config.seed}, shapes {shapes})"
+            samples = random_samples(signature, shapes, self.config.samples, self.config.seed, model)
+            source = f"random (seed {self.config.seed}, shapes {shapes})"
             result_warnings.append(RANDOM_WARNING)
 
         src = ctx.workdir / "quantize-static-in.onnx"
         stats: dict[str, Any] = {
             "calibration": source,
             "samples": len(samples),
-            "method": config.method,
+            "method": self.config.method,
             "candidates": len(handled),
         }
-        model = for_per_channel(model, config.per_channel, stats)
+        model = for_per_channel(model, self.config.per_channel, stats)
         save_model(model, src)
         quantize_from = src
-        if config.preprocess:
+        if self.config.preprocess:
             quantize_from, stats["preprocess"] = _preprocess(src, ctx.workdir, is_large(model))
         try:
-            quantized, messages = _quantize_with_bias_fallback(quantize_from, samples, config, ctx.workdir,
+            quantized, messages = _quantize_with_bias_fallback(quantize_from, samples, self.config, ctx.workdir,
                                                                is_large(model), stats)  # fmt: skip
         except Exception as exc:
             if quantize_from == src:
@@ -147,7 +146,7 @@ class QuantizeStatic(Pass):
                 ) from exc
             stats["preprocess"] = f"dropped: quantization failed after it ({type(exc).__name__}: {first_line(exc)})"
             quantized, messages = _quantize_with_bias_fallback(
-                src, samples, config, ctx.workdir, is_large(model), stats
+                src, samples, self.config, ctx.workdir, is_large(model), stats
             )
         added = op_counts(quantized) - op_counts(model)
         quant_ops = sum(v for k, v in added.items() if k in QUANT_OPS or k.startswith("QLinear") or "Integer" in k)
@@ -224,7 +223,7 @@ def _quantize(
         quantize_static,
     )
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
+    class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self._next = iter(samples)
 

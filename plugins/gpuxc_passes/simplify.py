@@ -2,7 +2,7 @@
 and redundant-op elimination), then a check that the result computes what the input did.
 
 The check runs both models in ONNX Runtime (CPU, no graph optimization) on deterministic
-generated inputs and compares every output at the fp32 tolerance of ``gpuxc.compare``;
+generated inputs and compares every output at the fp32 tolerance of ``gpuxc.bundle.compare``;
 a difference, or a simplifier that raises, fails the pass (a target that plans it as
 optional then records it as skipped, with the reason, and goes on with the input model).
 """
@@ -11,23 +11,21 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Literal
+from typing import Any, Literal
 
 from onnx import ModelProto
 
 from gpuxc.errors import PassError, first_line
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSkipped
 from gpuxc_passes._common import (
-    CHECK_SIZES,
+    check_inputs,
     check_outputs,
-    generated_inputs,
     gigabytes,
     is_large,
     op_counts,
     op_diff,
     reason,
     run_model,
-    signature_of,
     summary,
 )
 
@@ -46,14 +44,13 @@ class SimplifyConfig(PassConfig):
     """Input name -> full shape for the check; unknown dims not given take small values (batch 1)."""
 
 
-class Simplify(Pass):
+class Simplify(Pass[SimplifyConfig]):
     name = "simplify"
     description = "onnxsim/onnxslim graph simplification, checked against the input model"
     Config = SimplifyConfig
 
     def run(self, model: ModelProto, ctx: PassContext) -> PassResult:
-        config: SimplifyConfig = self.config  # type: ignore[assignment]
-        backend = config.backend
+        backend = self.config.backend
         try:
             module = importlib.import_module(backend)
         except ImportError as exc:
@@ -76,11 +73,8 @@ class Simplify(Pass):
         }
         if _structure(model) == _structure(simplified):  # value_info or doc strings alone are no change
             return PassResult(model=model, modified=False, stats=stats)
-        if config.check:
-            signature = signature_of(model)
-            inputs, expected = generated_inputs(
-                model, signature, config.check_shapes or ctx.reference_shapes, ctx.workdir, CHECK_SIZES, "check_shapes"
-            )
+        if self.config.check:
+            inputs, expected = check_inputs(model, self.config.check_shapes, ctx)
             try:
                 actual = run_model(simplified, inputs, ctx.workdir, "simplified")
             except Exception as exc:
@@ -97,16 +91,16 @@ def _structure(model: ModelProto) -> tuple[object, ...]:
     return op_counts(model), inits, [n.op_type for n in model.graph.node]
 
 
-def _simplify(module: object, backend: str, source: ModelProto) -> ModelProto:
+def _simplify(module: Any, backend: str, source: ModelProto) -> ModelProto:
     # Both libraries may edit the proto they are given (shape inference in place): give a copy.
     model = ModelProto()
     model.CopyFrom(source)
     if backend == "onnxslim":
-        return module.slim(model)  # type: ignore[attr-defined, no-any-return]
-    simplify = module.simplify  # type: ignore[attr-defined]
+        return module.slim(model)
+    simplify = module.simplify
     kwargs: dict[str, object] = {"check_n": 0}
     accepted = inspect.signature(simplify).parameters
     if "certify" in accepted:
         kwargs["certify"] = False  # newer onnxsim may try a Z3 proof by default: we check numerically
     simplified, _ = simplify(model, **kwargs)
-    return simplified  # type: ignore[no-any-return]
+    return simplified

@@ -21,11 +21,11 @@ from gpuxc.bundle.requirements import pinned, version_of
 from gpuxc.errors import CompileError, ConfigError
 from gpuxc.passes import PassSpec
 from gpuxc.passes.plans import onnx_plan
-from gpuxc.project.model import save_model, sha256_file
-from gpuxc.targets import Artifact, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
+from gpuxc.project.model import sha256_file
+from gpuxc.targets import Artifact, CompileContext, RuntimeSpec, TargetOptions, Variant
+from gpuxc.targets.onnx_file import OnnxFileTarget
 
 if TYPE_CHECKING:
-    import numpy as np
     from onnx import ModelProto
 
     from gpuxc.project.config import GpuxConfig
@@ -49,7 +49,7 @@ class TensorRTOptions(TargetOptions):
     """Where the runner caches built engines (default: ~/.cache/gpuxc/engines)."""
 
 
-def tensorrt_present() -> str | None:
+def why_no_tensorrt() -> str | None:
     """Why an engine cannot be built here, or None when TensorRT and a GPU are present."""
     try:
         import tensorrt  # noqa: F401
@@ -66,13 +66,13 @@ def tensorrt_present() -> str | None:
     return None
 
 
-class TensorRTTarget(Target):
+class TensorRTTarget(OnnxFileTarget[TensorRTOptions]):
     name = "tensorrt"
     description = "TensorRT engine for NVIDIA GPUs: built ahead of time, or on the device on first start"
     Options = TensorRTOptions
     install_hint = "compiling needs nothing more; engines build on the device (pip install tensorrt cuda-python)"
 
-    def variants(self, config: GpuxConfig, options: TensorRTOptions, auto: bool) -> list[Variant]:  # type: ignore[override]
+    def variants(self, config: GpuxConfig, options: TensorRTOptions, auto: bool) -> list[Variant]:
         precision = config.build.precision
         if precision == "int8-dynamic":
             raise ConfigError(f"{config.where('build', 'precision')}: TensorRT has no dynamic quantization; "
@@ -84,7 +84,7 @@ class TensorRTTarget(Target):
 
     def plan(
         self, config: GpuxConfig, signature: ModelSignature, options: TensorRTOptions, variant: Variant
-    ) -> list[PassSpec]:  # type: ignore[override]
+    ) -> list[PassSpec]:
         level = config.build.optimization_level or "basic"
         if level not in ("none", "basic"):
             raise ConfigError(
@@ -96,12 +96,12 @@ class TensorRTTarget(Target):
             specs.insert(0, PassSpec("fold-constants", {}, required=False))
         return specs
 
-    def profiles(self, ctx: CompileContext, model: ModelProto) -> dict[str, dict[str, list[int]]]:
+    def profiles(self, ctx: CompileContext[TensorRTOptions], model: ModelProto) -> dict[str, dict[str, list[int]]]:
         """min/opt/max for every input with a dynamic dim (explicit ones checked against the model)."""
         from gpuxc.project.model import tensor_info
         from gpuxc.project.reference import resolve_shapes
 
-        options: TensorRTOptions = ctx.options  # type: ignore[assignment]
+        options = ctx.options
         reference = resolve_shapes(ctx.signature, ctx.config)
         out: dict[str, dict[str, list[int]]] = {}
         initializers = {t.name for t in model.graph.initializer}
@@ -135,10 +135,10 @@ class TensorRTTarget(Target):
             raise CompileError(f"tensorrt: profiles name '{sorted(unknown)[0]}', which is not a model input")
         return out
 
-    def compile(self, model: ModelProto, ctx: CompileContext) -> Artifact:
-        options: TensorRTOptions = ctx.options  # type: ignore[assignment]
+    def compile(self, model: ModelProto, ctx: CompileContext[TensorRTOptions]) -> Artifact:
+        options = ctx.options
         model_dir = ctx.bundle_dir / layout.MODEL_DIR
-        extra = save_model(model, model_dir / "model.onnx")
+        files = self.save_onnx(model, ctx)
         runner_dir = ctx.bundle_dir / layout.RUNNER_DIR
         runner_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(BUILDER, runner_dir / "trt_builder.py")  # the same builder, on the device
@@ -153,8 +153,8 @@ class TensorRTTarget(Target):
             "model_sha256": sha256_file(model_dir / "model.onnx"),
             "deterministic": False,  # engines embed timing-based tactic choices
         }
-        files = ["model/model.onnx", *(f"model/{n}" for n in extra), "runner/trt_builder.py"]
-        why_not = tensorrt_present()
+        files.append("runner/trt_builder.py")
+        why_not = why_no_tensorrt()
         if why_not is None:
             files.append(self._build_ahead(model_dir, settings))
         else:
@@ -175,18 +175,13 @@ class TensorRTTarget(Target):
                         tensorrt_version=trt.__version__)  # fmt: skip
         return "model/model.engine"
 
-    def proxy_verification(self) -> str | None:
+    def why_stand_in(self) -> str | None:
         return "the TensorRT engine is built and run on the device (no GPU/TensorRT here)"
 
     def verification_runtime(self) -> str:
-        return f"onnxruntime {version_of('onnxruntime')} CPUExecutionProvider (stand-in: the prepared ONNX)"
+        return f"{super().verification_runtime()} (stand-in: the prepared ONNX)"
 
-    def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from gpuxc.ort_session import run_onnxruntime
-
-        return run_onnxruntime(bundle_dir / artifact.entry, inputs, providers=["CPUExecutionProvider"])
-
-    def runtime(self, options: TensorRTOptions, artifact: Artifact) -> RuntimeSpec:  # type: ignore[override]
+    def runtime(self, options: TensorRTOptions, artifact: Artifact) -> RuntimeSpec:
         if options.adapter == "onnxruntime":
             requirements = [f"onnxruntime-gpu=={version_of('onnxruntime')}", *pinned(["numpy"])]
             providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]

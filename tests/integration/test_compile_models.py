@@ -144,23 +144,6 @@ def test_model_artifact_is_portable(compiled: dict[str, tuple[Path, BundleResult
     assert _manifest(result.path)["artifact"]["settings"]["host_specific"] is False
 
 
-def test_host_specific_build_is_what_the_portability_check_catches(tmp_path: Path) -> None:
-    """Control for the portability test: level 'all' (host_specific) does emit NCHWc ops here."""
-    project = write_project(
-        tmp_path / "p",
-        models.tiny_cnn(),
-        {
-            "build": {"optimization_level": "all", "options": {"cpu": {"host_specific": True}}},
-        },
-    )
-    [result] = compile_project(project, ["cpu"], tmp_path / "dist")
-    assert result.verification["status"] == "passed"
-    domains = _domains(onnx.load(str(result.path / "model/model.onnx")).graph)
-    if NCHWC_DOMAIN not in domains:
-        pytest.skip("this host's ONNX Runtime emits no NCHWc layout ops even at level 'all'")
-    assert _manifest(result.path)["artifact"]["settings"]["host_specific"] is True
-
-
 def test_legacy_initializer_inputs_are_not_bundle_inputs(
     compiled: dict[str, tuple[Path, BundleResult]],
 ) -> None:

@@ -98,13 +98,3 @@ def test_precision_override_from_the_cli_argument(make_project, tmp_path: Path) 
     project = make_project(wide_mlp())
     [result] = compile_project(project, ["cpu"], tmp_path / "dist", precision="int8-dynamic")
     assert manifest_of(result)["build"]["variant"] == "int8-dynamic"
-
-
-def test_ort_format_option_ships_an_ort_model_that_verifies(make_project, tmp_path: Path) -> None:
-    project = make_project(models.tiny_cnn(), {"build": {"options": {"cpu": {"ort_format": True}}}})
-    [result] = compile_project(project, ["cpu"], tmp_path / "dist")
-    manifest = manifest_of(result)
-    assert manifest["artifact"]["entry"] == "model/model.ort" and manifest["artifact"]["format"] == "ort"
-    assert result.verification["status"] == "passed"
-    files = {f["path"] for f in manifest["files"]}
-    assert any(p.endswith(".config") for p in files if p.startswith("model/"))

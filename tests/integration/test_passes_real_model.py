@@ -1,7 +1,7 @@
 """The pass library on a real exported model (magika, tf2onnx from JAX) and on the text fixture.
 
 Each pass runs through the PassManager; the result must run in ONNX Runtime and stay within the
-int8 tolerance of ``gpuxc.compare`` (fp32 for the exact passes) on generated inputs other than the
+int8 tolerance of ``gpuxc.bundle.compare`` (fp32 for the exact passes) on generated inputs other than the
 ones a quantizer calibrated on. Where it does not, the test asserts what is true, so that a change
 in either direction is noticed.
 """

@@ -27,54 +27,65 @@ PLUGIN = textwrap.dedent(
 
     from pathlib import Path
 
+    import numpy as np
     from onnx import ModelProto
 
-    from gpuxc.project.model import save_model
-    from gpuxc.passes import Pass, PassContext, PassResult, PassSpec
-    from gpuxc.plugin import hookimpl
     from gpuxc.bundle.requirements import pinned
-    from gpuxc.targets import Artifact, RuntimeSpec, Target, TargetOptions
+    from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSpec
+    from gpuxc.plugin import hookimpl
+    from gpuxc.project.config import GpuxConfig
+    from gpuxc.project.model import ModelSignature, save_model
+    from gpuxc.targets import Artifact, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
 
 
     class EchoOptions(TargetOptions):
         stamp: str = "stamped by echo"
 
 
-    class EchoStamp(Pass):
+    class EchoStampConfig(PassConfig):
+        text: str = "stamped by echo"
+
+
+    class EchoStamp(Pass[EchoStampConfig]):
         name = "echo-stamp"
         description = "write a doc string into the model"
+        Config = EchoStampConfig
 
         def run(self, model: ModelProto, ctx: PassContext) -> PassResult:
             out = ModelProto()
             out.CopyFrom(model)
-            out.doc_string = "stamped by echo"
+            out.doc_string = self.config.text
             return PassResult(model=out, modified=True, stats={"stamped": True})
 
 
-    class EchoTarget(Target):
+    class EchoTarget(Target[EchoOptions]):
         name = "echo"
         description = "echo: ONNX Runtime CPU, third-party plugin"
         Options = EchoOptions
         template_dir = Path(__file__).resolve().parent / "templates"
 
-        def plan(self, config, signature, options, variant):
-            return [PassSpec("ort-optimize", {"level": "basic"}), PassSpec("echo-stamp")]
+        def plan(
+            self, config: GpuxConfig, signature: ModelSignature, options: EchoOptions, variant: Variant
+        ) -> list[PassSpec]:
+            return [PassSpec("ort-optimize", {"level": "basic"}), PassSpec("echo-stamp", {"text": options.stamp})]
 
-        def compile(self, model, ctx):
+        def compile(self, model: ModelProto, ctx: CompileContext[EchoOptions]) -> Artifact:
             save_model(model, ctx.bundle_dir / "model" / "model.onnx")
             return Artifact(entry="model/model.onnx", format="onnx", files=["model/model.onnx"])
 
-        def runtime(self, options, artifact):
+        def runtime(self, options: EchoOptions, artifact: Artifact) -> RuntimeSpec:
             return RuntimeSpec(
                 adapter="echo/runtime.py",
                 requirements=pinned(["onnxruntime", "numpy"]),
                 providers=["CPUExecutionProvider"],
             )
 
-        def verification_runtime(self):
+        def verification_runtime(self) -> str:
             return "echo on onnxruntime CPUExecutionProvider"
 
-        def execute(self, bundle_dir, artifact, inputs):
+        def execute(
+            self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]
+        ) -> dict[str, np.ndarray]:
             from gpuxc.ort_session import run_onnxruntime
 
             cpu = ["CPUExecutionProvider"]

@@ -139,7 +139,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("trt")
     project = root / "proj"
     project.mkdir()
-    example = Path(__file__).resolve().parents[2] / "examples" / "image-classifier"
+    example = Path(__file__).resolve().parents[3] / "examples" / "image-classifier"
     sys.path.insert(0, str(example))
     try:
         import make_model
@@ -245,9 +245,9 @@ def test_int8_dynamic_is_refused_for_tensorrt(make_project, tmp_path: Path) -> N
 
 @pytest.mark.gpu
 def test_engine_builds_and_runs_on_a_gpu(bundle: Path) -> None:
-    from gpuxc_tensorrt.target import tensorrt_present
+    from gpuxc_tensorrt.target import why_no_tensorrt
 
-    if tensorrt_present() is not None:
-        pytest.skip(f"needs TensorRT and an NVIDIA GPU: {tensorrt_present()}")
+    if why_no_tensorrt() is not None:
+        pytest.skip(f"needs TensorRT and an NVIDIA GPU: {why_no_tensorrt()}")
     done = subprocess.run([sys.executable, str(bundle), "verify"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
