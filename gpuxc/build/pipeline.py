@@ -1,7 +1,7 @@
 """The compile pipeline: plan → passes → target compile → verify → bundle.
 
 gpux.yml + model.onnx
-  config.load_config, model.load_model, signature.check_signature
+  config_load.load_config, model.load_model, signature.check_signature
   reference inputs/outputs (ONNX Runtime on the source model)
   for each target:
     target.plan           -> pass specs
@@ -39,7 +39,8 @@ from gpuxc.cache import restore as warm
 from gpuxc.bundle.writer import BundleResult
 from gpuxc.project.calibration import load_samples
 from gpuxc.compare import DEFAULT_TOLERANCE, compare, worst_of
-from gpuxc.project.config import GpuxConfig, did_you_mean, find_config, load_config
+from gpuxc.project.config import GpuxConfig
+from gpuxc.project.config_load import find_config, load_config
 from gpuxc.errors import (
     CompileError,
     ConfigError,
@@ -49,6 +50,7 @@ from gpuxc.errors import (
     ReferenceError_,
     TargetUnavailable,
     VerificationFailed,
+    did_you_mean,
     first_line,
 )
 from gpuxc.bundle.manifest import (

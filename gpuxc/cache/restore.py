@@ -26,7 +26,8 @@ from gpuxc.cache.store import (
     key_of,
 )
 from gpuxc.digests import sha256_file, tree_digest
-from gpuxc.project.config import GpuxConfig, find_config, load_config
+from gpuxc.project.config import GpuxConfig
+from gpuxc.project.config_load import find_config, load_config
 
 Progress = Callable[[str], None]
 

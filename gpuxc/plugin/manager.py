@@ -52,7 +52,7 @@ class Registry:
 
     def target(self, name: str) -> type[Target]:
         from gpuxc.errors import TargetUnavailable
-        from gpuxc.project.config import did_you_mean
+        from gpuxc.errors import did_you_mean
 
         try:
             return self.targets[name]
@@ -63,7 +63,7 @@ class Registry:
             ) from None
 
     def pass_(self, name: str) -> type[Pass]:
-        from gpuxc.project.config import did_you_mean
+        from gpuxc.errors import did_you_mean
 
         try:
             return self.passes[name]

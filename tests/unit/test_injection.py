@@ -64,7 +64,8 @@ from gpuxc.bundle.requirements import SERVE_DISTS, pinned
 from gpuxc.bundle.writer import RUNNER_TEMPLATES
 from gpuxc.errors import ConfigError, GpuxcError, ModelError
 from gpuxc.plugin import get_registry
-from gpuxc.project.config import GpuxConfig, load_config
+from gpuxc.project.config import GpuxConfig
+from gpuxc.project.config_load import load_config
 from gpuxc.project.model import load_model
 from gpuxc.project.scaffold import config_for
 from gpuxc.project.signature import check_signature

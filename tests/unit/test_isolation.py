@@ -60,7 +60,7 @@ def test_ordinary_models_compile_entry_under_the_default_limit(build, tmp_path: 
 
 
 def test_real_model_loads_and_runs_under_the_default_limit(magika_model: Path, tmp_path: Path) -> None:
-    from gpuxc.project.config import load_config
+    from gpuxc.project.config_load import load_config
 
     assert isolation.memory_limit() == isolation.physical_memory()
     loaded = isolation.load_model(magika_model)

@@ -12,7 +12,8 @@ import pytest
 from fixtures import models
 from gpuxc.errors import ConfigError, ReferenceError_
 from gpuxc.ort_session import run_onnxruntime
-from gpuxc.project.config import GpuxConfig, load_config
+from gpuxc.project.config import GpuxConfig
+from gpuxc.project.config_load import load_config
 from gpuxc.project.model import LoadedModel, load_model
 from gpuxc.project.reference import (
     DEFAULT_DIM,
