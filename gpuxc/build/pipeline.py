@@ -64,12 +64,13 @@ from gpuxc.bundle.manifest import (
     SourceInfo,
     Verification,
 )
-from gpuxc.build.memory import MemoryEstimate, activation_bytes, human
+from gpuxc.build.memory import MemoryEstimate, activation_bytes
 from gpuxc.build.memory import estimate as memory_estimate
 from gpuxc.project.model import LoadedModel, describe
 from gpuxc.passes import PassContext, PassManager, PassRecord
 from gpuxc.plugin import get_registry
 from gpuxc.ort_session import run_onnxruntime
+from gpuxc.sizes import format_size_decimal as human
 from gpuxc.project.reference import (
     DEFAULT_DIM,
     DEFAULT_SPATIAL,

@@ -51,8 +51,7 @@ class Registry:
     plugins: list[str] = field(default_factory=list)
 
     def target(self, name: str) -> type[Target]:
-        from gpuxc.errors import TargetUnavailable
-        from gpuxc.errors import did_you_mean
+        from gpuxc.errors import TargetUnavailable, did_you_mean
 
         try:
             return self.targets[name]

@@ -79,9 +79,7 @@ class TensorSpec(_Section):
             return None
         value = DTYPE_ALIASES.get(value, value)
         if value not in DTYPES:
-            raise ValueError(
-                f"unknown type '{clip(value)}'{did_you_mean(value, DTYPES)}; one of: {', '.join(DTYPES)}"
-            )
+            raise ValueError(f"unknown type '{clip(value)}'{did_you_mean(value, DTYPES)}; one of: {', '.join(DTYPES)}")
         return value
 
     @field_validator("required")

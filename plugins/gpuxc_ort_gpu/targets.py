@@ -18,7 +18,8 @@ from gpuxc.bundle.requirements import pinned, version_of
 from gpuxc.errors import CompileError, ConfigError
 from gpuxc.passes import PassSpec
 from gpuxc.passes.plans import onnx_plan
-from gpuxc.project.model import iter_nodes, opset_map, save_model
+from gpuxc.project.graph import iter_nodes, opset_map
+from gpuxc.project.model import save_model
 from gpuxc.targets import Artifact, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
 
 if TYPE_CHECKING:

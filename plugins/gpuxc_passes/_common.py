@@ -20,7 +20,8 @@ from onnx import ModelProto, TensorProto
 
 from gpuxc.compare import DEFAULT_TOLERANCE, compare
 from gpuxc.errors import GpuxcError, PassError, first_line
-from gpuxc.project.model import ModelSignature, describe, iter_nodes, iter_tensors, save_model
+from gpuxc.project.graph import iter_nodes, iter_tensors
+from gpuxc.project.model import ModelSignature, describe, save_model
 from gpuxc.project.reference import DEFAULT_DIM, DEFAULT_SPATIAL, FALLBACK_SIZES, generate, index_bounds
 
 # A protobuf cannot be serialized past 2 GiB; gpuxc.project.model.save_model moves weights to an

@@ -16,7 +16,8 @@ import onnx
 from onnx import ModelProto
 
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult
-from gpuxc.project.model import iter_nodes, save_model
+from gpuxc.project.graph import iter_nodes
+from gpuxc.project.model import save_model
 
 LEVELS = ("basic", "extended", "all")
 

@@ -40,7 +40,8 @@ from gpuxc.errors import (
     ReferenceError_,
     UnsafeModelError,
 )
-from gpuxc.project.model import MAX_NODES, load_model
+from gpuxc.project.model import load_model
+from gpuxc.project.model_safety import MAX_NODES
 
 REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = np.arange(8, dtype=np.float32).tobytes()  # the 4x2 float32 weight every external-data fixture holds

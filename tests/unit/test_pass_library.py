@@ -27,7 +27,7 @@ from gpuxc.errors import PassError
 from gpuxc.ort_session import run_onnxruntime
 from gpuxc.passes import PassContext, PassManager, PassRecord, PassSpec
 from gpuxc.plugin import get_registry
-from gpuxc.project.model import iter_nodes
+from gpuxc.project.graph import iter_nodes
 
 REPO = Path(__file__).resolve().parents[2]
 NEW_PASSES = ["simplify", "fold-constants", "fp16", "quantize-dynamic", "quantize-static", "ort-format"]

@@ -14,7 +14,7 @@ from gpuxc.ort_session import run_onnxruntime
 from gpuxc.passes import Pass, PassConfig, PassContext, PassManager, PassResult, PassSpec
 from gpuxc.plugin import get_registry
 from gpuxc.plugin.manager import Registry
-from gpuxc.project.model import iter_nodes
+from gpuxc.project.graph import iter_nodes
 
 
 @pytest.fixture
