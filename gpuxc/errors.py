@@ -88,7 +88,7 @@ class UnsafeModelError(ModelError):
 
 class ModelCrashed(ModelError):
     """ONNX or ONNX Runtime died (a signal, an abort) loading or first running the model; only the
-    isolated child process that did it (gpuxc/project/isolation.py) was lost."""
+    isolated child process that did it (gpuxc/project/isolation/) was lost."""
 
     exit_code = ExitCode.MODEL_CRASHED
 
