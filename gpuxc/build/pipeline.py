@@ -37,7 +37,7 @@ from gpuxc.bundle import writer as bundle
 from gpuxc.project import isolation
 from gpuxc.cache import restore as warm
 from gpuxc.bundle.writer import BundleResult
-from gpuxc.project.calibration import load_samples
+from gpuxc.project.calibration import load_calibration_sample, load_samples
 from gpuxc.compare import DEFAULT_TOLERANCE, compare, worst_of
 from gpuxc.project.config import GpuxConfig
 from gpuxc.project.config_load import find_config, load_config
@@ -77,7 +77,6 @@ from gpuxc.project.reference import (
     FALLBACK_SIZES,
     generate,
     index_bounds,
-    load_calibration_sample,
     make_inputs,
     resolve_shapes,
 )
