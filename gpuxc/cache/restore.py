@@ -16,15 +16,8 @@ from typing import Any
 
 from gpuxc.bundle import writer as bundle
 from gpuxc.bundle.writer import BundleResult
-from gpuxc.cache.store import (
-    BuildCache,
-    cache_disabled_by_env,
-    code_digest,
-    default_cache_dir,
-    host_facts,
-    key_document,
-    key_of,
-)
+from gpuxc.cache.key import code_digest, host_facts, key_document, key_of
+from gpuxc.cache.store import BuildCache, cache_disabled_by_env, default_cache_dir
 from gpuxc.digests import sha256_file, tree_digest
 from gpuxc.project.config import GpuxConfig
 from gpuxc.project.config_load import find_config, load_config

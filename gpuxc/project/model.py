@@ -32,12 +32,12 @@ MIN_DEFAULT_OPSET = 7
 ML_DOMAIN = "ai.onnx.ml"
 
 
+# What the *model file* says a tensor is (``ModelSignature.inputs``). Not to be confused with
+# gpuxc.project.config.TensorSpec (what gpux.yml declares) or gpuxc.bundle.manifest.TensorSpecOut
+# (what the manifest records for the bundle's callers). The docstring is the manifest schema's
+# description (docs/bundle-format.schema.json): it stays as published.
 class TensorInfo(BaseModel):
-    """One graph input or output as the *model file* says it is (``ModelSignature.inputs``).
-
-    Not to be confused with :class:`gpuxc.project.config.TensorSpec` (what gpux.yml declares)
-    or ``gpuxc.bundle.manifest.TensorSpecOut`` (what the manifest records).
-    """
+    """One graph input or output as the runtime sees it."""
 
     model_config = ConfigDict(extra="forbid")
 

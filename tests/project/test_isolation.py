@@ -28,7 +28,7 @@ from gpuxc.project.isolation import helper as isolation_helper
 from gpuxc.project.isolation import protocol
 from gpuxc.project.model import load_model
 from gpuxc.project.reference import make_inputs
-from tests.unit.test_hostile_models import constant_of_shape_bomb, relu_model, save
+from tests.project.test_hostile_models import constant_of_shape_bomb, relu_model, save
 
 GIB = 1 << 30
 
