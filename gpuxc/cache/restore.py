@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from gpuxc.bundle import writer as bundle
 from gpuxc.bundle.writer import BundleResult
@@ -41,10 +41,12 @@ def open_cache(cache_dir: Path | None, use_cache: bool, say: Progress) -> BuildC
 def load_build_config(path: Path, config_path: Path | None, precision: str | None, optimize: str | None) -> GpuxConfig:
     """gpux.yml with the CLI's overrides applied: what the manifest and the cache key record."""
     config = load_config(find_config(path, config_path))
+    # The CLI offers only the schema's values (its Precision and Optimize choices), so these are
+    # assigned unchecked, as they always were.
     if precision is not None:
-        config.build.precision = precision
+        config.build.precision = cast(Any, precision)
     if optimize is not None:
-        config.build.optimize = optimize
+        config.build.optimize = cast(Any, optimize)
     return config
 
 

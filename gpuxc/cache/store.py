@@ -207,7 +207,7 @@ class BuildCache:
     # -- listing and clearing ---------------------------------------------------------------
 
     def entries(self) -> list[Entry]:
-        out = []
+        out: list[Entry] = []
         if not self.entries_dir.is_dir():
             return out
         for folder in sorted(self.entries_dir.glob("??/*")):

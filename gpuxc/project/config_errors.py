@@ -12,6 +12,7 @@ import typing
 from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from gpuxc.errors import ConfigError, did_you_mean
 from gpuxc.project.yamlsource import SourceMap
@@ -54,7 +55,7 @@ def _error_loc(error: Any, smap: SourceMap) -> tuple[Any, ...]:
     return loc
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     kind = error["type"]
     msg = str(error["msg"])
     if kind in ("value_error", "assertion_error"):

@@ -178,9 +178,11 @@ def _dec(tree: Any, blobs: list[bytes], depth: int) -> Any:
                 out[i] = _dec(item, blobs, depth + 1)
             return out.reshape([int(d) for d in shape])
         if "$ml" in tree:
-            return _ml_array(*tree["$ml"], blobs)
+            index, name, shape = tree["$ml"]
+            return _ml_array(index, name, shape, blobs)
         if "$model" in tree:
-            return _model(*tree["$model"], blobs)
+            index, path, signature = tree["$model"]
+            return _model(index, path, signature, blobs)
     except (IndexError, TypeError, ValueError) as exc:
         raise ProtocolError(f"bad value: {exc}") from None
     raise ProtocolError(f"unknown value kind {sorted(tree)}")
