@@ -38,7 +38,7 @@ from gpuxc.project import isolation
 from gpuxc.cache import restore as warm
 from gpuxc.bundle.writer import BundleResult
 from gpuxc.project.calibration import load_calibration_sample, load_samples
-from gpuxc.compare import DEFAULT_TOLERANCE, compare, worst_of
+from gpuxc.bundle.compare import DEFAULT_TOLERANCE, compare, worst_of
 from gpuxc.project.config import GpuxConfig
 from gpuxc.project.config_load import find_config, load_config
 from gpuxc.errors import (

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from gpuxc.bundle.compare import compare, worst_of
 from gpuxc.bundle.manifest import read_manifest
-from gpuxc.compare import compare, worst_of
 from gpuxc.errors import BundleError, ConfigError, TargetUnavailable
 from gpuxc.plugin import get_registry
 from gpuxc.project.isolation import load_model, run_onnxruntime

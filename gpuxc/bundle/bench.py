@@ -104,7 +104,7 @@ def _raw_main(argv: list[str]) -> int:
     import numpy as np
     import onnxruntime as ort
 
-    from gpuxc.compare import latency_stats, peak_rss_mb
+    from gpuxc.bundle.compare import latency_stats, peak_rss_mb
 
     options = ort.SessionOptions()
     if args.threads:

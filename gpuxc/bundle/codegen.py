@@ -1,13 +1,14 @@
-"""Rendering the generated runner from Jinja templates, safely.
+"""Rendering the bundle files that differ per build from Jinja templates, safely.
 
-User and model strings never become template code: most values are not rendered at
-all — the runner reads names, shapes, labels and settings from gpux-bundle.json at
-run time — and every ``{{ }}`` in a template ends in a filter that is safe where it is
-used: ``py_literal`` (a ``repr`` of plain data), ``py_ident`` (a checked identifier),
-``doc_text`` (docstrings), ``docker_word``, ``text_line`` (comments), ``md_text`` and
-``md_code`` (Markdown), ``requirement``. Every rendered ``.py`` file is parsed with
-``ast.parse`` before it is written. docs/codegen-safety.md lists every string source;
-tests/unit/test_injection.py fuzzes them.
+The runner itself is plain Python, copied into bundles (gpuxc.bundle.writer.write_runner): it
+reads names, shapes, labels and settings from gpux-bundle.json at run time. Only README.md,
+Dockerfile and requirements.txt are rendered, and a third-party target's adapter when it is a
+``.py.j2`` template. User and model strings never become template code: every ``{{ }}`` in a
+template ends in a filter that is safe where it is used: ``py_literal`` (a ``repr`` of plain
+data), ``py_ident`` (a checked identifier), ``doc_text`` (docstrings), ``docker_word``,
+``text_line`` (comments), ``md_text`` and ``md_code`` (Markdown), ``requirement``. Every rendered
+``.py`` file is parsed with ``ast.parse`` before it is written. docs/codegen-safety.md lists
+every string source; tests/bundle/test_injection.py fuzzes them.
 """
 
 from __future__ import annotations
@@ -19,23 +20,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpuxc.bundle.runner_source import template_root
 from gpuxc.errors import GpuxcError
 
 if TYPE_CHECKING:
     import jinja2  # imported in environment(): a warm rebuild needs template_root() only
-
-PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the installed gpuxc package
-
-
-def template_root() -> Path:
-    """Templates ship in the wheel as ``gpuxc/_templates``; an editable install uses ``templates/``."""
-    shipped = PACKAGE_DIR / "_templates"
-    if shipped.is_dir():
-        return shipped
-    repo = PACKAGE_DIR.parent / "templates"
-    if repo.is_dir():
-        return repo
-    raise GpuxcError(f"gpuxc installation is incomplete: no templates in {shipped} or {repo}")
 
 
 def py_literal(value: Any) -> str:

@@ -1,20 +1,53 @@
 """Every path inside a bundle, in one place (docs/bundle-format.md describes the same layout).
 
-Paths are POSIX strings relative to the bundle root, as the manifest records them; join them
-onto a bundle folder with ``bundle / layout.MODEL_DIR`` and the like.
+The paths are defined once, in the runner's ``layout.py`` that every bundle carries; this module
+re-exports them for gpuxc (the same file, loaded by ``gpuxc.bundle.runner_source``) and adds what
+only the compiler needs. Paths are POSIX strings relative to the bundle root, as the manifest
+records them; join them onto a bundle folder with ``bundle / layout.MODEL_DIR`` and the like.
 """
 
 from __future__ import annotations
 
-MANIFEST_NAME = "gpux-bundle.json"
-MAIN = "__main__.py"
-MODEL_DIR = "model"  # the artifact(s) a target compiled
-REFERENCE_DIR = "reference"
-REFERENCE_INPUTS = f"{REFERENCE_DIR}/inputs.npz"  # the reference inputs, as verified at compile time
-REFERENCE_OUTPUTS = f"{REFERENCE_DIR}/outputs.npz"  # ONNX Runtime's outputs on the source model
-RUNNER_DIR = "runner"  # the Python package that runs the bundle
-RUNNER_RUNTIME = f"{RUNNER_DIR}/runtime.py"  # the target's runtime adapter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the runner's file, as mypy sees it (mypy_path has templates/)
+    from runner.layout import (
+        MAIN,
+        MANIFEST_NAME,
+        MODEL_DIR,
+        REFERENCE_DIR,
+        REFERENCE_INPUTS,
+        REFERENCE_OUTPUTS,
+        RUNNER_DIR,
+        RUNNER_RUNTIME,
+    )
+else:
+    from gpuxc.bundle.runner_source import runner_module
+
+    _runner_layout = runner_module("layout")
+    MANIFEST_NAME = _runner_layout.MANIFEST_NAME
+    MAIN = _runner_layout.MAIN
+    MODEL_DIR = _runner_layout.MODEL_DIR
+    REFERENCE_DIR = _runner_layout.REFERENCE_DIR
+    REFERENCE_INPUTS = _runner_layout.REFERENCE_INPUTS
+    REFERENCE_OUTPUTS = _runner_layout.REFERENCE_OUTPUTS
+    RUNNER_DIR = _runner_layout.RUNNER_DIR
+    RUNNER_RUNTIME = _runner_layout.RUNNER_RUNTIME
+
 CANDIDATES_DIR = ".candidates"  # --optimize auto builds each variant here inside the staging folder
+
+__all__ = [
+    "CANDIDATES_DIR",
+    "MAIN",
+    "MANIFEST_NAME",
+    "MODEL_DIR",
+    "REFERENCE_DIR",
+    "REFERENCE_INPUTS",
+    "REFERENCE_OUTPUTS",
+    "RUNNER_DIR",
+    "RUNNER_RUNTIME",
+    "bundle_name",
+]
 
 
 def bundle_name(name: str, version: str, target: str) -> str:

@@ -34,20 +34,6 @@ from gpuxc.bundle.layout import MANIFEST_NAME  # noqa: E402,F401 (re-exported)
 
 STAGING_PREFIX = ".gpuxc-staging-"
 
-# Generated runner files: template -> path in the bundle. The adapter comes from the target.
-RUNNER_TEMPLATES = {
-    "runner/__main__.py.j2": "__main__.py",
-    "runner/__init__.py.j2": "runner/__init__.py",
-    "runner/api.py.j2": "runner/api.py",
-    "runner/server.py.j2": "runner/server.py",
-    "runner/v2.py.j2": "runner/v2.py",
-    "runner/cli.py.j2": "runner/cli.py",
-    "runner/README.md.j2": "README.md",
-    "runner/requirements.txt.j2": "requirements.txt",
-    "runner/Dockerfile.j2": "Dockerfile",
-}
-
-
 @dataclass
 class BundleResult:
     """What a compile wrote for one target (built, or restored from the build cache)."""
@@ -238,24 +224,31 @@ def write_archive(bundle: Path, archive: Path, mtime: int) -> None:
 def _storable(value: np.ndarray) -> np.ndarray:
     # Object arrays would need pickle: sequences of maps become dense arrays and string
     # tensors fixed-width unicode.
-    from gpuxc.compare import dense
+    from gpuxc.bundle.compare import dense
 
     value = dense(value)
     return value.astype(str) if value.dtype == object else value
 
 
 def write_runner(bundle: Path, context: dict[str, Any], adapter: str, extra_dirs: tuple[Path, ...] = ()) -> None:
-    """Render the runner templates and the target's adapter into ``bundle``."""
-    from gpuxc.bundle.codegen import PACKAGE_DIR, render
+    """Copy the runner and the target's adapter into ``bundle`` and render the per-build files.
 
-    files = dict(RUNNER_TEMPLATES)
-    files[adapter] = "runner/runtime.py"
-    for template, rel in files.items():
+    The runner sources are copied byte for byte: no value of the build reaches them (the runner
+    reads the manifest at run time). A third party's adapter may still be a ``.py.j2`` template,
+    rendered with ``context`` like README.md.
+    """
+    from gpuxc.bundle.codegen import render
+    from gpuxc.bundle.runner_source import RENDERED_FILES, runner_files
+
+    for rel, source in runner_files(adapter, extra_dirs).items():
         dest = bundle / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(render(template, context, extra_dirs), encoding="utf-8")
-    # One implementation of the comparison for gpuxc and every bundle: copied verbatim.
-    shutil.copyfile(PACKAGE_DIR / "compare.py", bundle / layout.RUNNER_DIR / "compare.py")
+        if source.name.endswith(".j2"):
+            dest.write_text(render(adapter, context, extra_dirs), encoding="utf-8")
+        else:
+            shutil.copyfile(source, dest)
+    for template, rel in RENDERED_FILES.items():
+        (bundle / rel).write_text(render(template, context, extra_dirs), encoding="utf-8")
 
 
 def file_entries(bundle: Path) -> list[FileEntry]:

@@ -1,7 +1,7 @@
 """CoreML target: ONNX → MIL program (our own per-op translators) → ML Program ``.mlpackage``.
 
 coremltools dropped its ONNX frontend, and its PyTorch path would need torch at build
-time, so the graph is translated op by op (``translate.py``). Translation is checked
+time, so the graph is translated op by op (``translate.py``, ``ops/``). Translation is checked
 here by comparing every output's name, shape and dtype with the ONNX model; CoreML
 itself only runs on macOS, so numeric verification happens there (``python <bundle> verify``).
 """
@@ -69,8 +69,12 @@ class CoreMLTarget(Target):
         return [Variant(options.compute_precision, "fp32" if options.compute_precision == "fp32" else "fp16")]
 
     def plan(
-        self, config: GpuxConfig, signature: ModelSignature, options: CoreMLOptions, variant: Variant
-    ) -> list[PassSpec]:  # type: ignore[override]
+        self,
+        config: GpuxConfig,
+        signature: ModelSignature,
+        options: CoreMLOptions,  # type: ignore[override]
+        variant: Variant,
+    ) -> list[PassSpec]:
         # The translators read shapes, axes and slice bounds as constants: fold first, then
         # BASIC optimization (no ORT-only fused ops such as FusedConv, which have no translator).
         specs = onnx_plan(config, Variant("fp32", "fp32"), "none", ["CPUExecutionProvider"])
@@ -168,7 +172,7 @@ class CoreMLTarget(Target):
         version = version_of("coremltools")
         coreml = f"coremltools=={version}" if version else "coremltools>=8.0"
         return RuntimeSpec(
-            adapter="coreml/runtime.py.j2",
+            adapter="coreml/runtime.py",
             requirements=[f"{coreml}; sys_platform == 'darwin'", *pinned(["numpy"])],
             providers=[options.compute_units],
         )

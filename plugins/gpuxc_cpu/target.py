@@ -114,7 +114,7 @@ class CpuTarget(Target):
 
     def runtime(self, options: CpuOptions, artifact: Artifact) -> RuntimeSpec:  # type: ignore[override]
         return RuntimeSpec(
-            adapter="onnxruntime/runtime.py.j2",
+            adapter="onnxruntime/runtime.py",
             requirements=pinned(["onnxruntime", "numpy"]),
             providers=PROVIDERS,
         )

@@ -170,7 +170,7 @@ class OpenVinoTarget(Target):
 
     def runtime(self, options: OpenVinoOptions, artifact: Artifact) -> RuntimeSpec:  # type: ignore[override]
         return RuntimeSpec(
-            adapter="openvino/runtime.py.j2",
+            adapter="openvino/runtime.py",
             requirements=pinned(["openvino", "numpy"]),
             providers=[options.device],
         )

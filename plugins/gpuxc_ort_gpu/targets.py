@@ -130,7 +130,7 @@ class DirectMLTarget(_OrtGpuTarget):
     def runtime(self, options: Any, artifact: Artifact) -> RuntimeSpec:
         version = version_of("onnxruntime")
         return RuntimeSpec(
-            adapter="onnxruntime/runtime.py.j2",
+            adapter="onnxruntime/runtime.py",
             requirements=[
                 f"onnxruntime-directml=={version}; sys_platform == 'win32'",
                 f"onnxruntime=={version}; sys_platform != 'win32'",
@@ -187,7 +187,7 @@ class CudaTarget(_OrtGpuTarget):
 
     def runtime(self, options: Any, artifact: Artifact) -> RuntimeSpec:
         return RuntimeSpec(
-            adapter="onnxruntime/runtime.py.j2",
+            adapter="onnxruntime/runtime.py",
             requirements=[f"onnxruntime-gpu=={version_of('onnxruntime')}", *pinned(["numpy"])],
             providers=self.providers,
         )

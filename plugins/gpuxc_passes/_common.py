@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto, TensorProto
 
-from gpuxc.compare import DEFAULT_TOLERANCE, compare
+from gpuxc.bundle.compare import DEFAULT_TOLERANCE, compare
 from gpuxc.errors import GpuxcError, PassError, first_line
 from gpuxc.project.graph import iter_nodes, iter_tensors
 from gpuxc.project.model import ModelSignature, describe, save_model

@@ -191,7 +191,7 @@ class TensorRTTarget(Target):
         if options.adapter == "onnxruntime":
             requirements = [f"onnxruntime-gpu=={version_of('onnxruntime')}", *pinned(["numpy"])]
             providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-            return RuntimeSpec(adapter="onnxruntime/runtime.py.j2", requirements=requirements, providers=providers)
+            return RuntimeSpec(adapter="onnxruntime/runtime.py", requirements=requirements, providers=providers)
         # TensorRT itself is installed per CUDA version from NVIDIA's index on the device.
         requirements = ["tensorrt>=10,<12", "cuda-python>=12", *pinned(["numpy"])]
-        return RuntimeSpec(adapter="tensorrt/runtime.py.j2", requirements=requirements, providers=["tensorrt"])
+        return RuntimeSpec(adapter="tensorrt/runtime.py", requirements=requirements, providers=["tensorrt"])

@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 from fixtures import models
-from gpuxc.compare import DEFAULT_TOLERANCE, compare
+from gpuxc.bundle.compare import DEFAULT_TOLERANCE, compare
 from gpuxc.ort_session import run_onnxruntime
 from gpuxc.passes import PassContext, PassManager, PassRecord, PassSpec
 from gpuxc.plugin import get_registry

@@ -1,5 +1,5 @@
 """A third-party target plugin, installed only through an entry point (a ``*.dist-info`` folder on
-PYTHONPATH), compiles a verified bundle with its own adapter template; gpuxc runs as a real
+PYTHONPATH), compiles a verified bundle with its own runtime adapter; gpuxc runs as a real
 process."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import onnx
 import pytest
 
 from fixtures import models
-from gpuxc.bundle.codegen import template_root
+from gpuxc.bundle.runner_source import template_root
 from gpuxc.errors import ExitCode
 from tests.integration.conftest import Proc, assert_one_error_line, run_cmd, write_project
 
-MARKER = "# echo adapter: rendered from the gpuxc_echo plugin's own template folder"
+MARKER = "# echo adapter: copied from the gpuxc_echo plugin's own template folder"
 
 PLUGIN = textwrap.dedent(
     '''
@@ -66,7 +66,7 @@ PLUGIN = textwrap.dedent(
 
         def runtime(self, options, artifact):
             return RuntimeSpec(
-                adapter="echo/runtime.py.j2",
+                adapter="echo/runtime.py",
                 requirements=pinned(["onnxruntime", "numpy"]),
                 providers=["CPUExecutionProvider"],
             )
@@ -100,8 +100,8 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     package = site / "gpuxc_echo"
     (package / "templates" / "echo").mkdir(parents=True)
     (package / "__init__.py").write_text(PLUGIN, encoding="utf-8")
-    adapter = (template_root() / "onnxruntime" / "runtime.py.j2").read_text(encoding="utf-8")
-    (package / "templates" / "echo" / "runtime.py.j2").write_text(MARKER + "\n" + adapter, encoding="utf-8")
+    adapter = (template_root() / "onnxruntime" / "runtime.py").read_text(encoding="utf-8")
+    (package / "templates" / "echo" / "runtime.py").write_text(MARKER + "\n" + adapter, encoding="utf-8")
     info = site / "gpuxc_echo-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gpuxc_echo\nVersion: 0.1\n", encoding="utf-8")
@@ -147,7 +147,7 @@ def test_compile_with_a_third_party_target(echo_build: tuple[Path, Path]) -> Non
     assert manifest["verification"]["status"] == "passed"
     assert manifest["verification"]["runtime"] == "echo on onnxruntime CPUExecutionProvider"
     assert manifest["build"]["target_options"] == {"stamp": "stamped by echo"}
-    assert manifest["runtime"]["adapter"] == "echo/runtime.py.j2"
+    assert manifest["runtime"]["adapter"] == "echo/runtime.py"
 
 
 def test_third_party_passes_run_and_are_recorded(echo_build: tuple[Path, Path]) -> None:

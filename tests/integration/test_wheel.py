@@ -33,10 +33,14 @@ def test_wheel_ships_templates_plugins_and_entry_points(wheel: Path) -> None:
         parser = configparser.ConfigParser()
         parser.read_string(zf.read(entry_points).decode("utf-8"))
     for required in (
-        "gpuxc/_templates/runner/api.py.j2",
-        "gpuxc/_templates/runner/server.py.j2",
-        "gpuxc/_templates/onnxruntime/runtime.py.j2",
-        "gpuxc/compare.py",
+        "gpuxc/_templates/runner/api.py",
+        "gpuxc/_templates/runner/server.py",
+        "gpuxc/_templates/runner/compare.py",
+        "gpuxc/_templates/runner/layout.py",
+        "gpuxc/_templates/runner/README.md.j2",
+        "gpuxc/_templates/onnxruntime/runtime.py",
+        "gpuxc/bundle/compare.py",
+        "gpuxc/bundle/runner_source.py",
         "gpuxc/cli/__init__.py",
         "gpuxc_cpu/__init__.py",
         "gpuxc_cpu/target.py",
@@ -45,10 +49,10 @@ def test_wheel_ships_templates_plugins_and_entry_points(wheel: Path) -> None:
         "gpuxc_openvino/target.py",
         "gpuxc_ort_gpu/targets.py",
         "gpuxc_tensorrt/builder.py",
-        "gpuxc/_templates/tensorrt/runtime.py.j2",
-        "gpuxc/_templates/openvino/runtime.py.j2",
+        "gpuxc/_templates/tensorrt/runtime.py",
+        "gpuxc/_templates/openvino/runtime.py",
         "gpuxc_coreml/translate.py",
-        "gpuxc/_templates/coreml/runtime.py.j2",
+        "gpuxc/_templates/coreml/runtime.py",
     ):
         assert required in names, required
     # The plugins are top-level packages, not nested under plugins/.
@@ -70,7 +74,7 @@ def test_wheel_in_a_fresh_venv_compiles_the_example(wheel: Path, tmp_path: Path)
         [
             python,
             "-c",
-            "import gpuxc, gpuxc.bundle.codegen as c; print(gpuxc.__file__); print(c.template_root())",
+            "import gpuxc, gpuxc.bundle.runner_source as s; print(gpuxc.__file__); print(s.template_root())",
         ],
         cwd=work,
     )

@@ -22,7 +22,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fixtures import models
-from gpuxc.compare import DEFAULT_TOLERANCE, compare
+from gpuxc.bundle.compare import DEFAULT_TOLERANCE, compare
 from gpuxc.errors import PassError
 from gpuxc.ort_session import run_onnxruntime
 from gpuxc.passes import PassContext, PassManager, PassRecord, PassSpec

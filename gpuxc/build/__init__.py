@@ -1,0 +1,1 @@
+"""One compile: plan, passes, target compile, verification, the auto search, the memory budget."""

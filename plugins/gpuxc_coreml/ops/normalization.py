@@ -1,0 +1,39 @@
+"""Batch, layer and instance normalization."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx
+
+from gpuxc_coreml.graph import Graph, Var, attrs, norm_axis, opt, translates
+
+
+def epsilon(node: onnx.NodeProto) -> float:
+    return float(attrs(node).get("epsilon", 1e-5))
+
+
+@translates("BatchNormalization")
+def batch_norm(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    scale, bias, mean, var = (g.var(n) for n in node.input[1:5])
+    return [g.mb.batch_norm(x=g.var(node.input[0]), mean=mean, variance=var, gamma=scale, beta=bias,
+                            epsilon=epsilon(node), name=node.output[0])]  # fmt: skip
+
+
+@translates("LayerNormalization", note="axis to the last dim; optional scale/bias")
+def layer_norm(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    shape = g.shape(node.input[0])
+    axis = norm_axis(int(attrs(node).get("axis", -1)), len(shape))
+    kwargs: dict[str, Any] = {"x": g.var(node.input[0]), "axes": list(range(axis, len(shape))),
+                              "epsilon": epsilon(node), "name": node.output[0]}  # fmt: skip
+    if opt(node, 1):
+        kwargs["gamma"] = g.var(node.input[1])
+    if opt(node, 2):
+        kwargs["beta"] = g.var(node.input[2])
+    return [g.mb.layer_norm(**kwargs)]
+
+
+@translates("InstanceNormalization")
+def instance_norm(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    return [g.mb.instance_norm(x=g.var(node.input[0]), gamma=g.var(node.input[1]), beta=g.var(node.input[2]),
+                               epsilon=epsilon(node), name=node.output[0])]  # fmt: skip

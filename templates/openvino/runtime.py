@@ -1,0 +1,80 @@
+"""OpenVINO adapter of this bundle: device choice, the recorded inference precision, timed runs.
+
+The device comes from --provider / $GPUXC_PROVIDER (CPU, GPU, NPU, AUTO), else the
+manifest. The inference precision hint recorded at build time (and verified there)
+is applied on every device that honours it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+DEVICES = ("CPU", "GPU", "NPU", "AUTO")
+# GPUX backend names that mean "let OpenVINO choose" for this bundle.
+AUTO_NAMES = ("", "auto", "openvino")
+
+
+class InferenceTimeout(TimeoutError):
+    """A run took longer than runtime.timeout and was cancelled."""
+
+
+class Adapter:
+    def __init__(self, model_path: Path, settings: dict[str, Any], preferred: str, verified_providers: list[str],
+                 strict: bool = True) -> None:
+        self.settings = settings
+        self.core = ov.Core()
+        self.available = list(self.core.available_devices)
+        device = str(settings.get("device") or "CPU")
+        wanted = (preferred or "").strip()
+        if wanted.lower() not in AUTO_NAMES:
+            if wanted.upper() in DEVICES and (wanted.upper() == "AUTO" or wanted.upper() in self.available):
+                device = wanted.upper()
+            elif strict:
+                raise ValueError(f"device '{wanted}' is not available to OpenVINO here "
+                                 f"(available: {', '.join(self.available)}, or AUTO)")
+        self.device = device
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": "THROUGHPUT" if settings.get("performance_hint") == "throughput" else "LATENCY",
+        }
+        hint = settings.get("inference_precision")
+        if hint and device in ("CPU", "GPU"):
+            config["INFERENCE_PRECISION_HINT"] = hint
+        if settings.get("intra_op_threads"):
+            config["INFERENCE_NUM_THREADS"] = int(settings["intra_op_threads"])
+        if settings.get("cache_dir"):
+            cache = Path(settings["cache_dir"])
+            cache = cache if cache.is_absolute() else model_path.parent.parent / cache
+            self.core.set_property({"CACHE_DIR": str(cache)})
+        self.config = config
+        self.verified_providers = verified_providers
+        self.compiled = self.core.compile_model(str(model_path), device, config)
+        self.request = self.compiled.create_infer_request()
+        self.ports = {name: port for port in self.compiled.outputs for name in port.get_names()}
+
+    def run(self, feeds: dict[str, np.ndarray], output_names: list[str], timeout: float) -> dict[str, np.ndarray]:
+        self.request.start_async(feeds)
+        if not self.request.wait_for(max(1, int(timeout * 1000))):
+            self.request.cancel()
+            raise InferenceTimeout(f"inference exceeded the {timeout:g}s timeout")
+        return {name: np.array(self.request.get_tensor(self.ports[name]).data) for name in output_names}
+
+    def provider_info(self) -> dict[str, Any]:
+        return {
+            "name": self.device,
+            "available": self.device == "AUTO" or self.device in self.available,
+            "providers": [self.device],
+            "verified_at_build": self.device in self.verified_providers or self.device == "CPU",
+            "runtime": "openvino " + ov.get_version(),
+            "options": {k: str(v) for k, v in self.config.items()},
+        }
+
+    def available_providers(self) -> list[str]:
+        return self.available
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None

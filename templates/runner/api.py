@@ -1,0 +1,302 @@
+"""GPUXRuntime for this bundle: GPUX's Python API over the bundle's own runtime adapter.
+
+Names, dtypes, shapes, labels and settings come from gpux-bundle.json at run
+time; nothing about the model is baked into this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runner import compare, layout
+from runner.runtime import Adapter, InferenceTimeout
+
+BUNDLE_DIR = Path(__file__).resolve().parent.parent
+MANIFEST_NAME = layout.MANIFEST_NAME
+PROVIDER_ENV = "GPUXC_PROVIDER"
+# Trusted pipelines with very large models may skip the start-up hash check (verify still checks).
+SKIP_INTEGRITY_ENV = "GPUXC_SKIP_INTEGRITY"
+
+# NumPy kinds a JSON/NumPy value may be converted from, per declared dtype kind:
+# ints may become floats, bools may become ints; a float never silently becomes an int.
+_ALLOWED_KINDS = {"f": "fiub", "i": "iub", "u": "iub", "b": "b", "O": "OUS", "U": "OUS"}
+
+
+class BundleError(RuntimeError):
+    """The bundle is missing files or its manifest is unreadable."""
+
+
+class InputError(ValueError):
+    """A request's inputs do not match the bundle's signature (a client error)."""
+
+
+def read_manifest(bundle_dir: Path) -> dict[str, Any]:
+    path = bundle_dir / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{bundle_dir}: no {MANIFEST_NAME}; not a gpuxc bundle") from None
+    except ValueError as exc:
+        raise BundleError(f"{path}: unreadable manifest ({exc})") from None
+    if data.get("format") != "gpux-bundle" or data.get("format_version") != 1:
+        raise BundleError(f"{path}: not a gpux-bundle v1 manifest")
+    return data
+
+
+def _np_dtype(name: str) -> Any:
+    if name == "string":
+        return np.dtype(object)
+    if name == "bfloat16":
+        return np.dtype(np.float32)  # NumPy has no bfloat16; the adapter converts where needed
+    return np.dtype(name)
+
+
+class GPUXRuntime:
+    """Run this bundle's model: ``infer``, ``benchmark``, ``get_model_info``, ``get_provider_info``."""
+
+    def __init__(
+        self,
+        bundle_dir: str | os.PathLike[str] | None = None,
+        provider: str | None = None,
+        gpu_memory: str | None = None,
+        timeout: float | None = None,
+        **settings: Any,
+    ) -> None:
+        self.bundle_dir = Path(bundle_dir).resolve() if bundle_dir else BUNDLE_DIR
+        self.manifest = read_manifest(self.bundle_dir)
+        runtime = self.manifest["runtime"]
+        merged = dict(runtime.get("settings", {}))
+        merged.update(self.manifest["artifact"].get("settings", {}))
+        merged.update({k: v for k, v in settings.items() if v is not None})
+        if gpu_memory is not None:
+            merged["gpu_memory"] = gpu_memory
+        self.timeout = float(timeout if timeout is not None else merged.get("timeout", 30.0))
+        explicit = provider or os.environ.get(PROVIDER_ENV)
+        preferred = explicit or merged.get("backend", "auto")
+        model_path = self.bundle_dir / self.manifest["artifact"]["entry"]
+        if not model_path.exists():
+            raise BundleError(f"{model_path}: model artifact missing from the bundle")
+        self.inputs = {spec["name"]: spec for spec in self.manifest["inputs"]}
+        self.outputs = {spec["name"]: spec for spec in self.manifest["outputs"]}
+        # A tampered or truncated bundle is refused before its model or code is used.
+        if os.environ.get(SKIP_INTEGRITY_ENV) != "1":
+            problems = integrity_problems(self.bundle_dir, self.manifest)
+            if problems:
+                raise BundleError("bundle integrity check failed: " + "; ".join(problems[:5]))
+        self._adapter: Adapter | None = Adapter(model_path, merged, preferred, runtime.get("providers", []),
+                                                strict=bool(explicit))
+
+    # -- GPUX API ----------------------------------------------------------------------------
+
+    def infer(self, input_data: dict[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
+        """Run the model; ``input_data`` maps input names to arrays (or nested lists)."""
+        feeds = self.prepare(input_data)
+        return self._run(feeds)
+
+    def benchmark(self, num_runs: int = 100, warmup_runs: int = 10,
+                  input_data: dict[str, Any] | None = None) -> dict[str, float]:
+        """Latency statistics in milliseconds over ``num_runs`` runs after ``warmup_runs``."""
+        if num_runs < 1 or warmup_runs < 0:
+            raise InputError("num_runs must be >= 1 and warmup_runs >= 0")
+        feeds = self.prepare(input_data) if input_data is not None else self.reference_inputs()
+        for _ in range(warmup_runs):
+            self._run(feeds)
+        times = []
+        for _ in range(num_runs):
+            start = time.perf_counter()
+            self._run(feeds)
+            times.append((time.perf_counter() - start) * 1000.0)
+        stats: dict[str, float] = compare.latency_stats(times)
+        stats["warmup_runs"] = warmup_runs
+        return stats
+
+    def get_model_info(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "name": m["name"],
+            "version": m["version"],
+            "description": m.get("description"),
+            "target": m["target"],
+            "format": m["artifact"]["format"],
+            "path": m["artifact"]["entry"],
+            "size_bytes": sum(f["size"] for f in m["files"] if f["path"].startswith(layout.MODEL_DIR + "/")),
+            "inputs": [self._describe(spec) for spec in m["inputs"]],
+            "outputs": [self._describe(spec) for spec in m["outputs"]],
+            "metadata": m.get("metadata", {}),
+            "source_sha256": m["source"]["sha256"],
+            "opsets": m["signature"]["opsets"],
+            "verification": {k: m["verification"].get(k) for k in ("status", "reason", "runtime")},
+            "gpuxc_version": m["gpuxc_version"],
+        }
+
+    def get_provider_info(self) -> dict[str, Any]:
+        return self._require().provider_info()
+
+    def get_available_providers(self) -> list[str]:
+        return self._require().available_providers()
+
+    def cleanup(self) -> None:
+        if self._adapter is not None:
+            self._adapter.close()
+        self._adapter = None
+
+    def __enter__(self) -> GPUXRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    # -- bundle extras -----------------------------------------------------------------------
+
+    def reference_inputs(self) -> dict[str, np.ndarray]:
+        return self._load_npz(self.manifest["reference"]["inputs"])
+
+    def reference_outputs(self) -> dict[str, np.ndarray]:
+        return self._load_npz(self.manifest["reference"]["outputs"])
+
+    def verify(self) -> dict[str, Any]:
+        """Re-run the reference inputs here and compare with the reference outputs."""
+        actual = self._run(self.reference_inputs())
+        class_outputs = {name for name, spec in self.outputs.items() if spec.get("labels")}
+        tolerance = self.manifest["verification"]["tolerance"]
+        report = compare.compare(self.reference_outputs(), actual, tolerance, class_outputs)
+        report["provider"] = self.get_provider_info().get("name")
+        report["tolerance"] = tolerance
+        return report
+
+    def check_integrity(self) -> list[str]:
+        """Files whose size or sha256 differ from the manifest (empty when intact)."""
+        return integrity_problems(self.bundle_dir, self.manifest)
+
+    def prepare(self, input_data: dict[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
+        """Validate names, dtypes, ranks, fixed dims and max_length; return arrays to feed."""
+        if isinstance(input_data, np.ndarray):
+            if len(self.inputs) != 1:
+                raise InputError(f"the model takes {len(self.inputs)} inputs; pass a dict of name -> array")
+            input_data = {next(iter(self.inputs)): input_data}
+        if not isinstance(input_data, dict):
+            raise InputError("inputs must be an object mapping input names to arrays")
+        unknown = sorted(set(input_data) - set(self.inputs))
+        if unknown:
+            raise InputError(f"unknown input '{unknown[0]}'; the model takes: {', '.join(self.inputs)}")
+        missing = [name for name in self.inputs if name not in input_data]
+        if missing:
+            raise InputError(f"missing input '{missing[0]}'")
+        feeds: dict[str, np.ndarray] = {}
+        symbols: dict[str, int] = {}
+        for name, spec in self.inputs.items():
+            feeds[name] = self._convert(name, spec, input_data[name], symbols)
+        return feeds
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _convert(self, name: str, spec: dict[str, Any], value: Any, symbols: dict[str, int]) -> np.ndarray:
+        dtype = _np_dtype(spec["dtype"])
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError):
+            raise InputError(f"input '{name}': not a rectangular array") from None
+        if array.dtype == object and dtype != object:  # noqa: E721 (NumPy dtype equality, not a type check)
+            raise InputError(f"input '{name}': not a rectangular array of numbers")
+        if array.size and array.dtype.kind not in _ALLOWED_KINDS.get(dtype.kind, dtype.kind):
+            raise InputError(f"input '{name}': expected {spec['dtype']}, got {array.dtype} values")
+        if array.dtype.kind in "iu" and dtype.kind in "iu" and array.size:
+            info = np.iinfo(dtype)
+            if array.min() < info.min or array.max() > info.max:
+                raise InputError(f"input '{name}': values out of range for {spec['dtype']}")
+        try:
+            array = array.astype(dtype, copy=False)
+        except (ValueError, TypeError, OverflowError):
+            raise InputError(f"input '{name}': cannot convert to {spec['dtype']}") from None
+        shape = spec.get("shape")
+        if shape is not None:
+            if array.ndim != len(shape):
+                raise InputError(f"input '{name}': expected rank {len(shape)} {self._shape_text(shape)}, "
+                                 f"got shape {list(array.shape)}")
+            for axis, (want, got) in enumerate(zip(shape, array.shape, strict=True)):  # same rank: checked above
+                if isinstance(want, int) and want >= 0 and want != got:
+                    raise InputError(f"input '{name}': dim {axis} must be {want}, got {got} "
+                                     f"(shape {list(array.shape)})")
+                if isinstance(want, str):
+                    if symbols.setdefault(want, got) != got:
+                        raise InputError(f"input '{name}': dim {axis} ('{want}') is {got} here "
+                                         f"but {symbols[want]} in another input")
+        max_length = spec.get("max_length")
+        if max_length and array.ndim and array.shape[-1] > max_length:
+            raise InputError(f"input '{name}': length {array.shape[-1]} exceeds max_length {max_length}")
+        return array
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._require().run(feeds, list(self.outputs), self.timeout)
+
+    def _require(self) -> Adapter:
+        if self._adapter is None:
+            raise RuntimeError("runtime was cleaned up; create a new one")
+        return self._adapter
+
+    def _load_npz(self, rel: str) -> dict[str, np.ndarray]:
+        with np.load(self.bundle_dir / rel, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+    @staticmethod
+    def _describe(spec: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "name": spec["name"],
+            "type": spec["dtype"],
+            "shape": spec.get("shape"),
+            "required": True,
+            "description": spec.get("description"),
+            "labels": spec.get("labels"),
+            "max_length": spec.get("max_length"),
+        }
+
+    @staticmethod
+    def _shape_text(shape: list[Any]) -> str:
+        return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def integrity_problems(bundle_dir: Path, manifest: dict[str, Any]) -> list[str]:
+    """Every file of the manifest present with its size and sha256 (empty list: intact)."""
+    problems = []
+    for entry in manifest.get("files", []):
+        path = bundle_dir / entry["path"]
+        if not path.is_file():
+            problems.append(f"{entry['path']}: missing")
+        elif path.stat().st_size != entry["size"] or _sha256(path) != entry["sha256"]:
+            problems.append(f"{entry['path']}: contents differ from the manifest")
+    return problems
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def to_jsonable(value: Any) -> Any:
+    """Arrays to nested lists; NaN and infinities (not JSON) to null."""
+    array = np.asarray(value)
+    if array.dtype.kind == "f":
+        obj = array.astype(object)
+        obj[~np.isfinite(array)] = None
+        return obj.tolist()
+    if array.dtype.kind in "SU":
+        return array.astype(str).tolist()
+    return array.tolist()
+
+
+def load(bundle_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> GPUXRuntime:
+    """The runtime of the bundle this runner belongs to (or of ``bundle_dir``)."""
+    return GPUXRuntime(bundle_dir, **kwargs)
+
+
+__all__ = ["GPUXRuntime", "load", "InputError", "BundleError", "InferenceTimeout", "to_jsonable", "read_manifest"]

@@ -1,0 +1,152 @@
+"""Command line of this bundle: ``python <bundle> run|verify|bench|serve|info``.
+
+Exit codes: 0 ok; 1 verification outside tolerance; 2 bad usage or bad input;
+3 bundle unreadable, tampered or runtime failure; 4 inference timed out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXIT_OK, EXIT_VERIFY, EXIT_INPUT, EXIT_BUNDLE, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _read_inputs(spec: str) -> Any:
+    """``--input`` value: inline JSON, ``@file.json``, or a ``.npz`` file."""
+    if spec.endswith(".npz") and not spec.lstrip().startswith("{"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ValueError(f"input file not found: {spec}")
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    if spec.startswith("@"):
+        path = Path(spec[1:])
+        if not path.is_file():
+            raise ValueError(f"input file not found: {spec[1:]}")
+        spec = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(spec)
+    except ValueError as exc:
+        raise ValueError(f"--input is not valid JSON ({exc})") from None
+
+
+def _write_outputs(outputs: dict[str, np.ndarray], target: str | None) -> None:
+    from runner.api import to_jsonable
+
+    if target and target.endswith(".npz"):
+        from runner.compare import dense
+
+        # dense(): sequences of maps as arrays; np.savez would otherwise pickle them.
+        arrays = {k: dense(v) for k, v in outputs.items()}
+        storable: dict[str, Any] = {k: v.astype(str) if v.dtype == object else v for k, v in arrays.items()}
+        np.savez(target, **storable)
+        print(f"wrote {target}", file=sys.stderr)
+        return
+    text = json.dumps({k: to_jsonable(v) for k, v in outputs.items()})
+    if target:
+        Path(target).write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {target}", file=sys.stderr)
+    else:
+        print(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    # --provider is accepted before or after the command:
+    # `python . --provider cpu run` or `python . run --provider cpu`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--provider", default=argparse.SUPPRESS,
+                        help="execution provider/device (auto, cpu, cuda, ...); default from the manifest")
+    parser = argparse.ArgumentParser(prog="python <bundle>", description="Run this gpuxc bundle.", parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="run one inference", parents=[common])
+    run_p.add_argument("--input", "-i", required=True, help="inline JSON, @file.json, or file.npz")
+    run_p.add_argument("--output", "-o", help="write outputs to this .json or .npz file instead of stdout")
+    verify_p = sub.add_parser("verify", help="re-run reference inputs and compare with reference outputs",
+                              parents=[common])
+    verify_p.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench_p = sub.add_parser("bench", help="latency benchmark on the reference inputs", parents=[common])
+    bench_p.add_argument("--runs", type=int, default=100)
+    bench_p.add_argument("--warmup", type=int, default=10)
+    bench_p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: runtime's choice)")
+    bench_p.add_argument("--json", action="store_true")
+    serve_p = sub.add_parser("serve", help="start the HTTP server", parents=[common])
+    serve_p.add_argument("--host", help="bind address (default from the manifest: 127.0.0.1)")
+    serve_p.add_argument("--port", type=int)
+    serve_p.add_argument("--workers", type=int)
+    sub.add_parser("info", help="print model information as JSON", parents=[common])
+    args = parser.parse_args(argv)
+
+    from runner.api import BundleError, InferenceTimeout, InputError, load
+
+    if args.command == "serve":
+        try:
+            from runner.server import serve
+        except ImportError as exc:
+            return _fail(EXIT_BUNDLE, f"serving needs fastapi and uvicorn ({exc}); pip install -r requirements.txt")
+        try:
+            serve(args.host, args.port, args.workers, provider=getattr(args, "provider", None))
+        except (BundleError, ValueError) as exc:
+            return _fail(EXIT_BUNDLE, str(exc))
+        return EXIT_OK
+    try:
+        threads = getattr(args, "threads", None)
+        rt = load(provider=getattr(args, "provider", None), intra_op_threads=threads)
+    except (BundleError, ValueError) as exc:
+        return _fail(EXIT_BUNDLE, str(exc))
+    except Exception as exc:  # the runtime refused the artifact
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return _fail(EXIT_BUNDLE, f"cannot load the model: {reason}")
+    with rt:
+        try:
+            if args.command == "info":
+                print(json.dumps(rt.get_model_info(), indent=2))
+            elif args.command == "run":
+                _write_outputs(rt.infer(_read_inputs(args.input)), args.output)
+            elif args.command == "bench":
+                from runner.compare import peak_rss_mb
+
+                stats: dict[str, Any] = rt.benchmark(args.runs, args.warmup)
+                stats["peak_rss_mb"] = peak_rss_mb()
+                stats["provider"] = rt.get_provider_info()["name"]
+                if args.json:
+                    print(json.dumps(stats))
+                else:
+                    print(f"{stats['provider']}: p50 {stats['p50_time_ms']:.3f} ms, "
+                          f"p90 {stats['p90_time_ms']:.3f} ms, p99 {stats['p99_time_ms']:.3f} ms, "
+                          f"{stats['fps']:.1f} inferences/s over {args.runs} runs, "
+                          f"peak RSS {stats['peak_rss_mb'] or 0:.0f} MiB")
+            elif args.command == "verify":
+                problems = rt.check_integrity()
+                if problems:
+                    return _fail(EXIT_BUNDLE, "bundle integrity check failed: " + "; ".join(problems))
+                report = rt.verify()
+                if args.json:
+                    print(json.dumps(report, default=float))
+                else:
+                    for name, m in report["outputs"].items():
+                        keys = ("max_abs", "max_rel", "cosine", "top1_agreement")
+                        line = ", ".join(f"{k}={m[k]:.3g}" for k in keys if k in m)
+                        print(f"{name}: {line or 'exact'} mismatches={m.get('mismatches')}")
+                    print(f"verification {report['status']} on {report['provider']}")
+                if report["status"] != "passed":
+                    for failure in report["failures"]:
+                        print(f"  {failure}", file=sys.stderr)
+                    return EXIT_VERIFY
+        except InputError as exc:
+            return _fail(EXIT_INPUT, str(exc))
+        except ValueError as exc:
+            return _fail(EXIT_INPUT, str(exc))
+        except InferenceTimeout as exc:
+            return _fail(EXIT_TIMEOUT, str(exc))
+    return EXIT_OK

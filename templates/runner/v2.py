@@ -1,0 +1,202 @@
+"""Open Inference Protocol (KServe v2) tensors: JSON and the binary tensor data extension.
+
+Requests are decoded into NumPy arrays and checked against the bundle's inputs
+(names, datatypes, shapes, byte sizes) before anything runs; responses are
+encoded as JSON data or, when asked, as binary data after the JSON header
+(``Inference-Header-Content-Length``).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+HEADER_LENGTH = "inference-header-content-length"
+
+# v2 datatype <-> the manifest's NumPy spelling.
+TO_V2 = {
+    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
+    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
+    "float16": "FP16", "float32": "FP32", "float64": "FP64", "bfloat16": "BF16", "string": "BYTES",
+}
+FROM_V2 = {v: k for k, v in TO_V2.items()}
+
+
+class ProtocolError(ValueError):
+    """A malformed or mismatched v2 request: HTTP 400 with {"error": message}."""
+
+
+def v2_datatype(dtype: str) -> str:
+    return TO_V2.get(dtype, dtype.upper())
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    """The JSON request header and the binary tail (empty without the extension)."""
+    if header_length is None:
+        json_part, tail = body, b""
+    else:
+        try:
+            size = int(header_length)
+        except ValueError:
+            raise ProtocolError("Inference-Header-Content-Length is not an integer") from None
+        if not 0 < size <= len(body):
+            raise ProtocolError(f"Inference-Header-Content-Length {size} is outside the body ({len(body)} bytes)")
+        json_part, tail = body[:size], body[size:]
+    try:
+        request = json.loads(json_part)
+    except ValueError:
+        raise ProtocolError("request body is not valid JSON") from None
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
+        raise ProtocolError("request must be a JSON object with an 'inputs' list")
+    return request, tail
+
+
+def decode_inputs(request: dict[str, Any], tail: bytes, specs: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Arrays by name; every check a server must make before running anything."""
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in request["inputs"]:
+        if not isinstance(item, dict):
+            raise ProtocolError("each input must be an object")
+        name = item.get("name")
+        if not isinstance(name, str) or name not in specs:
+            raise ProtocolError(f"unexpected input '{name}'; the model takes: {', '.join(specs)}")
+        if name in out:
+            raise ProtocolError(f"input '{name}' given twice")
+        spec = specs[name]
+        datatype = item.get("datatype")
+        want = v2_datatype(spec["dtype"])
+        if datatype != want:
+            raise ProtocolError(f"input '{name}': datatype {datatype} does not match the model's {want}")
+        shape = item.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise ProtocolError(f"input '{name}': shape must be a list of non-negative integers")
+        count = int(np.prod(shape)) if shape else 1
+        params = item.get("parameters") or {}
+        size = params.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(tail):
+                raise ProtocolError(f"input '{name}': binary_data_size {size} exceeds the binary data sent")
+            chunk = tail[offset:offset + size]
+            offset += size
+            array = _from_bytes(name, chunk, datatype, count)
+        else:
+            if "data" not in item:
+                raise ProtocolError(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+            array = _from_json(name, item["data"], datatype, count)
+        out[name] = array.reshape(shape)
+    if offset != len(tail):
+        raise ProtocolError(f"{len(tail) - offset} byte(s) of binary data belong to no input")
+    missing = [n for n in specs if n not in out]
+    if missing:
+        raise ProtocolError(f"missing input '{missing[0]}'")
+    return out
+
+
+def _np_type(datatype: str) -> Any:
+    name = FROM_V2.get(datatype)
+    if name is None or name == "bfloat16":
+        raise ProtocolError(f"datatype {datatype} is not supported")
+    return object if name == "string" else np.dtype(name)
+
+
+def _from_bytes(name: str, chunk: bytes, datatype: str, count: int) -> np.ndarray:
+    if datatype == "BYTES":
+        items, pos = [], 0
+        while pos < len(chunk):
+            if pos + 4 > len(chunk):
+                raise ProtocolError(f"input '{name}': truncated BYTES element")
+            (length,) = struct.unpack_from("<I", chunk, pos)
+            pos += 4
+            if pos + length > len(chunk):
+                raise ProtocolError(f"input '{name}': truncated BYTES element")
+            items.append(chunk[pos:pos + length].decode("utf-8", errors="replace"))
+            pos += length
+        if len(items) != count:
+            raise ProtocolError(f"input '{name}': {len(items)} BYTES elements for shape with {count}")
+        return np.array(items, dtype=object)
+    dtype = _np_type(datatype)
+    if len(chunk) != count * dtype.itemsize:
+        raise ProtocolError(f"input '{name}': {len(chunk)} bytes of data, the shape needs {count * dtype.itemsize}")
+    return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+
+
+def _from_json(name: str, data: Any, datatype: str, count: int) -> np.ndarray:
+    dtype = _np_type(datatype)
+    try:
+        array = np.asarray(data, dtype=dtype if dtype is not object else object).reshape(-1)
+    except (ValueError, TypeError, OverflowError):
+        raise ProtocolError(f"input '{name}': data does not match datatype {datatype}") from None
+    if array.size != count:
+        raise ProtocolError(f"input '{name}': {array.size} data elements for a shape with {count}")
+    if dtype is not object and dtype.kind in "iub":
+        # JSON numbers are doubles; refuse 1.5 for an integer tensor instead of truncating it.
+        raw = np.asarray(data, dtype=object).reshape(-1)
+        if any(isinstance(v, float) and not float(v).is_integer() for v in raw.tolist()):
+            raise ProtocolError(f"input '{name}': non-integer values for datatype {datatype}")
+    return array
+
+
+def encode_response(model: str, version: str | None, outputs: dict[str, np.ndarray], specs: dict[str, dict[str, Any]],
+                    request: dict[str, Any]) -> tuple[bytes, int | None]:
+    """Response body and, when binary data is included, the JSON header length."""
+    wanted = request.get("outputs")
+    default_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    if wanted is None:
+        selected = [(name, default_binary) for name in outputs]
+    else:
+        if not isinstance(wanted, list):
+            raise ProtocolError("'outputs' must be a list")
+        selected = []
+        for item in wanted:
+            name = item.get("name") if isinstance(item, dict) else None
+            if name not in outputs:
+                raise ProtocolError(f"unknown output '{name}'; the model gives: {', '.join(outputs)}")
+            binary = (item.get("parameters") or {}).get("binary_data", default_binary)
+            selected.append((name, bool(binary)))
+    header: dict[str, Any] = {"model_name": model, "outputs": []}
+    if version is not None:
+        header["model_version"] = version
+    if "id" in request:
+        header["id"] = request["id"]
+    blobs: list[bytes] = []
+    for name, binary in selected:
+        value = np.asarray(outputs[name])
+        datatype = v2_datatype("string" if value.dtype.kind in "OUS" else str(value.dtype))
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(value.shape)}
+        if binary:
+            blob = _to_bytes(value, datatype)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = _to_json(value, datatype)
+        header["outputs"].append(entry)
+    head = json.dumps(header, allow_nan=False, default=str).encode()
+    if not blobs:
+        return head, None
+    return head + b"".join(blobs), len(head)
+
+
+def _to_bytes(value: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        parts = []
+        for item in value.reshape(-1).tolist():
+            raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            parts.append(struct.pack("<I", len(raw)) + raw)
+        return b"".join(parts)
+    return np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _to_json(value: np.ndarray, datatype: str) -> list[Any]:
+    flat = value.reshape(-1)
+    if datatype == "BYTES":
+        return [str(v) for v in flat.tolist()]
+    if flat.dtype.kind == "f":
+        obj = flat.astype(object)
+        obj[~np.isfinite(flat)] = None  # JSON has no NaN/Infinity
+        return obj.tolist()
+    return flat.tolist()

@@ -1,0 +1,141 @@
+"""The coreml target: .mlpackage bundles, errors before anything is written, `gpuxc inspect`,
+macOS-only verification."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from fixtures import models
+from gpuxc.build.pipeline import compile_project
+from gpuxc.errors import CompileError
+
+pytest.importorskip("coremltools", reason="the coreml target needs `pip install gpuxc[coreml]`")
+
+from tests.plugins.gpuxc_coreml.coreml_models import f32, image_classifier  # noqa: E402
+
+
+def project_with(root: Path, model: onnx.ModelProto, name: str) -> Path:
+    project = root / name
+    project.mkdir()
+    onnx.save(model, project / "model.onnx")
+    (project / "gpux.yml").write_text(f"name: {name}\nmodel:\n  source: ./model.onnx\n", encoding="utf-8")
+    return project
+
+
+def manifest_of(path: Path) -> dict:
+    return json.loads((path / "gpux-bundle.json").read_text())
+
+
+def with_top_k(count: int) -> onnx.ModelProto:
+    nodes = [helper.make_node("Relu", ["x"], ["r"])]
+    outputs = [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 8])]
+    for i in range(count):
+        nodes.append(helper.make_node("TopK", ["r", "k"], [f"v{i}", f"i{i}"], axis=-1))
+        outputs.append(helper.make_tensor_value_info(f"v{i}", TensorProto.FLOAT, [1, 2]))
+    graph = helper.make_graph(nodes, "topk", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])], outputs,
+                              [helper.make_tensor("k", TensorProto.INT64, [1], [2])])  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("coreml")
+    out = {}
+    for name, model in (("cnn", models.tiny_cnn(dynamic_spatial=True)), ("classifier", image_classifier())):
+        [result] = compile_project(project_with(root, model, name), ["coreml"], root / "dist")
+        out[name] = result.path
+    return out
+
+
+@pytest.mark.parametrize("name", ["cnn", "classifier"])
+def test_bundle_holds_an_mlpackage_recorded_unverified_off_macos(bundles: dict[str, Path], name: str) -> None:
+    bundle = bundles[name]
+    manifest = manifest_of(bundle)
+    assert (bundle / "model" / "model.mlpackage" / "Manifest.json").is_file()
+    assert manifest["artifact"]["entry"] == "model/model.mlpackage"
+    assert manifest["artifact"]["format"] == "mlpackage"
+    files = {f["path"] for f in manifest["files"]}
+    assert any(p.startswith("model/model.mlpackage/") for p in files)
+    reqs = (bundle / "requirements.txt").read_text()
+    assert "coremltools==" in reqs and "sys_platform == 'darwin'" in reqs and "onnxruntime" not in reqs
+    if sys.platform != "darwin":
+        assert manifest["verification"]["status"] == "unverified"
+        assert "macOS" in manifest["verification"]["reason"]
+
+
+def test_unsupported_ops_fail_before_any_bundle_is_written(tmp_path: Path) -> None:
+    project = project_with(tmp_path, with_top_k(3), "topk")
+    with pytest.raises(CompileError, match=r"coreml cannot translate 1 op type\(s\): TopK x3"):
+        compile_project(project, ["coreml"], tmp_path / "dist")
+    assert not (tmp_path / "dist" / "topk-1.0.0-coreml").exists()
+    assert not any((tmp_path / "dist").glob("*")) if (tmp_path / "dist").exists() else True
+
+
+@pytest.mark.parametrize(("model", "convertible", "unsupported"),
+                         [("cnn", True, {}), ("topk", False, {"TopK": 2})])  # fmt: skip
+def test_inspect_reports_whether_the_model_converts(tmp_path: Path, model: str, convertible: bool,
+                                                    unsupported: dict) -> None:  # fmt: skip
+    path = tmp_path / "model.onnx"
+    onnx.save(models.tiny_cnn() if model == "cnn" else with_top_k(2), path)
+    gpuxc = Path(sys.executable).parent / "gpuxc"
+    done = subprocess.run([gpuxc, "inspect", path, "--target", "coreml", "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert {k: report[k] for k in ("target", "convertible", "unsupported")} == {
+        "target": "coreml", "convertible": convertible, "unsupported": unsupported}  # fmt: skip
+    other = subprocess.run([gpuxc, "inspect", path, "--target", "openvino"], capture_output=True, text=True)
+    assert other.returncode != 0 and "only coreml" in other.stderr
+
+
+@pytest.mark.macos
+@pytest.mark.skipif(sys.platform != "darwin", reason="CoreML predicts only on macOS")
+def test_bundle_verifies_on_macos(bundles: dict[str, Path]) -> None:
+    for bundle in bundles.values():
+        done = subprocess.run([sys.executable, str(bundle), "verify"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+
+def test_tensor_names_coremltools_renames_are_mapped_for_the_runner(tmp_path: Path) -> None:
+    # Paddle/TF exports name tensors like 'save_infer_model/scale_0.tmp_1'; CoreML wants identifiers.
+    graph = helper.make_graph([helper.make_node("Relu", ["in:0"], ["out/put.0"])], "g", [f32("in:0", [1, 4])],
+                              [helper.make_tensor_value_info("out/put.0", TensorProto.FLOAT, [1, 4])])  # fmt: skip
+    project = tmp_path / "p"
+    project.mkdir()
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), project / "model.onnx"
+    )
+    (project / "gpux.yml").write_text("name: names\nmodel:\n  source: ./model.onnx\n", encoding="utf-8")
+    [result] = compile_project(project, ["coreml"], tmp_path / "dist")
+    settings = json.loads((result.path / "gpux-bundle.json").read_text())["artifact"]["settings"]
+    assert settings["output_names"] == {"out/put.0": "out_put_0"}
+    assert settings["input_names"] == {"in:0": "in_0"}
+
+
+def test_inspect_predicts_that_shape_arithmetic_folds_away(tmp_path: Path) -> None:
+    # x[N, 4] -> Range(0, N) drives nothing but a shape: with fixed shapes it folds to a constant.
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Range", ["start", "n", "one"], ["r"]),
+        helper.make_node("Cast", ["r"], ["rf"], to=1),
+        helper.make_node("ReduceSum", ["rf"], ["total"], keepdims=0),
+        helper.make_node("Add", ["x", "total"], ["y"]),
+    ]
+    scalars = (("zero", 0), ("start", 0), ("one", 1))
+    inits = [helper.make_tensor(name, TensorProto.INT64, [], [v]) for name, v in scalars]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)  # fmt: skip
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    gpuxc = Path(sys.executable).parent / "gpuxc"
+    done = subprocess.run([gpuxc, "inspect", path, "--target", "coreml", "--json"], capture_output=True, text=True)
+    report = json.loads(done.stdout)
+    assert report["unsupported_before_folding"] == {"Range": 1}
+    assert report["convertible"] is True and report["unsupported"] == {}
