@@ -8,6 +8,8 @@ documented in docs/cli.md: never renumber one.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from enum import IntEnum
 
 
@@ -47,6 +49,12 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` or an empty string: shared by every "unknown name" message."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
 class GpuxcError(Exception):
     """Base of all user-facing gpuxc errors: ``str(err)`` is the one-line message."""
 
@@ -80,7 +88,7 @@ class UnsafeModelError(ModelError):
 
 class ModelCrashed(ModelError):
     """ONNX or ONNX Runtime died (a signal, an abort) loading or first running the model; only the
-    isolated child process that did it (gpuxc/project/isolation.py) was lost."""
+    isolated child process that did it (gpuxc/project/isolation/) was lost."""
 
     exit_code = ExitCode.MODEL_CRASHED
 

@@ -13,7 +13,8 @@ import onnx
 from onnx import ModelProto
 from pydantic import BaseModel
 
-from gpuxc.project.model import infer_shapes, iter_tensors
+from gpuxc.project.graph import iter_tensors
+from gpuxc.project.model import infer_shapes
 
 
 class MemoryEstimate(BaseModel):
@@ -67,10 +68,3 @@ def activation_bytes(source: ModelProto, shapes: dict[str, list[int]]) -> int:
             activations += _bytes(tensor_type.elem_type, dims)
     return activations
 
-
-def human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return f"{n} B"

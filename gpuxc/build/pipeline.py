@@ -1,7 +1,7 @@
 """The compile pipeline: plan → passes → target compile → verify → bundle.
 
 gpux.yml + model.onnx
-  config.load_config, model.load_model, signature.check_signature
+  config_load.load_config, model.load_model, signature.check_signature
   reference inputs/outputs (ONNX Runtime on the source model)
   for each target:
     target.plan           -> pass specs
@@ -31,7 +31,7 @@ import onnx
 from pydantic import ValidationError
 
 from gpuxc import __version__
-from gpuxc.build.memory import MemoryEstimate, activation_bytes, human
+from gpuxc.build.memory import MemoryEstimate, activation_bytes
 from gpuxc.build.memory import estimate as memory_estimate
 
 # isolation: the untrusted model's first load and ONNX Runtime session run in a child process.
@@ -61,14 +61,16 @@ from gpuxc.errors import (
     ReferenceError_,
     TargetUnavailable,
     VerificationFailed,
+    did_you_mean,
     first_line,
 )
 from gpuxc.ort_session import run_onnxruntime
 from gpuxc.passes import PassContext, PassManager, PassRecord
 from gpuxc.plugin import get_registry
 from gpuxc.project import isolation
-from gpuxc.project.calibration import load_samples
-from gpuxc.project.config import GpuxConfig, did_you_mean, find_config, load_config
+from gpuxc.project.calibration import load_calibration_sample, load_samples
+from gpuxc.project.config import GpuxConfig
+from gpuxc.project.config_load import find_config, load_config
 from gpuxc.project.model import LoadedModel, describe
 from gpuxc.project.reference import (
     DEFAULT_DIM,
@@ -76,11 +78,11 @@ from gpuxc.project.reference import (
     FALLBACK_SIZES,
     generate,
     index_bounds,
-    load_calibration_sample,
     make_inputs,
     resolve_shapes,
 )
 from gpuxc.project.signature import bundle_io, check_signature
+from gpuxc.sizes import format_size_decimal as human
 from gpuxc.targets import Artifact, CompileContext, Target, Variant
 
 Progress = Callable[[str], None]

@@ -12,21 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from gpuxc.bundle import writer as bundle
 from gpuxc.bundle.writer import BundleResult
-from gpuxc.cache.store import (
-    BuildCache,
-    cache_disabled_by_env,
-    code_digest,
-    default_cache_dir,
-    host_facts,
-    key_document,
-    key_of,
-)
+from gpuxc.cache.key import code_digest, host_facts, key_document, key_of
+from gpuxc.cache.store import BuildCache, cache_disabled_by_env, default_cache_dir
 from gpuxc.digests import sha256_file, tree_digest
-from gpuxc.project.config import GpuxConfig, find_config, load_config
+from gpuxc.project.config import GpuxConfig
+from gpuxc.project.config_load import find_config, load_config
 
 Progress = Callable[[str], None]
 
@@ -47,10 +41,12 @@ def open_cache(cache_dir: Path | None, use_cache: bool, say: Progress) -> BuildC
 def load_build_config(path: Path, config_path: Path | None, precision: str | None, optimize: str | None) -> GpuxConfig:
     """gpux.yml with the CLI's overrides applied: what the manifest and the cache key record."""
     config = load_config(find_config(path, config_path))
+    # The CLI offers only the schema's values (its Precision and Optimize choices), so these are
+    # assigned unchecked, as they always were.
     if precision is not None:
-        config.build.precision = precision
+        config.build.precision = cast(Any, precision)
     if optimize is not None:
-        config.build.optimize = optimize
+        config.build.optimize = cast(Any, optimize)
     return config
 
 

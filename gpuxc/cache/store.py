@@ -1,19 +1,8 @@
 """The build cache: finished bundles stored under a key made of everything that decides them.
 
-A key is the sha256 of a canonical JSON document (:func:`key_document`):
-
-- gpuxc's version and a digest of its code, every plugin package's code and the templates
-  (an edited template or pass is a new key, even in an editable install);
-- the canonical config after CLI overrides (the same dict the manifest records), the target
-  and whether the build is reproducible (``--archive``);
-- the model file's sha256, the calibration data's digest;
-- the host facts that change a result: OS, machine, Python, CPU model and flags (OpenVINO's
-  precision hints and ``--optimize auto``'s timings depend on them) and the versions of every
-  library a pass, target or the bundle's pinned requirements come from.
-
-External-data files are not in the key, because finding them means parsing the untrusted model;
-they are determined by the model file's bytes, and the entry records their digests, which are
-checked on every hit.
+The key is gpuxc/cache/key.py's job. External-data files are not in the key, because finding
+them means parsing the untrusted model; they are determined by the model file's bytes, and the
+entry records their digests, which are checked on every hit.
 
 An entry is ``<cache>/v1/<key[:2]>/<key>/{entry.json, bundle/}``. ``entry.json`` lists every
 bundle file's size and sha256; a hit copies the files into the staging folder while hashing them,
@@ -27,36 +16,25 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import importlib.util
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpuxc import __version__
 from gpuxc.bundle.writer import remove_abandoned_staging
-from gpuxc.digests import sha256_file, tree_digest
+from gpuxc.digests import sha256_file
 from gpuxc.errors import CacheError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 1  # entries live under v<CACHE_FORMAT>/ and every key includes it: a bump orphans them all
 ENTRY_NAME = "entry.json"
 TMP_PREFIX = ".tmp-"
 CACHE_DIR_ENV = "GPUXC_CACHE_DIR"
 NO_CACHE_ENV = "GPUXC_NO_CACHE"
-
-# Libraries whose version can change what a build writes: passes and targets use them, and the
-# bundle's requirements.txt pins the serving ones.
-RESULT_LIBRARIES = (
-    "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "protobuf", "onnxsim", "onnxslim",
-    "onnxconverter-common", "openvino", "nncf", "coremltools", "tensorrt",
-    "fastapi", "uvicorn", "prometheus-client", "jinja2", "pydantic",
-)  # fmt: skip
 
 Progress = Callable[[str], None]
 
@@ -74,85 +52,6 @@ def default_cache_dir() -> Path:
 
 def cache_disabled_by_env() -> bool:
     return os.environ.get(NO_CACHE_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
-def _package_root(module_name: str) -> Path | None:
-    spec = importlib.util.find_spec(module_name.split(".")[0])
-    if spec is None:
-        return None
-    if spec.submodule_search_locations:
-        return Path(next(iter(spec.submodule_search_locations)))
-    return Path(spec.origin).parent if spec.origin else None
-
-
-def code_digest(modules: Iterable[str], template_dirs: Iterable[Path]) -> dict[str, str]:
-    """Digests of gpuxc's code, each plugin package and each template folder, by name."""
-    out: dict[str, str] = {}
-    for name in sorted({"gpuxc", *(m.split(".")[0] for m in modules)}):
-        root = _package_root(name)
-        if root is not None and root.is_dir():
-            out[name] = tree_digest(root, (".py", ".j2", ".json"))
-        elif root is not None:  # a single-module plugin
-            out[name] = sha256_file(Path(importlib.util.find_spec(name).origin))  # type: ignore[union-attr,arg-type]
-    for folder in sorted(set(template_dirs)):
-        if folder.is_dir():
-            out[f"templates:{folder.name}"] = tree_digest(folder)
-    return out
-
-
-def cpu_facts() -> dict[str, str]:
-    """The CPU's model and feature flags (x86 ``flags``, Arm ``Features``), where the OS says."""
-    facts = {"processor": platform.processor()}
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return facts
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "flags", "features", "cpu part") and key not in facts:
-            facts[key] = " ".join(sorted(value.split())) if key in ("flags", "features") else value.strip()
-    return facts
-
-
-def host_facts() -> dict[str, Any]:
-    from gpuxc.bundle.requirements import version_of
-
-    return {
-        "system": platform.system().lower(),
-        "machine": platform.machine(),
-        "python": ".".join(map(str, sys.version_info[:3])),
-        "cpu": cpu_facts(),
-        "libraries": {d: version_of(d) for d in RESULT_LIBRARIES},
-    }
-
-
-def key_document(
-    *,
-    config: dict[str, Any],
-    target: str,
-    reproducible: bool,
-    model_sha256: str,
-    calibration_digest: str | None,
-    code: dict[str, str],
-    host: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "cache_format": CACHE_FORMAT,
-        "gpuxc": __version__,
-        "code": code,
-        "target": target,
-        "reproducible": reproducible,
-        "config": config,
-        "model_sha256": model_sha256,
-        "calibration": calibration_digest,
-        "host": host,
-    }
-
-
-def key_of(document: dict[str, Any]) -> str:
-    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass
@@ -308,7 +207,7 @@ class BuildCache:
     # -- listing and clearing ---------------------------------------------------------------
 
     def entries(self) -> list[Entry]:
-        out = []
+        out: list[Entry] = []
         if not self.entries_dir.is_dir():
             return out
         for folder in sorted(self.entries_dir.glob("??/*")):

@@ -51,8 +51,7 @@ class Registry:
     plugins: list[str] = field(default_factory=list)
 
     def target(self, name: str) -> type[Target[Any]]:
-        from gpuxc.errors import TargetUnavailable
-        from gpuxc.project.config import did_you_mean
+        from gpuxc.errors import TargetUnavailable, did_you_mean
 
         try:
             return self.targets[name]
@@ -63,7 +62,7 @@ class Registry:
             ) from None
 
     def pass_(self, name: str) -> type[Pass[Any]]:
-        from gpuxc.project.config import did_you_mean
+        from gpuxc.errors import did_you_mean
 
         try:
             return self.passes[name]

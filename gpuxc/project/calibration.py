@@ -27,13 +27,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gpuxc.errors import ConfigError, first_line
+from gpuxc.project.config import GpuxConfig
+from gpuxc.project.reference import DEFAULT_DIM, DEFAULT_SPATIAL, generate, index_bounds, resolve_shapes
 
 if TYPE_CHECKING:
     from onnx import ModelProto
 
     from gpuxc.project.model import ModelSignature, TensorInfo
 
-__all__ = ["load_samples", "random_samples", "resolve_model_shapes"]
+__all__ = ["load_calibration_sample", "load_samples", "random_samples", "resolve_model_shapes"]
 
 Sample = dict[str, np.ndarray]
 # Separates the calibration seeds from the reference seed (any constant would do).
@@ -76,8 +78,6 @@ def random_samples(signature: ModelSignature, shapes: dict[str, list[int]], n: i
     inputs (drawn from ``build.seed``) are not among them, so verification does not run on the
     data a quantizer was calibrated on.
     """
-    from gpuxc.project.reference import generate, index_bounds
-
     bounds = index_bounds(model)
     seeds = np.random.SeedSequence([seed, _CALIBRATION_STREAM]).generate_state(n)
     return [generate(signature, shapes, int(s), bounds) for s in seeds]
@@ -87,13 +87,19 @@ def resolve_model_shapes(signature: ModelSignature, given: dict[str, list[int]] 
                          defaults: tuple[int, int] | None = None) -> dict[str, list[int]]:  # fmt: skip
     """Concrete input shapes without a gpux.yml: ``given`` shapes first, then the model's fixed
     dims, then the rules of :func:`gpuxc.project.reference.resolve_shapes` (batch 1, ``defaults``)."""
-    from gpuxc.project.config import GpuxConfig
-    from gpuxc.project.reference import DEFAULT_DIM, DEFAULT_SPATIAL, resolve_shapes
-
     config = GpuxConfig.model_validate(
         {"name": "shapes", "model": {"source": "model.onnx"}, "build": {"shapes": dict(given or {})}}
     )
     return resolve_shapes(signature, config, defaults or (DEFAULT_DIM, DEFAULT_SPATIAL))
+
+
+def load_calibration_sample(config: GpuxConfig, signature: ModelSignature) -> dict[str, np.ndarray]:
+    """The first sample of ``build.calibration.data`` (any layout of :mod:`gpuxc.project.calibration`),
+    checked against the signature; errors point at ``build.calibration.data`` in gpux.yml."""
+    assert config.build.calibration is not None and config.build.calibration.data is not None
+    where = config.where("build", "calibration", "data")
+    path = (config.project_dir / config.build.calibration.data).resolve()
+    return load_samples(path, signature, 1, where=where)[0]
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -1,36 +1,25 @@
-"""gpux.yml: GPUX's project schema plus gpuxc's ``build`` section.
+"""gpux.yml's schema: GPUX's project sections plus gpuxc's ``build`` section, as pydantic models.
 
 Every field is either acted on by some stage (see docs/gpux-yml.md, which says
 which) or rejected with a "not supported yet" message: nothing is silently
 ignored. Unknown keys are errors with a did-you-mean, and every error names
-``file:line:column``.
+``file:line:column``: reading the file and wording its errors is
+gpuxc/project/config_load.py's job (find_config, load_config, parse_config).
 """
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
-import types
-import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from gpuxc.errors import ConfigError
-from gpuxc.project.yamlsource import SourceMap, load_yaml
-
-CONFIG_NAMES = ("gpux.yml", "gpux.yaml")
+from gpuxc.errors import did_you_mean
+from gpuxc.project.config_errors import clip, kind_of
+from gpuxc.project.yamlsource import SourceMap
+from gpuxc.sizes import is_size, parse_size
 
 # Tensor element types a gpux.yml may declare (ONNX's, spelled as NumPy spells them).
 DTYPES = (
@@ -53,14 +42,12 @@ TARGET_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 # serving.host: an IP address or a DNS name (labels of letters, digits, '-', '_'), nothing else.
 _HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 HOST_RE = re.compile(rf"^{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?$")
-MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)?\s*$", re.IGNORECASE)
-_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
 
 Dim = Annotated[int, Field(ge=-1)] | str | None
 
 
 def not_supported(what: str, why: str) -> str:
+    """The message for a GPUX field gpuxc refuses for now (docs/gpux-yml.md lists them)."""
     return f"{what} is not supported yet: {why}"
 
 
@@ -70,7 +57,12 @@ class _Section(BaseModel):
 
 
 class TensorSpec(_Section):
-    """One declared input or output (GPUX ``inputs:``/``outputs:`` entry)."""
+    """One input or output as gpux.yml *declares* it (a GPUX ``inputs:``/``outputs:`` entry).
+
+    Not to be confused with :class:`gpuxc.project.model.TensorInfo` (what the model file says
+    a tensor is) or ``gpuxc.bundle.manifest.TensorSpecOut`` (what the manifest records); the
+    declaration is checked against the model by gpuxc/project/signature.py.
+    """
 
     name: str
     type: str | None = None
@@ -87,9 +79,7 @@ class TensorSpec(_Section):
             return None
         value = DTYPE_ALIASES.get(value, value)
         if value not in DTYPES:
-            raise ValueError(
-                f"unknown type '{_clip(value)}'{_did_you_mean(value, DTYPES)}; one of: {', '.join(DTYPES)}"
-            )
+            raise ValueError(f"unknown type '{clip(value)}'{did_you_mean(value, DTYPES)}; one of: {', '.join(DTYPES)}")
         return value
 
     @field_validator("required")
@@ -143,17 +133,15 @@ class GpuSection(_Section):
     @field_validator("memory")
     @classmethod
     def _memory_format(cls, value: str | None) -> str | None:
-        if value is not None and MEMORY_RE.match(value) is None:
-            raise ValueError(f"'{_clip(value)}' is not a memory size like 2GB, 512MB or 1073741824")
+        if value is not None and not is_size(value):
+            raise ValueError(f"'{clip(value)}' is not a memory size like 2GB, 512MB or 1073741824")
         return value
 
     @property
     def memory_bytes(self) -> int | None:
         if self.memory is None:
             return None
-        match = MEMORY_RE.match(self.memory)
-        assert match is not None  # checked by the validator
-        return int(float(match.group(1)) * _UNITS[(match.group(2) or "B").upper()])
+        return parse_size(self.memory)  # read by the validator already: cannot fail
 
 
 class RuntimeSection(_Section):
@@ -184,7 +172,7 @@ class ServingSection(_Section):
         except ValueError:
             pass
         if len(value) > 253 or not HOST_RE.match(value):
-            raise ValueError(f"'{_clip(value)}' is not an IP address or host name")
+            raise ValueError(f"'{clip(value)}' is not an IP address or host name")
         return value
 
     @property
@@ -314,7 +302,7 @@ class GpuxConfig(_Section):
     def _name(cls, value: str) -> str:
         if not NAME_RE.match(value):
             raise ValueError(
-                f"'{_clip(value)}' is not a valid name: use letters, digits, '.', '_' or '-' (starting with a "
+                f"'{clip(value)}' is not a valid name: use letters, digits, '.', '_' or '-' (starting with a "
                 "letter or digit, at most 100 characters)"
             )
         return value
@@ -323,7 +311,7 @@ class GpuxConfig(_Section):
     @classmethod
     def _version(cls, value: str) -> str:
         if not VERSION_RE.match(value):
-            raise ValueError(f"'{_clip(value)}' is not a valid version: use letters, digits, '.', '+', '_' or '-'")
+            raise ValueError(f"'{clip(value)}' is not a valid version: use letters, digits, '.', '+', '_' or '-'")
         return value
 
     @field_validator("metadata")
@@ -338,7 +326,7 @@ class GpuxConfig(_Section):
             seen: set[str] = set()
             for spec in getattr(self, section):
                 if spec.name in seen:
-                    raise ValueError(f"{section} declares '{_clip(spec.name)}' twice")
+                    raise ValueError(f"{section} declares '{clip(spec.name)}' twice")
                 seen.add(spec.name)
         return self
 
@@ -370,208 +358,7 @@ class GpuxConfig(_Section):
         return self.model_dump(mode="json")
 
 
-def find_config(project: Path, config: Path | None = None) -> Path:
-    """The gpux.yml to use for ``project`` (a folder or a file), or ``config`` when given."""
-    if config is not None:
-        return config if config.is_absolute() else (Path.cwd() / config)
-    if project.is_file():
-        return project
-    if not project.exists():
-        raise ConfigError(f"{project}: no such file or directory")
-    for name in CONFIG_NAMES:
-        candidate = project / name
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"{project}: no gpux.yml here (run 'gpuxc init MODEL.onnx' to write one)")
-
-
-def load_config(path: Path) -> GpuxConfig:
-    """Read and validate a gpux.yml; every error is a ``ConfigError`` naming file:line:column."""
-    display = _display(path)
-    data, smap = load_yaml(path, display)
-    return parse_config(data, smap, path)
-
-
-def parse_config(data: Any, smap: SourceMap, path: Path) -> GpuxConfig:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{smap.where(())}: expected a mapping at the top level, got {_kind(data)}")
-    data = _normalise_tensor_lists(data, smap)
-    _check_unique_tensor_names(data, smap)
-    try:
-        cfg = GpuxConfig.model_validate(data)
-    except ValidationError as exc:
-        raise _config_error(exc, smap) from None
-    cfg._source = smap
-    cfg._path = path.resolve()
-    return cfg
-
-
-# -- helpers ---------------------------------------------------------------------------------
-
-
-def _normalise_tensor_lists(data: dict[str, Any], smap: SourceMap) -> dict[str, Any]:
-    """GPUX accepts ``inputs`` as ``{name: spec}`` or ``[{name: ..., ...}]``: make both a list.
-
-    Positions move with the values so that errors still point into the file.
-    """
-    data = dict(data)
-    for section in ("inputs", "outputs"):
-        value = data.get(section)
-        if isinstance(value, dict):
-            items = []
-            for index, (name, spec) in enumerate(value.items()):
-                old = (section, name)
-                new = (section, index)
-                key_pos = smap.keys.get(old)
-                smap.rename(old, new)
-                if spec is None:
-                    spec = {}
-                if isinstance(spec, dict):
-                    if "name" in spec:
-                        raise ConfigError(
-                            f"{smap.where(new + ('name',), key=True)}: '{section}.{_clip(str(name))}' is a mapping key "
-                            "already naming the tensor; drop 'name' or use the list form"
-                        )
-                    spec = {"name": name, **spec}
-                    if key_pos is not None:
-                        smap.values[new + ("name",)] = key_pos
-                        smap.keys[new + ("name",)] = key_pos
-                items.append(spec)
-            data[section] = items
-        elif value is None and section in data:
-            data[section] = []
-    return data
-
-
-def _check_unique_tensor_names(data: dict[str, Any], smap: SourceMap) -> None:
-    """A tensor named twice, reported at its second ``name`` (the model validator cannot say where)."""
-    for section in ("inputs", "outputs"):
-        items = data.get(section)
-        if not isinstance(items, list):
-            continue
-        seen: set[str] = set()
-        for index, item in enumerate(items):
-            name = item.get("name") if isinstance(item, dict) else None
-            if not isinstance(name, str):
-                continue
-            if name in seen:
-                raise ConfigError(f"{smap.where((section, index, 'name'))}: {section} declares '{_clip(name)}' twice")
-            seen.add(name)
-
-
-def _config_error(exc: ValidationError, smap: SourceMap) -> ConfigError:
-    errors = exc.errors(include_url=False)
-    # A misspelt key also makes the real key "missing": report the spelling, it is the cause.
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = _error_loc(first, smap)
-    kind = first["type"]
-    dotted = _dotted(loc)
-    if kind == "extra_forbidden":
-        key = str(loc[-1])
-        where = smap.where(loc, key=True)
-        parent = _dotted(loc[:-1]) or "the top level"
-        hint = _did_you_mean(key, _fields_at(loc[:-1]))
-        message = f"unknown key '{_clip(key)}' in {parent}{hint}"
-    elif kind == "missing":
-        where = smap.where(loc[:-1])
-        message = f"missing required key '{dotted}'"
-    else:
-        where = smap.where(loc)
-        message = f"{dotted}: {_describe(first)}" if dotted else _describe(first)
-    # One value failing every member of a union (int | str) is one problem, not several.
-    others = len({_error_loc(e, smap) for e in errors}) - 1
-    more = f" (and {others} more problem{'s' if others > 1 else ''})" if others > 0 else ""
-    return ConfigError(f"{where}: {message}{more}")
-
-
-def _error_loc(error: Any, smap: SourceMap) -> tuple[Any, ...]:
-    """The error's path in the document: pydantic appends union member tags ('constrained-int',
-    'str') to a value's path; those name no place in the file, so they are dropped."""
-    loc = tuple(error["loc"])
-    if error["type"] in ("missing", "extra_forbidden"):
-        return loc
-    while len(loc) > 1 and loc not in smap.values and isinstance(loc[-1], str) and loc[:-1] in smap.values:
-        loc = loc[:-1]
-    return loc
-
-
-def _describe(error: dict[str, Any]) -> str:
-    kind = error["type"]
-    msg = str(error["msg"])
-    if kind in ("value_error", "assertion_error"):
-        msg = msg.split(", ", 1)[1] if msg.startswith(("Value error, ", "Assertion failed, ")) else msg
-    if kind.endswith("_type") or kind in ("literal_error", "enum"):
-        value = error.get("input")
-        got = (
-            f", got {_kind(value)} {_clip(repr(value))}"
-            if not isinstance(value, (dict, list))
-            else f", got {_kind(value)}"
-        )
-        return f"{msg[0].lower()}{msg[1:]}{got}"
-    return msg
-
-
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    """The field names of the schema object at ``loc`` (for did-you-mean hints)."""
-    current: Any = GpuxConfig
-    for part in loc:
-        current = _unwrap(current, part)
-        if current is None:
-            return []
-    current = _unwrap(current, None)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def _unwrap(tp: Any, part: Any) -> Any:
-    """Step from a type annotation into the type at ``part`` (a field name or a list index)."""
-    origin = typing.get_origin(tp)
-    if origin is Annotated:
-        return _unwrap(typing.get_args(tp)[0], part)
-    if origin in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            found = _unwrap(arg, part)
-            if found is not None:
-                return found
-        return None
-    if part is None:
-        return tp
-    if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(part, str):
-        field = tp.model_fields.get(part)
-        return field.annotation if field else None
-    if origin is list and isinstance(part, int):
-        return typing.get_args(tp)[0]
-    if origin is dict:
-        return typing.get_args(tp)[1]
-    return None
-
-
-def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
-def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` or an empty string: shared by every "unknown name" message."""
-    return _did_you_mean(word, choices)
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)  # fmt: skip
-
-
-def _clip(text: str, limit: int = 60) -> str:
-    text = text.encode("unicode_escape").decode("ascii")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+# -- validators' helpers ----------------------------------------------------------------------
 
 
 def _number_to_str(value: Any) -> Any:
@@ -586,19 +373,19 @@ def _check_json_like(value: Any, where: str, depth: int = 0) -> None:
         raise ValueError(f"{where} nests too deeply")
     if isinstance(value, dict):
         for k, v in value.items():
-            _check_json_like(v, f"{where}.{_clip(str(k))}", depth + 1)
+            _check_json_like(v, f"{where}.{clip(str(k))}", depth + 1)
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _check_json_like(v, f"{where}[{i}]", depth + 1)
     elif not isinstance(value, (str, int, float, bool)) and value is not None:
-        raise ValueError(f"{where} must be plain data (string, number, boolean, list, mapping), got {_kind(value)}")
+        raise ValueError(f"{where} must be plain data (string, number, boolean, list, mapping), got {kind_of(value)}")
 
 
 def _check_target_name(name: str) -> None:
     if not TARGET_RE.match(name):
         hint = f" (did you mean '{name.lower()}'?)" if TARGET_RE.match(name.lower()) else ""
         raise ValueError(
-            f"'{_clip(name)}' is not a target name{hint}: targets are named with lowercase letters, digits, '_' and "
+            f"'{clip(name)}' is not a target name{hint}: targets are named with lowercase letters, digits, '_' and "
             "'-' ('gpuxc targets' lists them)"
         )
 
@@ -612,14 +399,7 @@ def _check_no_nul(value: Any, where: str, depth: int = 0) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
             _check_no_nul(k, where, depth + 1)
-            _check_no_nul(v, f"{where}.{_clip(str(k))}", depth + 1)
+            _check_no_nul(v, f"{where}.{clip(str(k))}", depth + 1)
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _check_no_nul(v, f"{where}[{i}]", depth + 1)
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)

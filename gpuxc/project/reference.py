@@ -1,10 +1,11 @@
 """Reference inputs and outputs: what every bundle is verified against.
 
-Inputs come from the first calibration sample when ``build.calibration`` is set,
-otherwise they are generated deterministically from the signature (fixed seed)
-with values realistic for their dtype and role: token ids stay below the
-vocabulary size of the embedding they index, masks are ones. Outputs are ONNX
-Runtime (CPU) on the *source* model, before any pass ran.
+Inputs come from the first calibration sample when ``build.calibration`` is set
+(:func:`gpuxc.project.calibration.load_calibration_sample`), otherwise they are
+generated deterministically from the signature (fixed seed) with values realistic
+for their dtype and role: token ids stay below the vocabulary size of the embedding
+they index, masks are ones. Outputs are ONNX Runtime (CPU) on the *source* model,
+before any pass ran.
 """
 
 from __future__ import annotations
@@ -201,14 +202,3 @@ def index_bounds(model: ModelProto) -> dict[str, int]:
                 source = alias[node.input[1]]
                 bounds[source] = min(bounds.get(source, size), size)
     return bounds
-
-
-def load_calibration_sample(config: GpuxConfig, signature: ModelSignature) -> dict[str, np.ndarray]:
-    """The first sample of ``build.calibration.data`` (any layout of :mod:`gpuxc.project.calibration`),
-    checked against the signature; errors point at ``build.calibration.data`` in gpux.yml."""
-    from gpuxc.project.calibration import load_samples
-
-    assert config.build.calibration is not None and config.build.calibration.data is not None
-    where = config.where("build", "calibration", "data")
-    path = (config.project_dir / config.build.calibration.data).resolve()
-    return load_samples(path, signature, 1, where=where)[0]

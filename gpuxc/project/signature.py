@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from gpuxc.bundle.manifest import TensorSpecOut
-from gpuxc.errors import SignatureMismatch
-from gpuxc.project.config import GpuxConfig, TensorSpec, did_you_mean
+from gpuxc.errors import SignatureMismatch, did_you_mean
+from gpuxc.project.config import GpuxConfig, TensorSpec
 from gpuxc.project.model import ModelSignature, TensorInfo
 
 

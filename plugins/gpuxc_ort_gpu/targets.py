@@ -16,7 +16,7 @@ from gpuxc.bundle.requirements import pinned, version_of
 from gpuxc.errors import CompileError, ConfigError
 from gpuxc.passes import PassSpec
 from gpuxc.passes.plans import onnx_plan
-from gpuxc.project.model import iter_nodes, opset_map
+from gpuxc.project.graph import iter_nodes, opset_map
 from gpuxc.targets import Artifact, CompileContext, RuntimeSpec, TargetOptions, Variant
 from gpuxc.targets.api import OptionsT
 from gpuxc.targets.onnx_file import OnnxFileTarget

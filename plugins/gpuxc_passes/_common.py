@@ -21,7 +21,8 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 from gpuxc.bundle.compare import DEFAULT_TOLERANCE, compare
 from gpuxc.errors import GpuxcError, PassError, first_line
 from gpuxc.passes import PassContext
-from gpuxc.project.model import ModelSignature, describe, iter_nodes, iter_tensors, save_model
+from gpuxc.project.graph import iter_nodes, iter_tensors
+from gpuxc.project.model import ModelSignature, describe, save_model
 from gpuxc.project.reference import DEFAULT_DIM, DEFAULT_SPATIAL, FALLBACK_SIZES, generate, index_bounds
 
 # A protobuf cannot be serialized past 2 GiB; gpuxc.project.model.save_model moves weights to an

@@ -31,7 +31,8 @@ from onnx import GraphProto, ModelProto, TensorProto, ValueInfoProto, helper
 
 from gpuxc.errors import PassError
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSkipped
-from gpuxc.project.model import infer_shapes, iter_tensors, save_model
+from gpuxc.project.graph import iter_tensors
+from gpuxc.project.model import infer_shapes, save_model
 from gpuxc_passes._common import (
     check_inputs,
     check_outputs,

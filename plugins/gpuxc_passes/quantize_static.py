@@ -28,7 +28,8 @@ from pydantic import Field, model_validator
 
 from gpuxc.errors import PassError, first_line
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSkipped
-from gpuxc.project.model import infer_shapes, iter_nodes, save_model
+from gpuxc.project.graph import iter_nodes
+from gpuxc.project.model import infer_shapes, save_model
 from gpuxc_passes._common import (
     CALIBRATION_SIZES,
     for_per_channel,

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from gpuxc.bundle import layout
 from gpuxc.bundle.requirements import pinned, version_of
+from gpuxc.digests import sha256_file
 from gpuxc.errors import CompileError, ConfigError
 from gpuxc.passes import PassSpec
 from gpuxc.passes.plans import onnx_plan
-from gpuxc.project.model import sha256_file
 from gpuxc.targets import Artifact, CompileContext, RuntimeSpec, TargetOptions, Variant
 from gpuxc.targets.onnx_file import OnnxFileTarget
 

@@ -22,7 +22,7 @@ from gpuxc.build.pipeline import compile_project
 from gpuxc.bundle.codegen import py_ident, py_literal, render, requirement, text_line
 from gpuxc.bundle.runner_source import RENDERED_FILES, runner_files, template_root
 from gpuxc.bundle.writer import write_runner
-from gpuxc.cache.store import code_digest
+from gpuxc.cache.key import code_digest
 from gpuxc.errors import GpuxcError
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"

@@ -61,7 +61,8 @@ from gpuxc.bundle.requirements import SERVE_DISTS, pinned
 from gpuxc.bundle.runner_source import RENDERED_FILES, runner_files, template_root
 from gpuxc.errors import ConfigError, GpuxcError, ModelError
 from gpuxc.plugin import get_registry
-from gpuxc.project.config import GpuxConfig, load_config
+from gpuxc.project.config import GpuxConfig
+from gpuxc.project.config_load import load_config
 from gpuxc.project.model import load_model
 from gpuxc.project.scaffold import config_for
 from gpuxc.project.signature import check_signature

@@ -20,7 +20,7 @@ accepted one is planned, compiled, verified and published). After it we check:
 - (model suite) nothing read from outside the project: no Python-level open of the sandbox's
   "outside" folder, and no bundle holding the marker bytes of the file there.
 
-The model steps gpuxc isolates (gpuxc/project/isolation.py) run in children of a helper process
+The model steps gpuxc isolates (gpuxc/project/isolation/) run in children of a helper process
 started for the suite with its TMPDIR and limits (4 GiB, 120 s); the suite itself runs under
 RLIMIT_AS (+6 GiB), so a runaway example fails instead of taking the machine down.
 
@@ -512,23 +512,21 @@ class Clock:
 
 
 def restart_isolation_helper() -> None:
-    """Stop gpuxc's model isolation helper process (gpuxc/project/isolation.py), if one runs: it keeps the
+    """Stop gpuxc's model isolation helper process (gpuxc/project/isolation/), if one runs: it keeps the
     environment it started with, so the next model step starts one with the current TMPDIR and
     limits (at the start of a suite: ours; at its end: the next test's)."""
     try:
-        from gpuxc.project import isolation
+        from gpuxc.project.isolation import helper
     except ImportError:
         return
-    close = getattr(isolation, "_close_server", None)
-    if callable(close):
-        close()
+    helper.close_server()
 
 
 def isolate(monkeypatch: Any, sandbox: Sandbox) -> None:
     """Temp files into the sandbox, the sandbox's work folder as cwd, no build cache."""
     monkeypatch.setenv("TMPDIR", str(sandbox.tmp))
     monkeypatch.setenv("GPUXC_NO_CACHE", "1")
-    # Isolated model steps (gpuxc/project/isolation.py): a child that wants more memory or time than this
+    # Isolated model steps (gpuxc/project/isolation/): a child that wants more memory or time than this
     # fails as ModelLimitExceeded instead of swapping the CI machine or stalling the run.
     monkeypatch.setenv("GPUXC_MODEL_MEMORY_LIMIT", CHILD_MEMORY_LIMIT)
     monkeypatch.setenv("GPUXC_MODEL_TIMEOUT", CHILD_TIMEOUT_S)

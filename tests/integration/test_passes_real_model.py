@@ -21,7 +21,8 @@ from gpuxc.ort_session import run_onnxruntime
 from gpuxc.passes import PassContext, PassManager, PassRecord, PassSpec
 from gpuxc.plugin import get_registry
 from gpuxc.project.calibration import resolve_model_shapes
-from gpuxc.project.model import describe, iter_nodes, load_model
+from gpuxc.project.graph import iter_nodes
+from gpuxc.project.model import describe, load_model
 from gpuxc.project.reference import generate, index_bounds
 
 INT8 = DEFAULT_TOLERANCE["int8"]

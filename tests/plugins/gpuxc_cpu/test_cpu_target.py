@@ -16,7 +16,7 @@ import pytest
 from fixtures import models
 from gpuxc.build.pipeline import BundleResult, compile_project
 from gpuxc.errors import ConfigError
-from gpuxc.project.model import iter_nodes
+from gpuxc.project.graph import iter_nodes
 from tests.integration.conftest import write_project
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"

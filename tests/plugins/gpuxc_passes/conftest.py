@@ -15,7 +15,7 @@ from gpuxc.bundle.compare import DEFAULT_TOLERANCE, compare
 from gpuxc.ort_session import run_onnxruntime
 from gpuxc.passes import PassContext, PassManager, PassRecord, PassSpec
 from gpuxc.plugin import get_registry
-from gpuxc.project.model import iter_nodes
+from gpuxc.project.graph import iter_nodes
 
 
 @pytest.fixture

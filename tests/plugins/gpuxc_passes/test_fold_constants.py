@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fixtures import models
 from gpuxc.passes import PassSpec
-from gpuxc.project.model import iter_nodes
+from gpuxc.project.graph import iter_nodes
 from tests.plugins.gpuxc_passes.conftest import (
     apply,
     assert_close,

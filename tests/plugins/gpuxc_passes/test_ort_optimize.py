@@ -8,7 +8,7 @@ import pytest
 
 from fixtures import models
 from gpuxc.passes import PassContext, PassManager, PassSpec
-from gpuxc.project.model import iter_nodes
+from gpuxc.project.graph import iter_nodes
 from tests.plugins.gpuxc_passes.conftest import run_model
 
 

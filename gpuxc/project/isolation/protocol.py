@@ -1,4 +1,6 @@
-"""A data-only message format between gpuxc and its model-isolation child (gpuxc/project/isolation.py).
+"""How gpuxc and its model-isolation helper talk: data-only messages in length-prefixed frames.
+
+Used by every process of gpuxc/project/isolation/ (the caller, the helper, its children).
 
 No pickle: a message from a child that ran untrusted model code must not be able to make the
 parent run code. A message is a JSON tree plus raw blobs; only these kinds travel:
@@ -12,7 +14,9 @@ parent run code. A message is a JSON tree plus raw blobs; only these kinds trave
   ``{"$ml": [i, type name, shape]}``;
 - ``Path`` → ``{"$path": s}``; a loaded model → ``{"$model": [proto blob, path, signature]}``.
 
-Decoding rebuilds only those kinds; anything else in a message is a :class:`WireError`.
+Decoding rebuilds only those kinds; anything else in a message is a :class:`ProtocolError`.
+
+On a pipe, each message is one frame: its length (8 bytes, big-endian) and then its bytes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -28,11 +33,12 @@ _HEAD = struct.Struct(">I")
 MAX_DEPTH = 64
 
 
-class WireError(ValueError):
+class ProtocolError(ValueError):
     """A message that is not in this format."""
 
 
 def encode(value: Any) -> bytes:
+    """``value`` (of the kinds in the module doc) as one message; anything else: ProtocolError."""
     blobs: list[bytes] = []
     tree = _enc(value, blobs, 0)
     header = json.dumps({"tree": tree, "blobs": [len(b) for b in blobs]}, allow_nan=True).encode()
@@ -40,28 +46,76 @@ def encode(value: Any) -> bytes:
 
 
 def decode(data: bytes) -> Any:
+    """The value of one message; a message that is not in this format: ProtocolError."""
     if len(data) < _HEAD.size:
-        raise WireError("message too short")
+        raise ProtocolError("message too short")
     (n,) = _HEAD.unpack_from(data)
     try:
         header = json.loads(data[_HEAD.size : _HEAD.size + n])
         sizes = [int(s) for s in header["blobs"]]
     except (ValueError, KeyError, TypeError) as exc:
-        raise WireError(f"bad header: {exc}") from None
+        raise ProtocolError(f"bad header: {exc}") from None
     blobs, pos = [], _HEAD.size + n
     for size in sizes:
         if size < 0 or pos + size > len(data):
-            raise WireError("blob past the end of the message")
+            raise ProtocolError("blob past the end of the message")
         blobs.append(data[pos : pos + size])
         pos += size
     return _dec(header["tree"], blobs, 0)
+
+
+# -- frames --------------------------------------------------------------------------------------
+
+
+def write_frame(fd: int, payload: bytes) -> None:
+    """Write ``payload`` as one frame, all of it."""
+    view = memoryview(frame(payload))
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def frame(payload: bytes) -> bytes:
+    """``payload`` as one frame's bytes (to be written later)."""
+    return struct.pack(">Q", len(payload)) + payload
+
+
+def read_frame(fd: int) -> bytes | None:
+    """The next frame's payload; None at the end of the stream (the writer is gone)."""
+    head = _read_exact(fd, 8)
+    return None if head is None else _read_exact(fd, struct.unpack(">Q", head)[0])
+
+
+def split_frames(data: bytes) -> list[Any]:
+    """The messages of a stream's complete frames, decoded; a frame cut short (its writer died) is dropped."""
+    out, pos = [], 0
+    while pos + 8 <= len(data):
+        (n,) = struct.unpack(">Q", data[pos : pos + 8])
+        if pos + 8 + n > len(data):
+            break
+        out.append(decode(data[pos + 8 : pos + 8 + n]))
+        pos += 8 + n
+    return out
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    chunks, got = [], 0
+    while got < n:
+        chunk = os.read(fd, min(n - got, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+# -- values ------------------------------------------------------------------------------------
 
 
 def _enc(value: Any, blobs: list[bytes], depth: int) -> Any:
     import numpy as np
 
     if depth > MAX_DEPTH:
-        raise WireError("nested too deeply")
+        raise ProtocolError("nested too deeply")
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -92,18 +146,18 @@ def _enc(value: Any, blobs: list[bytes], depth: int) -> Any:
     if isinstance(value, LoadedModel):
         blobs.append(value.proto.SerializeToString())
         return {"$model": [len(blobs) - 1, str(value.path), value.signature.model_dump(mode="json")]}
-    raise WireError(f"cannot send a {type(value).__name__}")
+    raise ProtocolError(f"cannot send a {type(value).__name__}")
 
 
 def _dec(tree: Any, blobs: list[bytes], depth: int) -> Any:
     if depth > MAX_DEPTH:
-        raise WireError("nested too deeply")
+        raise ProtocolError("nested too deeply")
     if tree is None or isinstance(tree, (bool, int, float, str)):
         return tree
     if isinstance(tree, list):
         return [_dec(v, blobs, depth + 1) for v in tree]
     if not isinstance(tree, dict) or len(tree) not in (1, 2):
-        raise WireError("unknown value")
+        raise ProtocolError("unknown value")
     try:
         if "$map" in tree:
             return {_key(_dec(k, blobs, depth + 1)): _dec(v, blobs, depth + 1) for k, v in tree["$map"]}
@@ -124,12 +178,14 @@ def _dec(tree: Any, blobs: list[bytes], depth: int) -> Any:
                 out[i] = _dec(item, blobs, depth + 1)
             return out.reshape([int(d) for d in shape])
         if "$ml" in tree:
-            return _ml_array(*tree["$ml"], blobs)
+            index, name, shape = tree["$ml"]
+            return _ml_array(index, name, shape, blobs)
         if "$model" in tree:
-            return _model(*tree["$model"], blobs)
+            index, path, signature = tree["$model"]
+            return _model(index, path, signature, blobs)
     except (IndexError, TypeError, ValueError) as exc:
-        raise WireError(f"bad value: {exc}") from None
-    raise WireError(f"unknown value kind {sorted(tree)}")
+        raise ProtocolError(f"bad value: {exc}") from None
+    raise ProtocolError(f"unknown value kind {sorted(tree)}")
 
 
 def _key(value: Any) -> Any:
@@ -152,7 +208,7 @@ def _ml_array(index: int, name: str, shape: list[int], blobs: list[bytes]) -> An
 
     kind = getattr(ml_dtypes, str(name), None)
     if not (isinstance(kind, type) and issubclass(kind, np.generic)):
-        raise WireError(f"unknown ml_dtypes type {name!r}")
+        raise ProtocolError(f"unknown ml_dtypes type {name!r}")
     return np.frombuffer(blobs[index], dtype=kind).reshape([int(d) for d in shape]).copy()
 
 

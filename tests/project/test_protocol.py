@@ -1,4 +1,4 @@
-"""gpuxc/project/wire.py: what the model-isolation child sends back is data, never code (no pickle)."""
+"""gpuxc/project/isolation/protocol.py: what the model-isolation child sends back is data, never code (no pickle)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fixtures import models
-from gpuxc.project import wire
+from gpuxc.project.isolation import protocol
 from gpuxc.project.model import load_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ def test_round_trip_of_every_kind() -> None:
         },
         [None, True, 3, -2.5, float("nan"), float("inf"), b"\x00\xff", Path("a/b.onnx")],
     )
-    back = wire.decode(wire.encode(value))
+    back = protocol.decode(protocol.encode(value))
     assert back[0] == "ok"
     out = back[1]
     np.testing.assert_array_equal(out["probs"], value[1]["probs"])
@@ -48,19 +48,19 @@ def test_ml_dtypes_arrays_round_trip() -> None:
 
     for kind in (ml_dtypes.bfloat16, ml_dtypes.float8_e5m2, ml_dtypes.float8_e4m3fn):
         array = np.arange(6, dtype=np.float32).reshape(2, 3).astype(kind)
-        back = wire.decode(wire.encode({"x": array}))["x"]
+        back = protocol.decode(protocol.encode({"x": array}))["x"]
         assert back.dtype == array.dtype and back.shape == (2, 3)
         np.testing.assert_array_equal(back.astype(np.float32), array.astype(np.float32))
-    forged = wire.encode({"x": np.zeros(2, ml_dtypes.bfloat16)}).replace(b'"bfloat16"', b'"finfo"')
-    with pytest.raises(wire.WireError):  # only ml_dtypes' scalar types, looked up by name
-        wire.decode(forged)
+    forged = protocol.encode({"x": np.zeros(2, ml_dtypes.bfloat16)}).replace(b'"bfloat16"', b'"finfo"')
+    with pytest.raises(protocol.ProtocolError):  # only ml_dtypes' scalar types, looked up by name
+        protocol.decode(forged)
 
 
 def test_loaded_model_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
     models.save(models.mlp(), path)
     loaded = load_model(path)
-    back = wire.decode(wire.encode(loaded))
+    back = protocol.decode(protocol.encode(loaded))
     assert back.proto == loaded.proto and back.signature == loaded.signature and back.path == path
 
 
@@ -71,26 +71,26 @@ class _Boom:
 
 def test_pickles_and_unknown_kinds_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(wire.WireError):
-        wire.decode(pickle.dumps(_Boom()))
-    with pytest.raises(wire.WireError):
-        wire.encode(_Boom())
-    with pytest.raises(wire.WireError):
-        wire.encode(np.array([_Boom()], dtype=object))
-    forged = wire.encode({"x": 1}).replace(b'"$map"', b'"$code"')
-    with pytest.raises(wire.WireError):
-        wire.decode(forged)
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(pickle.dumps(_Boom()))
+    with pytest.raises(protocol.ProtocolError):
+        protocol.encode(_Boom())
+    with pytest.raises(protocol.ProtocolError):
+        protocol.encode(np.array([_Boom()], dtype=object))
+    forged = protocol.encode({"x": 1}).replace(b'"$map"', b'"$code"')
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(forged)
     # An .npy blob that needs pickle (an object array) is refused by read_array(allow_pickle=False).
     import io
 
     buffer = io.BytesIO()
     np.lib.format.write_array(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    message = wire.encode(np.zeros(1))
+    message = protocol.encode(np.zeros(1))
     header_len = int.from_bytes(message[:4], "big")
     head = message[: 4 + header_len].replace(f"[{len(message) - 4 - header_len}]".encode(),
                                              f"[{len(buffer.getvalue())}]".encode())  # fmt: skip
-    with pytest.raises((wire.WireError, ValueError)):
-        wire.decode(head + buffer.getvalue())
+    with pytest.raises((protocol.ProtocolError, ValueError)):
+        protocol.decode(head + buffer.getvalue())
     assert not (tmp_path / "owned").exists()
 
 

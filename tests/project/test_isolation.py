@@ -24,9 +24,11 @@ from gpuxc.build.pipeline import load_project
 from gpuxc.errors import ConfigError, ExitCode, ModelCrashed, ModelError, ModelLimitExceeded
 from gpuxc.ort_session import run_onnxruntime
 from gpuxc.project import isolation
+from gpuxc.project.isolation import helper as isolation_helper
+from gpuxc.project.isolation import protocol
 from gpuxc.project.model import load_model
 from gpuxc.project.reference import make_inputs
-from tests.unit.test_hostile_models import constant_of_shape_bomb, relu_model, save
+from tests.project.test_hostile_models import constant_of_shape_bomb, relu_model, save
 
 GIB = 1 << 30
 
@@ -60,7 +62,7 @@ def test_ordinary_models_compile_entry_under_the_default_limit(build, tmp_path: 
 
 
 def test_real_model_loads_and_runs_under_the_default_limit(magika_model: Path, tmp_path: Path) -> None:
-    from gpuxc.project.config import load_config
+    from gpuxc.project.config_load import load_config
 
     assert isolation.memory_limit() == isolation.physical_memory()
     loaded = isolation.load_model(magika_model)
@@ -209,11 +211,11 @@ def test_default_limits(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_helper_process_is_restarted_after_it_goes(tmp_path: Path) -> None:
-    isolation._close_server()
+    isolation_helper.close_server()
     still_works(tmp_path)
-    assert isolation._server is not None
-    isolation._server.proc.kill()
-    isolation._server.proc.wait()
+    assert isolation_helper._server is not None
+    isolation_helper._server.proc.kill()
+    isolation_helper._server.proc.wait()
     still_works(tmp_path)
 
 
@@ -222,10 +224,10 @@ def test_a_helper_that_dies_is_a_crash_and_the_next_call_starts_a_new_one(monkey
     isolation.run_isolated("pid", **where)  # a helper is running
 
     def gone(self, job, clock):
-        raise isolation._ServerGone("gpuxc's model isolation helper process died")
+        raise isolation_helper.ServerGone("gpuxc's model isolation helper process died")
 
     with monkeypatch.context() as patch:
-        patch.setattr(isolation._Server, "call", gone)
+        patch.setattr(isolation_helper.Server, "call", gone)
         with pytest.raises(ModelCrashed) as caught:
             isolation.run_isolated("pid", **where)
     assert caught.value.exit_code == ExitCode.MODEL_CRASHED
@@ -236,14 +238,14 @@ def test_a_helper_that_dies_is_a_crash_and_the_next_call_starts_a_new_one(monkey
 def test_a_job_the_helper_cannot_read_is_an_error_and_the_helper_stays(monkeypatch: pytest.MonkeyPatch) -> None:
     where = {"model_path": Path("model.onnx"), "first_stage": ("onnx", "loading the model")}
     first = isolation.run_isolated("pid", **where)
-    real_encode = isolation.wire.encode
+    real_encode = protocol.encode
 
     def garbled(value):
         data = real_encode(value)
         return data.replace(b'"$path"', b'"$nope"') if isinstance(value, tuple) and value[0] == "job" else data
 
     with monkeypatch.context() as patch:
-        patch.setattr(isolation.wire, "encode", garbled)
+        patch.setattr(protocol, "encode", garbled)
         with pytest.raises(ModelError, match="could not be read"):
             isolation.run_isolated("load", Path("model.onnx"), **where)
     assert isolation.run_isolated("pid", **where) != first  # a new child of the same helper

@@ -12,16 +12,11 @@ import pytest
 from fixtures import models
 from gpuxc.errors import ConfigError, ReferenceError_
 from gpuxc.ort_session import run_onnxruntime
-from gpuxc.project.config import GpuxConfig, load_config
+from gpuxc.project.calibration import load_calibration_sample
+from gpuxc.project.config import GpuxConfig
+from gpuxc.project.config_load import load_config
 from gpuxc.project.model import LoadedModel, load_model
-from gpuxc.project.reference import (
-    DEFAULT_DIM,
-    DEFAULT_SPATIAL,
-    index_bounds,
-    load_calibration_sample,
-    make_inputs,
-    resolve_shapes,
-)
+from gpuxc.project.reference import DEFAULT_DIM, DEFAULT_SPATIAL, index_bounds, make_inputs, resolve_shapes
 
 HEAD = "name: demo\nmodel:\n  source: ./model.onnx\n"
 

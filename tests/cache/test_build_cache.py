@@ -14,6 +14,7 @@ import yaml
 from fixtures import models
 from gpuxc.build import pipeline
 from gpuxc.build.pipeline import compile_project
+from gpuxc.cache import key as cache_key
 from gpuxc.cache import store as cache_mod
 from tests.integration.conftest import Proc, run_cmd
 
@@ -198,11 +199,11 @@ def test_code_digest_changes_with_a_template_or_plugin_file(tmp_path: Path, monk
     templates.mkdir()
     (templates / "a.j2").write_text("{{ x }}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    first = cache_mod.code_digest(["someplugin.target"], [templates])
+    first = cache_key.code_digest(["someplugin.target"], [templates])
     (package / "__init__.py").write_text("X = 2\n")
-    second = cache_mod.code_digest(["someplugin.target"], [templates])
+    second = cache_key.code_digest(["someplugin.target"], [templates])
     (templates / "a.j2").write_text("{{ y }}\n")
-    third = cache_mod.code_digest(["someplugin.target"], [templates])
+    third = cache_key.code_digest(["someplugin.target"], [templates])
     assert first["someplugin"] != second["someplugin"]
     assert second["templates:templates"] != third["templates:templates"]
     assert first["gpuxc"] == third["gpuxc"]

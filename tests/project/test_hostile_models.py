@@ -6,7 +6,7 @@ protobuf bombs (size, nesting, node count, rank), and models that ask for too mu
 (a huge input dim, a huge ConstantOfShape). Every fixture is built in code under tmp_path and
 kept small (the >2 GiB file is sparse). The refusal is checked three ways: ``load_model`` in
 process under an audit hook, ``load_project`` (the compile's entry, which runs the model's
-first load and first ONNX Runtime session in a child process, gpuxc/project/isolation.py), and the
+first load and first ONNX Runtime session in a child process, gpuxc/project/isolation/), and the
 ``gpuxc compile`` command.
 
 The audit hook sees Python's own opens (``onnx.load``, ONNX's external-data loader); C++ opens
@@ -40,7 +40,8 @@ from gpuxc.errors import (
     ReferenceError_,
     UnsafeModelError,
 )
-from gpuxc.project.model import MAX_NODES, load_model
+from gpuxc.project.model import load_model
+from gpuxc.project.model_safety import MAX_NODES
 
 REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = np.arange(8, dtype=np.float32).tobytes()  # the 4x2 float32 weight every external-data fixture holds

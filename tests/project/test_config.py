@@ -9,7 +9,8 @@ import pytest
 
 from gpuxc.errors import ConfigError
 from gpuxc.project import yamlsource
-from gpuxc.project.config import GpuSection, find_config, load_config
+from gpuxc.project.config import GpuSection
+from gpuxc.project.config_load import find_config, load_config
 
 FULL_MAPPING_FORM = """\
 name: image-classifier

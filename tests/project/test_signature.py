@@ -9,7 +9,7 @@ import pytest
 
 from fixtures import models
 from gpuxc.errors import SignatureMismatch
-from gpuxc.project.config import load_config
+from gpuxc.project.config_load import load_config
 from gpuxc.project.model import load_model
 from gpuxc.project.signature import bundle_io, check_signature
 

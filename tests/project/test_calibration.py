@@ -11,10 +11,10 @@ import pytest
 
 from fixtures import models
 from gpuxc.errors import ConfigError
-from gpuxc.project.calibration import load_samples, random_samples, resolve_model_shapes
-from gpuxc.project.config import load_config
+from gpuxc.project.calibration import load_calibration_sample, load_samples, random_samples, resolve_model_shapes
+from gpuxc.project.config_load import load_config
 from gpuxc.project.model import ModelSignature, describe, load_model
-from gpuxc.project.reference import generate, index_bounds, load_calibration_sample
+from gpuxc.project.reference import generate, index_bounds
 
 
 def signature(model: onnx.ModelProto) -> ModelSignature:
