@@ -16,22 +16,29 @@ from __future__ import annotations
 
 import re
 
-SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?\s*", re.IGNORECASE)
+SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)(B?)\s*", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
     """``"8GiB"``, ``"512M"``, ``"1.5GB"``, ``"8000000000"`` → bytes; ``ValueError`` for anything else."""
     match = SIZE_RE.fullmatch(text)
-    if not match:
+    if not match or (match.group(3) and not match.group(2)):  # "2iB": a binary mark needs a unit
         raise ValueError(f"not a memory size: {text!r}")
-    number, unit, binary = match.groups()
+    number, unit, binary, _b = match.groups()
     base = 1024 if binary or unit == "" else 1000
     return int(float(number) * base ** "_KMGT".index(unit.upper() or "_"))
 
 
-def is_size(text: str) -> bool:
-    """Whether :func:`parse_size` reads ``text``."""
-    return SIZE_RE.fullmatch(text) is not None
+def is_size(text: str, *, unit_ends_in_b: bool = False) -> bool:
+    """Whether :func:`parse_size` reads ``text``; with ``unit_ends_in_b``, only the spellings
+    gpux.yml has always accepted (``512MB``, ``2GiB``, ``1073741824``; not ``2G``)."""
+    match = SIZE_RE.fullmatch(text)
+    if match is None:
+        return False
+    _number, unit, binary, b = match.groups()
+    if binary and not unit:
+        return False
+    return not unit_ends_in_b or b != "" or (unit == "" and binary == "")
 
 
 def format_size_decimal(n: int | float) -> str:

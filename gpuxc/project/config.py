@@ -133,7 +133,7 @@ class GpuSection(_Section):
     @field_validator("memory")
     @classmethod
     def _memory_format(cls, value: str | None) -> str | None:
-        if value is not None and not is_size(value):
+        if value is not None and not is_size(value, unit_ends_in_b=True):
             raise ValueError(f"'{clip(value)}' is not a memory size like 2GB, 512MB or 1073741824")
         return value
 

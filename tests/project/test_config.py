@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from gpuxc.errors import ConfigError
 from gpuxc.project import yamlsource
@@ -174,6 +175,13 @@ def test_memory_sizes_parse_to_bytes() -> None:
     assert GpuSection(memory="512 mb").memory_bytes == 512 * 10**6
     assert GpuSection(memory="1073741824").memory_bytes == 1073741824
     assert GpuSection().memory_bytes is None
+
+
+@pytest.mark.parametrize("text", ["2G", "2Gi", "2iB", "GB", "2 GBs", "-1GB"])
+def test_memory_units_end_in_b_as_gpux_yml_always_required(text: str) -> None:
+    # gpuxc.sizes reads "2G" for $GPUXC_MODEL_MEMORY_LIMIT; gpux.yml keeps its own, stricter spelling.
+    with pytest.raises(ValidationError, match="is not a memory size"):
+        GpuSection(memory=text)
 
 
 def test_memory_from_file_is_reachable_as_bytes(tmp_path: Path) -> None:
