@@ -1,1 +1,1 @@
-"""One compile: plan, passes, target compile, verification, the auto search, the memory budget."""
+"""The build stage: a project's targets built, verified and published as bundles (``pipeline.compile_project``)."""

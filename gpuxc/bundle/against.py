@@ -1,9 +1,9 @@
 """``gpuxc verify BUNDLE --against MODEL.onnx``: a bundle against a model on fresh or given inputs.
 
-Runs the bundle's artifact through its target's ``execute`` (what compile-time
-verification uses) and the model in ONNX Runtime, sample by sample, and judges
-every output by the bundle's own tolerance. The worst value of each metric over
-all samples is reported.
+Runs the bundle's artifact through its target's ``execute`` and the model in ONNX Runtime,
+sample by sample, and judges every output by the bundle's own tolerance with the sample loop
+compile-time verification uses (gpuxc/build/verify.py): the worst value of each metric over all
+samples is reported.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuxc.bundle.compare import compare, worst_of
+from gpuxc.build.verify import compare_samples
 from gpuxc.bundle.manifest import read_manifest
 from gpuxc.errors import BundleError, ConfigError, TargetUnavailable
 from gpuxc.plugin import get_registry
@@ -67,22 +67,15 @@ def verify_against(bundle: Path, model_path: Path, inputs: Path | None = None, s
                         settings=manifest.artifact.settings)  # fmt: skip
     tolerance = manifest.verification.tolerance
     class_outputs = {o.name for o in manifest.outputs if o.labels}
-    worst: dict[str, dict[str, Any]] = {}
-    failures: list[str] = []
-    for index, feeds in enumerate(batch):
-        expected = run_onnxruntime(model_path, feeds)
-        actual = target.execute(bundle, artifact, feeds)
-        report = compare(expected, actual, tolerance, class_outputs)
-        failures.extend(f"sample {index}: {f}" for f in report["failures"])
-        for name, metrics in report["outputs"].items():
-            worst[name] = worst_of(worst.get(name), metrics)
+    pairs = ((run_onnxruntime(model_path, feeds), target.execute(bundle, artifact, feeds)) for feeds in batch)
+    report = compare_samples(pairs, tolerance, class_outputs)
     return {
-        "status": "failed" if failures else "passed",
+        "status": report["status"],
         "samples": len(batch),
         "inputs": str(inputs) if inputs else "generated",
         "tolerance": tolerance,
-        "outputs": worst,
-        "failures": failures,
+        "outputs": report["outputs"],
+        "failures": report["failures"],
         "target": manifest.target,
         "runtime": target.verification_runtime(),
     }

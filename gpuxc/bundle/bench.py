@@ -75,7 +75,7 @@ def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("p50_time_ms", "p90_time_ms", "p99_time_ms", "avg_time_ms", "fps"):
         out[key] = statistics.median(r[key] for r in results)
-    rss = [r.get("peak_rss_mb") for r in results if r.get("peak_rss_mb") is not None]
+    rss: list[float] = [r["peak_rss_mb"] for r in results if r.get("peak_rss_mb") is not None]
     out["peak_rss_mb"] = max(rss) if rss else None
     out["provider"] = results[0].get("provider")
     return out

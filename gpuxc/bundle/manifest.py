@@ -9,17 +9,17 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_jsonable_python
 
-from gpuxc.bundle.writer import MANIFEST_NAME  # noqa: F401 (re-exported; the bundle layout is defined there)
+from gpuxc.bundle.layout import MANIFEST_NAME
 from gpuxc.passes import PassRecord
 from gpuxc.project.model import ModelSignature
 
-FORMAT = "gpux-bundle"
-FORMAT_VERSION = 1
+FORMAT: Final = "gpux-bundle"
+FORMAT_VERSION: Final = 1
 
 
 class _M(BaseModel):

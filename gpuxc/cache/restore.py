@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from gpuxc.bundle import layout
 from gpuxc.bundle import writer as bundle
+from gpuxc.bundle.archive import write_archives
 from gpuxc.bundle.writer import BundleResult
 from gpuxc.cache.key import code_digest, host_facts, key_document, key_of
 from gpuxc.cache.store import BuildCache, cache_disabled_by_env, default_cache_dir
@@ -84,7 +86,7 @@ def build_key(config: GpuxConfig, target: str, reproducible: bool) -> CacheKey |
 def lookup(cache: BuildCache, key: CacheKey, config: GpuxConfig, target: str, out_dir: Path,
            say: Progress) -> BundleResult | None:  # fmt: skip
     """Publish the cached bundle for ``key`` at its final path; None on a miss."""
-    final = out_dir / bundle.bundle_name(config.name, config.version, target)
+    final = out_dir / layout.bundle_name(config.name, config.version, target)
     model_dir = config.model_path.parent
     with bundle.staging_dir(final) as stage:
         info = cache.restore(key.key, stage, lambda paths: external_digests(model_dir, paths))
@@ -154,5 +156,5 @@ def restore_all(
             return None  # a corrupted entry: the pipeline rebuilds it
         results.append(result)
     if archive:
-        bundle.write_archives(results, say)
+        write_archives(results, say)
     return results

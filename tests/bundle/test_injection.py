@@ -53,7 +53,9 @@ except ImportError:  # pragma: no cover - markdown-it-py comes with rich (typer)
 
 from fixtures import models
 from gpuxc import __version__
-from gpuxc.build.pipeline import Project, _manifest, compile_project
+from gpuxc.build.assemble import assemble_manifest
+from gpuxc.build.pipeline import compile_project
+from gpuxc.build.project import Project
 from gpuxc.bundle import writer as bundle_mod
 from gpuxc.bundle.codegen import REQUIREMENT_RE, environment, render
 from gpuxc.bundle.manifest import BuildInfo, Verification
@@ -560,7 +562,7 @@ def _no_constant(name: str) -> Any:
 # that no string of the project reaches): gpux.yml is validated and the model loaded and checked by
 # the real functions, the runner written from the template context compile_target builds (mirrored
 # in runner_context; test_runner_context_is_the_one_compile_target_builds checks the mirror against
-# a real build), and the manifest written by the pipeline's own _manifest. The end-to-end tests
+# a real build), and the manifest written by the pipeline's own assemble_manifest. The end-to-end tests
 # below compile for real.
 
 
@@ -616,7 +618,7 @@ def generate(case: Case, folder: Path) -> tuple[Generated, dict[str, Any]]:
     project_ = Project(config, loaded, {}, {}, "generated")
     stage = folder / "stage"
     stage.mkdir()
-    manifest = _manifest(project_, target, build_info, artifact, runtime, verification, loaded.proto, stage)
+    manifest = assemble_manifest(project_, target, build_info, artifact, runtime, verification, loaded.proto, stage)
     generated = Generated(
         python={rel: text for rel, text in files.items() if rel.endswith(".py")},
         dockerfile=files["Dockerfile"],

@@ -14,7 +14,7 @@ accepted one is planned, compiled, verified and published). After it we check:
   "outside" before and after; the temp folder (``TMPDIR``/``tempfile.tempdir``) must be
   empty afterwards;
 - no partial bundle: no staging folder is left, every folder in ``--out`` is a complete
-  bundle whose files match its manifest (``bundle.integrity_problems``), and a failed build
+  bundle whose files match its manifest (``bundle.files.differences_from_manifest``), and a failed build
   leaves a bundle that was already there (one example in five starts with one) byte for
   byte unchanged;
 - (model suite) nothing read from outside the project: no Python-level open of the sandbox's
@@ -47,8 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpuxc.bundle.files import differences_from_manifest
 from gpuxc.bundle.manifest import MANIFEST_NAME, read_manifest
-from gpuxc.bundle.writer import STAGING_PREFIX, integrity_problems
+from gpuxc.bundle.writer import STAGING_PREFIX
 from gpuxc.errors import GpuxcError
 
 
@@ -463,7 +464,7 @@ def _bundle_problems(bundle: Path) -> list[str]:
         manifest = read_manifest(bundle)
     except GpuxcError as exc:
         return [str(exc)]
-    return integrity_problems(bundle, manifest)
+    return differences_from_manifest(bundle, manifest)
 
 
 def _files_holding(folder: Path, marker: bytes) -> list[str]:

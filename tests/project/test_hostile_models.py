@@ -30,7 +30,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from fixtures import models
-from gpuxc.build.pipeline import load_project
+from gpuxc.build.project import load_project
 from gpuxc.errors import (
     ExitCode,
     GpuxcError,

@@ -20,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from fixtures import models
-from gpuxc.build.pipeline import load_project
+from gpuxc.build.project import load_project
 from gpuxc.errors import ConfigError, ExitCode, ModelCrashed, ModelError, ModelLimitExceeded
 from gpuxc.ort_session import run_onnxruntime
 from gpuxc.project import isolation

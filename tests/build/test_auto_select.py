@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuxc.build.pipeline import AUTO_MIN_GAIN, Candidate, select_candidate
+from gpuxc.build.candidate import Candidate
+from gpuxc.build.search import AUTO_MIN_GAIN, select_candidate
 from gpuxc.targets import Variant
 
 

@@ -1,0 +1,115 @@
+"""What a build writes about itself: the runner's template context and the manifest, from project + target + build."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from gpuxc import __version__
+from gpuxc.build.project import Project
+from gpuxc.bundle import layout
+from gpuxc.bundle.files import file_entries
+from gpuxc.bundle.manifest import (
+    ArtifactInfo,
+    BuildInfo,
+    HostInfo,
+    Manifest,
+    ReferenceInfo,
+    RuntimeInfo,
+    ServingInfo,
+    SourceInfo,
+    Verification,
+)
+from gpuxc.bundle.requirements import SERVE_DISTS, pinned, version_of
+from gpuxc.project.config import GpuxConfig
+from gpuxc.project.model import describe
+from gpuxc.project.signature import bundle_io
+from gpuxc.targets import Artifact, RuntimeSpec, Target
+
+
+def runner_context(
+    config: GpuxConfig, target: Target, runtime: RuntimeSpec, verification: Verification
+) -> dict[str, Any]:
+    """The runner templates' context: no string of the project but its name and version reaches it."""
+    return {
+        "gpuxc_version": __version__,
+        "target": target.name,
+        "name": config.name,
+        "version": config.version,
+        "verification_status": verification.status,
+        "verification_reason": verification.reason,
+        "requirements": runtime.requirements,
+        "serve_requirements": pinned(SERVE_DISTS),
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "port": config.serving.port,
+        "image": f"{config.name}-{target.name}",
+    }
+
+
+def assemble_manifest(project: Project, target: Target, build: BuildInfo, artifact: Artifact, runtime: RuntimeSpec,
+                      verification: Verification, model: onnx.ModelProto, stage: Path) -> Manifest:  # fmt: skip
+    """The manifest of the bundle staged at ``stage`` (its ``files`` are hashed from there)."""
+    config = project.config
+    sig = project.model.signature
+    # Only the shipped model's inputs/outputs are needed here; every file's digest is in `files`.
+    passed = describe(model, sha256="", size_bytes=0, external=[])
+    settings = {
+        "backend": config.runtime.gpu.backend,
+        "gpu_memory": config.runtime.gpu.memory,
+        "timeout": config.runtime.timeout,
+        "enable_profiling": config.runtime.enable_profiling,
+        "batch_size": config.runtime.batch_size,
+        **runtime.settings,
+    }
+    return Manifest(
+        gpuxc_version=__version__,
+        name=config.name,
+        version=config.version,
+        description=config.description,
+        target=target.name,
+        source=SourceInfo(file=project.model.path.name, sha256=sig.sha256, size_bytes=sig.size_bytes),
+        config=config.canonical(),
+        signature=sig,
+        inputs=bundle_io(config, passed.inputs, "inputs"),
+        outputs=bundle_io(config, passed.outputs, "outputs"),
+        metadata=config.metadata,
+        build=build,
+        artifact=ArtifactInfo(entry=artifact.entry, format=artifact.format, settings=artifact.settings),
+        runtime=RuntimeInfo(
+            adapter=runtime.adapter,
+            requirements=runtime.requirements,
+            providers=runtime.providers,
+            # The pins come from this host, whose wheels may need its Python (numpy 2.4 needs 3.11+).
+            python_requires=f">={sys.version_info.major}.{sys.version_info.minor}",
+            settings=settings,
+        ),
+        serving=ServingInfo(
+            host=config.serving.host,
+            port=config.serving.port,
+            timeout=config.serving.timeout,
+            max_workers=config.serving.max_workers,
+            max_concurrency=config.serving.max_concurrency,
+            max_body_bytes=config.serving.max_body_bytes,
+            max_batch_size=config.serving.batch_limit,
+            max_queue_delay=config.serving.max_queue_delay,
+        ),  # fmt: skip
+        reference=ReferenceInfo(
+            inputs=layout.REFERENCE_INPUTS,
+            outputs=layout.REFERENCE_OUTPUTS,
+            origin=project.reference_origin,
+            seed=config.build.seed,
+            shapes=project.reference_shapes,
+        ),  # fmt: skip
+        verification=verification,
+        host=HostInfo(
+            platform=platform.system().lower(),
+            machine=platform.machine(),
+            python=".".join(map(str, sys.version_info[:3])),
+            libraries={d: v for d in ("onnx", "onnxruntime", "numpy") if (v := version_of(d))},
+        ),
+        files=file_entries(stage),
+    )

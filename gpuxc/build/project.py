@@ -1,0 +1,122 @@
+"""The project a build works on: config, model and reference data, loaded once and shared by every target."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from gpuxc.build.memory import activation_bytes
+from gpuxc.errors import ModelError, ReferenceError_
+from gpuxc.ort_session import run_onnxruntime
+from gpuxc.project import isolation  # the untrusted model's first load and reference run: in a child process
+from gpuxc.project.calibration import load_calibration_sample, load_samples
+from gpuxc.project.config import GpuxConfig
+from gpuxc.project.config_load import find_config, load_config
+from gpuxc.project.model import LoadedModel
+from gpuxc.project.reference import (
+    DEFAULT_DIM,
+    DEFAULT_SPATIAL,
+    FALLBACK_SIZES,
+    generate,
+    index_bounds,
+    make_inputs,
+    resolve_shapes,
+)
+from gpuxc.project.signature import check_signature
+
+Progress = Callable[[str], None]
+# Lossy variants are verified on the reference input plus this many more.
+EXTRA_SAMPLES = 4
+
+
+@dataclass
+class Project:
+    """A loaded project: config, model and reference data, shared by every target."""
+
+    config: GpuxConfig
+    model: LoadedModel
+    reference_inputs: dict[str, np.ndarray]
+    reference_outputs: dict[str, np.ndarray]
+    reference_origin: Literal["generated", "calibration"]
+    reference_shapes: dict[str, list[int]] = field(default_factory=dict)
+
+    @functools.cached_property
+    def extra_references(self) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """(inputs, source outputs) beyond the reference, for judging lossy variants: later
+        calibration samples when the project has calibration data, else generated inputs (other
+        seeds, the reference's shapes). Computed once, shared by every candidate and target."""
+        cal = self.config.build.calibration
+        if cal is not None and cal.data is not None:
+            data = (self.config.project_dir / cal.data).resolve()
+            feeds = load_samples(data, self.model.signature, EXTRA_SAMPLES + 1)[1:]
+        else:
+            bounds = index_bounds(self.model.proto)
+            seed = self.config.build.seed
+            feeds = [generate(self.model.signature, self.reference_shapes, seed + 7919 * (i + 1), bounds)
+                     for i in range(EXTRA_SAMPLES)]  # fmt: skip
+        return [(f, run_onnxruntime(self.model.path, f)) for f in feeds]
+
+    @functools.cached_property
+    def activation_bytes(self) -> int:
+        return activation_bytes(self.model.proto, self.reference_shapes)
+
+
+def load_project(path: Path, config_path: Path | None = None, progress: Progress | None = None) -> Project:
+    """The project at ``path`` (a folder with gpux.yml, or ``config_path``), loaded and checked."""
+    say = progress or (lambda _msg: None)
+    config = load_config(find_config(path, config_path))
+    say(f"config {config.path.name}: {config.name} {config.version}")
+    return project_for(config, say)
+
+
+def project_for(config: GpuxConfig, say: Progress) -> Project:
+    """Load the model of ``config``, check it against the config, compute the reference."""
+    try:
+        model_path = config.model_path
+        found = model_path.is_file()
+    except OSError as exc:  # a name too long for the file system, a permission denied on the way
+        raise ModelError(f"{config.where('model', 'source')}: model file '{config.model.source}' cannot be "
+                         f"opened ({exc.strerror})") from None  # fmt: skip
+    if not found:
+        raise ModelError(f"{config.where('model', 'source')}: model file '{config.model.source}' not found")
+    try:
+        loaded = isolation.load_model(model_path)
+    except ModelError as exc:
+        raise type(exc)(f"{config.where('model', 'source')}: {exc.message}", hint=exc.hint) from None
+    sig = loaded.signature
+    say(f"model {model_path.name}: {len(sig.inputs)} inputs, {len(sig.outputs)} outputs, {sig.node_count} nodes, "
+        f"opsets {sig.opsets}")  # fmt: skip
+    check_signature(config, sig)
+    say("reference: ONNX Runtime on the source model")
+    if config.build.calibration is not None and config.build.calibration.data is not None:
+        inputs = load_calibration_sample(config, sig)
+        outputs = isolation.run_onnxruntime(model_path, inputs)
+        shapes = {k: list(v.shape) for k, v in inputs.items()}
+        return Project(config, loaded, inputs, outputs, "calibration", shapes)
+    inputs, outputs, shapes = _generated_reference(config, loaded, say)
+    return Project(config, loaded, inputs, outputs, "generated", shapes)
+
+
+def _generated_reference(config: GpuxConfig, loaded: LoadedModel, say: Progress) -> tuple[Any, Any, Any]:
+    """Generated inputs and their outputs; unknown dims fall back through FALLBACK_SIZES."""
+    sig = loaded.signature
+    first_error: ReferenceError_ | None = None
+    tried: list[dict[str, list[int]]] = []
+    for defaults in [(DEFAULT_DIM, DEFAULT_SPATIAL), *FALLBACK_SIZES]:
+        shapes = resolve_shapes(sig, config, defaults)
+        if shapes in tried:
+            continue  # no dim depends on the defaults: another try would fail the same way
+        tried.append(shapes)
+        inputs = make_inputs(sig, config, loaded.proto, shapes)
+        try:
+            return inputs, isolation.run_onnxruntime(loaded.path, inputs), shapes
+        except ReferenceError_ as exc:
+            first_error = first_error or exc
+            say(f"reference: source model failed at {shapes}; trying other sizes for unknown dims")
+    assert first_error is not None
+    raise first_error
