@@ -21,12 +21,13 @@ demo: venv
 	$(PY) examples/image-classifier/make_input.py > dist/example-input.json
 	$(PY) $(BUNDLE) run --input @dist/example-input.json
 
-test: venv
-	$(VENV)/bin/ruff check gpuxc plugins tests fixtures benchmarks examples
+test: lint
 	$(PY) -m pytest -q
 
+# ruff everywhere; mypy on the compiler, the plugins and the runner sources copied into bundles.
 lint: venv
-	$(VENV)/bin/ruff check gpuxc plugins tests fixtures benchmarks examples
+	$(VENV)/bin/ruff check gpuxc plugins templates tests fixtures benchmarks examples
+	$(VENV)/bin/mypy gpuxc plugins/gpuxc_* templates/runner templates/*/runtime.py
 
 clean:
 	rm -rf dist build *.egg-info
