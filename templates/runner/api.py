@@ -87,7 +87,7 @@ class GPUXRuntime:
         self.outputs = {spec["name"]: spec for spec in self.manifest["outputs"]}
         # A tampered or truncated bundle is refused before its model or code is used.
         if os.environ.get(SKIP_INTEGRITY_ENV) != "1":
-            problems = integrity_problems(self.bundle_dir, self.manifest)
+            problems = listed_file_problems(self.bundle_dir, self.manifest)
             if problems:
                 raise BundleError("bundle integrity check failed: " + "; ".join(problems[:5]))
         self._adapter: Adapter | None = Adapter(model_path, merged, preferred, runtime.get("providers", []),
@@ -173,7 +173,7 @@ class GPUXRuntime:
 
     def check_integrity(self) -> list[str]:
         """Files whose size or sha256 differ from the manifest (empty when intact)."""
-        return integrity_problems(self.bundle_dir, self.manifest)
+        return listed_file_problems(self.bundle_dir, self.manifest)
 
     def prepare(self, input_data: dict[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
         """Validate names, dtypes, ranks, fixed dims and max_length; return arrays to feed."""
@@ -262,8 +262,10 @@ class GPUXRuntime:
         return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def integrity_problems(bundle_dir: Path, manifest: dict[str, Any]) -> list[str]:
-    """Every file of the manifest present with its size and sha256 (empty list: intact)."""
+def listed_file_problems(bundle_dir: Path, manifest: dict[str, Any]) -> list[str]:
+    """Every file the manifest lists, present with its size and sha256 (empty list: intact). Unlike
+    gpuxc's ``differences_from_manifest`` it does not look for unlisted files: a deployed bundle may
+    gain caches and logs."""
     problems = []
     for entry in manifest.get("files", []):
         path = bundle_dir / entry["path"]

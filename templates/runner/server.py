@@ -9,12 +9,9 @@ Client mistakes get a 4xx with a JSON body (v2: {"error"}; GPUX: {"error", "mess
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import os
-import threading
 import time
-from collections import Counter
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,9 +20,9 @@ from starlette.concurrency import run_in_threadpool
 
 from runner import v2
 from runner.api import GPUXRuntime, InferenceTimeout, InputError, load, to_jsonable
+from runner.metrics import Guard, Metrics
 
 API_KEY_ENV = "GPUXC_API_KEY"
-OPEN_PATHS = ("/health", "/v2/health/live", "/v2/health/ready")
 
 
 class _TooLarge(Exception):
@@ -42,51 +39,6 @@ def _v2_error(status: int, message: str, headers: dict[str, str] | None = None) 
     return JSONResponse(status_code=status, content={"error": message}, headers=headers)
 
 
-class _Metrics:
-    """Prometheus metrics when prometheus-client is installed, and GPUX's JSON counters always."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.requests: Counter[tuple[str, int]] = Counter()
-        self.inferences = 0
-        self.inference_ms_total = 0.0
-        self.in_flight = 0
-        self.started = time.time()
-        try:
-            import prometheus_client as prom
-        except ImportError:
-            self.prom = None
-            return
-        self.prom = prom
-        self.registry = prom.CollectorRegistry()
-        self.p_requests = prom.Counter("gpuxc_requests", "HTTP requests", ["endpoint", "status"],
-                                       registry=self.registry)
-        self.p_latency = prom.Histogram("gpuxc_request_seconds", "Request latency", ["endpoint"],
-                                        registry=self.registry)
-        self.p_inference = prom.Histogram("gpuxc_inference_seconds", "Model run time", registry=self.registry)
-        self.p_queue = prom.Histogram("gpuxc_queue_seconds", "Time from arrival to the start of the run",
-                                      registry=self.registry)
-        self.p_batch = prom.Histogram("gpuxc_batch_size", "Leading dimension of the inputs run",
-                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
-        self.p_in_flight = prom.Gauge("gpuxc_in_flight", "Inferences running now", registry=self.registry)
-
-    def request(self, endpoint: str, status: int, seconds: float) -> None:
-        with self.lock:
-            self.requests[(endpoint, status)] += 1
-        if self.prom:
-            self.p_requests.labels(endpoint, str(status)).inc()
-            self.p_latency.labels(endpoint).observe(seconds)
-
-    def inference(self, seconds: float, queued: float, batch: int) -> None:
-        with self.lock:
-            self.inferences += 1
-            self.inference_ms_total += seconds * 1000.0
-        if self.prom:
-            self.p_inference.observe(seconds)
-            self.p_queue.observe(queued)
-            self.p_batch.observe(batch)
-
-
 class _Batcher:
     """Dynamic batching: requests arriving within ``delay`` are run as one batch along dim 0.
 
@@ -96,7 +48,7 @@ class _Batcher:
     bad request cannot fail the others.
     """
 
-    def __init__(self, rt: GPUXRuntime, max_batch: int, delay: float, metrics: _Metrics) -> None:
+    def __init__(self, rt: GPUXRuntime, max_batch: int, delay: float, metrics: Metrics) -> None:
         self.rt, self.max_batch, self.delay, self.metrics = rt, max_batch, delay, metrics
         self.queue: asyncio.Queue[tuple[dict[str, Any], int, asyncio.Future[Any], float]] | None = None
         self.carry: tuple[dict[str, Any], int, asyncio.Future[Any], float] | None = None
@@ -174,51 +126,6 @@ class _Batcher:
                 future.set_result(part)
 
 
-class _Guard:
-    """API key check and request metrics, as plain ASGI middleware.
-
-    (Starlette's ``@app.middleware("http")`` wraps every body in extra streams and tasks:
-    measurable on large tensor uploads.)
-    """
-
-    def __init__(self, app: Any, api_key: str | None, metrics: _Metrics) -> None:
-        self.app, self.api_key, self.metrics = app, api_key, metrics
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        path = scope["path"]
-        if self.api_key and path not in OPEN_PATHS:
-            headers = dict(scope["headers"])
-            given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(b"Bearer ")
-            if not hmac.compare_digest(given, self.api_key.encode()):
-                reply = JSONResponse(status_code=401, content={"error": "missing or wrong API key"},
-                                     headers={"WWW-Authenticate": "Bearer"})
-                await reply(scope, receive, send)
-                self.metrics.request(_endpoint(path), 401, time.perf_counter() - start)
-                return
-        status = [500]
-
-        async def send_with_status(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        await self.app(scope, receive, send_with_status)
-        self.metrics.request(_endpoint(path), status[0], time.perf_counter() - start)
-
-
-def _endpoint(path: str) -> str:
-    """A bounded label for metrics: never the raw path (it may hold arbitrary text)."""
-    if path in ("/predict", "/health", "/info", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready"):
-        return path
-    if path.startswith("/v2/models/"):
-        return "/v2/models/infer" if path.endswith("/infer") else "/v2/models"
-    return "other"
-
-
 def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
     """The FastAPI app; ``uvicorn runner.server:create_app --factory`` starts it."""
     rt = runtime or load()
@@ -231,7 +138,7 @@ def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
     model_name, model_version = str(info["name"]), str(info["version"])
     specs_in = dict(rt.inputs)
     specs_out = dict(rt.outputs)
-    metrics = _Metrics()
+    metrics = Metrics()
     slots = {"busy": 0}
     max_batch = int(serving.get("max_batch_size", 1))
     batcher = (_Batcher(rt, max_batch, float(serving.get("max_queue_delay", 0.002)), metrics)
@@ -242,7 +149,7 @@ def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
         version=model_version,
     )
 
-    app.add_middleware(_Guard, api_key=api_key, metrics=metrics)
+    app.add_middleware(Guard, api_key=api_key, metrics=metrics)
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
