@@ -90,8 +90,9 @@ def wheel_project(folder: Path, case: Case) -> Path:
         build["shapes"] = case.shapes
     if case.calibration:
         rng = np.random.default_rng(0)
-        # Uniform [0, 1) images: the model's own input range; the same bytes on both sides.
-        arrays = {k: rng.random((8, *shape[1:]), dtype=np.float32) for k, shape in case.shapes.items()}
+        # Uniform [0, 1) images: the model's own input range; the same bytes on both sides. A
+        # calibration .npz holds a leading sample axis before each input's own shape.
+        arrays = {k: rng.random((8, *shape), dtype=np.float32) for k, shape in case.shapes.items()}
         np.savez(folder / "calibration.npz", **arrays)
         build["calibration"] = {"data": "calibration.npz", "samples": 8}
     config = {"name": case.project, "version": "1", "model": {"source": "./model.onnx"}, "build": build}
