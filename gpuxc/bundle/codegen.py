@@ -24,7 +24,7 @@ from gpuxc.bundle.runner_source import template_root
 from gpuxc.errors import GpuxcError
 
 if TYPE_CHECKING:
-    import jinja2  # imported in environment(): a warm rebuild needs template_root() only
+    import jinja2  # imported in environment(): only a build renders
 
 
 def py_literal(value: Any) -> str:

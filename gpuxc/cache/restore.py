@@ -54,7 +54,7 @@ def load_build_config(path: Path, config_path: Path | None, precision: str | Non
 
 def build_key(config: GpuxConfig, target: str, reproducible: bool) -> CacheKey | None:
     """The cache key of one target's build; None when an input is missing (the build reports it)."""
-    from gpuxc.bundle.codegen import template_root
+    from gpuxc.bundle.runner_source import template_root
     from gpuxc.plugin.manager import plugin_module_names
 
     try:
