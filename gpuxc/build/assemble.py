@@ -71,7 +71,8 @@ def assemble_manifest(project: Project, target: Target, build: BuildInfo, artifa
         version=config.version,
         description=config.description,
         target=target.name,
-        source=SourceInfo(file=project.model.path.name, sha256=sig.sha256, size_bytes=sig.size_bytes),
+        source=SourceInfo(file=project.model.path.name, sha256=sig.sha256, size_bytes=sig.size_bytes,
+                          upgrade=project.model.upgrade),
         config=config.canonical(),
         signature=sig,
         inputs=bundle_io(config, passed.inputs, "inputs"),
@@ -103,6 +104,8 @@ def assemble_manifest(project: Project, target: Target, build: BuildInfo, artifa
             origin=project.reference_origin,
             seed=config.build.seed,
             shapes=project.reference_shapes,
+            runtime=project.reference_runtime,
+            fallbacks=project.reference_fallbacks,
         ),  # fmt: skip
         verification=verification,
         host=HostInfo(

@@ -18,6 +18,7 @@ from gpuxc.bundle.manifest import Verification
 from gpuxc.errors import CompileError, GpuxcError, first_line
 from gpuxc.passes import PassContext, PassManager, PassRecord
 from gpuxc.plugin import get_registry
+from gpuxc.project.upgrade import ModelUpgrade
 from gpuxc.targets import Artifact, CompileContext, Target, Variant
 
 Progress = Callable[[str], None]
@@ -138,16 +139,22 @@ def _skipped_precision_pass(records: list[PassRecord]) -> str | None:
     return None
 
 
-def failure_message(target: Target, candidate: Candidate) -> str:
-    """The error of a candidate that failed verification: the first failure and the lossy passes."""
+def failure_message(target: Target, candidate: Candidate, upgrade: ModelUpgrade | None = None) -> str:
+    """The error of a candidate that failed verification: the first failure, the lossy passes, and
+    the ops onnx.version_converter rewrote when the source was upgraded (the likely culprits)."""
     verification = candidate.verification
     assert verification is not None
     lossy = [r.name for r in candidate.records if r.name in LOSSY_PASSES and r.status == "applied"]
     by = f" after pass {', '.join(lossy)}" if lossy else ""
     more = f" (and {len(verification.failures) - 1} more)" if len(verification.failures) > 1 else ""
+    converted = ""
+    if upgrade is not None and upgrade.from_opset is not None:
+        ops = ", ".join(upgrade.converted_ops) or "no op"
+        converted = (f"; the source was upgraded from opset {upgrade.from_opset} to {upgrade.to_opset} and "
+                     f"onnx.version_converter rewrote {ops}")  # fmt: skip
     return (
         f"[{target.name}] {candidate.variant.name} output differs from the source model beyond tolerance{by}: "
-        f"{verification.failures[0]}{more}"
+        f"{verification.failures[0]}{more}{converted}"
     )
 
 

@@ -172,14 +172,14 @@ def _build_variants(project: Project, target: Target, options: Any, variants: li
         chosen = build_candidate(project, target, options, variants[0], stage, workdir, say)
         check_budget(project.config, [chosen], say, fixed=True)
         if chosen.status == "failed":
-            raise VerificationFailed(failure_message(target, chosen), hint=failure_hint(chosen))
+            raise VerificationFailed(failure_message(target, chosen, project.model.upgrade), hint=failure_hint(chosen))
         return chosen, []
     candidates = [
         try_candidate(project, target, options, v, stage / layout.CANDIDATES_DIR / v.name, workdir, say, i == 0)
         for i, v in enumerate(variants)
     ]
     check_budget(project.config, candidates, say, fixed=False)
-    chosen = choose_candidate(target, candidates, project.reference_inputs, say)
+    chosen = choose_candidate(target, candidates, project.reference_inputs, say, project.model.upgrade)
     summaries = [c.summary(candidates[0].latency_ms) for c in candidates]  # before the folders go
     os.rename(chosen.root / layout.MODEL_DIR, stage / layout.MODEL_DIR)
     shutil.rmtree(stage / layout.CANDIDATES_DIR)

@@ -12,12 +12,11 @@ import numpy as np
 
 from gpuxc.build.memory import activation_bytes
 from gpuxc.errors import ModelError, ReferenceError_
-from gpuxc.ort_session import run_onnxruntime
-from gpuxc.project import isolation  # the untrusted model's first load and reference run: in a child process
+from gpuxc.project import isolation  # the untrusted model's first load: in a child process
 from gpuxc.project.calibration import load_calibration_sample, load_samples
 from gpuxc.project.config import GpuxConfig
 from gpuxc.project.config_load import find_config, load_config
-from gpuxc.project.model import LoadedModel
+from gpuxc.project.model import LoadedModel, ModelSignature
 from gpuxc.project.reference import (
     DEFAULT_DIM,
     DEFAULT_SPATIAL,
@@ -27,6 +26,7 @@ from gpuxc.project.reference import (
     make_inputs,
     resolve_shapes,
 )
+from gpuxc.project.reference_runtime import ONNXRUNTIME, ReferenceRun, run_reference
 from gpuxc.project.signature import check_signature
 
 Progress = Callable[[str], None]
@@ -44,6 +44,9 @@ class Project:
     reference_outputs: dict[str, np.ndarray]
     reference_origin: Literal["generated", "calibration"]
     reference_shapes: dict[str, list[int]] = field(default_factory=dict)
+    # What computed reference_outputs from the source file, and why the runtimes before it could not.
+    reference_runtime: str = ONNXRUNTIME
+    reference_fallbacks: list[str] = field(default_factory=list)
 
     @functools.cached_property
     def extra_references(self) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
@@ -59,7 +62,8 @@ class Project:
             seed = self.config.build.seed
             feeds = [generate(self.model.signature, self.reference_shapes, seed + 7919 * (i + 1), bounds)
                      for i in range(EXTRA_SAMPLES)]  # fmt: skip
-        return [(f, run_onnxruntime(self.model.path, f)) for f in feeds]
+        dtypes = io_dtypes(self.model.signature)
+        return [(f, run_reference(self.model.path, f, dtypes, self.reference_runtime).outputs) for f in feeds]
 
     @functools.cached_property
     def activation_bytes(self) -> int:
@@ -92,17 +96,25 @@ def project_for(config: GpuxConfig, say: Progress) -> Project:
     say(f"model {model_path.name}: {len(sig.inputs)} inputs, {len(sig.outputs)} outputs, {sig.node_count} nodes, "
         f"opsets {sig.opsets}")  # fmt: skip
     check_signature(config, sig)
-    say("reference: ONNX Runtime on the source model")
+    if loaded.upgrade is not None:
+        say(f"model: {loaded.upgrade.summary()}")
     if config.build.calibration is not None and config.build.calibration.data is not None:
         inputs = load_calibration_sample(config, sig)
-        outputs = isolation.run_onnxruntime(model_path, inputs)
+        run = run_reference(model_path, inputs, io_dtypes(sig))
         shapes = {k: list(v.shape) for k, v in inputs.items()}
-        return Project(config, loaded, inputs, outputs, "calibration", shapes)
-    inputs, outputs, shapes = _generated_reference(config, loaded, say)
-    return Project(config, loaded, inputs, outputs, "generated", shapes)
+        origin: Literal["generated", "calibration"] = "calibration"
+    else:
+        inputs, run, shapes = _generated_reference(config, loaded, say)
+        origin = "generated"
+    say(f"reference: {run.runtime} on the source model" + (f" ({'; '.join(run.fallbacks)})" if run.fallbacks else ""))
+    return Project(config, loaded, inputs, run.outputs, origin, shapes, run.runtime, run.fallbacks)
 
 
-def _generated_reference(config: GpuxConfig, loaded: LoadedModel, say: Progress) -> tuple[Any, Any, Any]:
+def io_dtypes(signature: ModelSignature) -> set[str]:
+    return {t.dtype for t in [*signature.inputs, *signature.outputs]}
+
+
+def _generated_reference(config: GpuxConfig, loaded: LoadedModel, say: Progress) -> tuple[Any, ReferenceRun, Any]:
     """Generated inputs and their outputs; unknown dims fall back through FALLBACK_SIZES."""
     sig = loaded.signature
     first_error: ReferenceError_ | None = None
@@ -114,7 +126,7 @@ def _generated_reference(config: GpuxConfig, loaded: LoadedModel, say: Progress)
         tried.append(shapes)
         inputs = make_inputs(sig, config, loaded.proto, shapes)
         try:
-            return inputs, isolation.run_onnxruntime(loaded.path, inputs), shapes
+            return inputs, run_reference(loaded.path, inputs, io_dtypes(sig)), shapes
         except ReferenceError_ as exc:
             first_error = first_error or exc
             say(f"reference: source model failed at {shapes}; trying other sizes for unknown dims")

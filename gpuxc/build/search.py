@@ -16,6 +16,7 @@ import numpy as np
 from gpuxc.build.candidate import Candidate, failure_hint, failure_message
 from gpuxc.build.report import candidates_table
 from gpuxc.errors import VerificationFailed
+from gpuxc.project.upgrade import ModelUpgrade
 from gpuxc.targets import Target
 
 Progress = Callable[[str], None]
@@ -28,11 +29,11 @@ AUTO_MIN_GAIN = 0.05
 
 
 def choose_candidate(target: Target, candidates: list[Candidate], feeds: dict[str, np.ndarray],
-                     say: Progress) -> Candidate:  # fmt: skip
+                     say: Progress, upgrade: ModelUpgrade | None = None) -> Candidate:  # fmt: skip
     """Time the candidates that passed; keep the fastest that beats fp32 by AUTO_MIN_GAIN."""
     baseline = candidates[0]
     if baseline.status == "failed":
-        raise VerificationFailed(failure_message(target, baseline), hint=failure_hint(baseline))
+        raise VerificationFailed(failure_message(target, baseline, upgrade), hint=failure_hint(baseline))
     timed = [c for c in candidates if c.status == "passed" and c.artifact is not None]
     runners = {}
     for c in timed:

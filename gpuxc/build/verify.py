@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from gpuxc.bundle.compare import DEFAULT_TOLERANCE, compare, worst_of
 from gpuxc.bundle.manifest import Verification
+from gpuxc.errors import CompileError, GpuxcError, first_line
 from gpuxc.project.config import GpuxConfig
 
 if TYPE_CHECKING:
     import numpy as np
 
     from gpuxc.build.project import Project
+    from gpuxc.project.upgrade import ModelUpgrade
     from gpuxc.targets import Target, Variant
 
 Arrays = dict[str, "np.ndarray"]
@@ -52,6 +54,23 @@ def compare_samples(
     return {"status": "failed" if failures else "passed", "outputs": worst, "failures": failures}
 
 
+def _execute(target: Target, root: Path, artifact: Any, feeds: dict[str, np.ndarray],
+             upgrade: ModelUpgrade | None) -> dict[str, np.ndarray]:  # fmt: skip
+    """The artifact on ``feeds``; a runtime that raises is a one-line error, not a traceback."""
+    try:
+        return target.execute(root, artifact, feeds)
+    except GpuxcError:
+        raise
+    except Exception as exc:
+        runtime = target.verification_runtime()
+        converted = ""
+        if upgrade is not None and upgrade.from_opset is not None:
+            converted = (f" (the source was upgraded from opset {upgrade.from_opset} and onnx.version_converter "
+                         f"rewrote {', '.join(upgrade.converted_ops) or 'no op'})")  # fmt: skip
+        raise CompileError(f"target '{target.name}': the compiled model does not run on {runtime}: "
+                           f"{type(exc).__name__}: {first_line(exc)}{converted}") from None  # fmt: skip
+
+
 def verify_artifact(
     project: Project, target: Target, root: Path, artifact: Any, variant: Variant, say: Callable[[str], None]
 ) -> Verification:
@@ -68,7 +87,8 @@ def verify_artifact(
         # A lossy variant must hold on more than the one input it was chosen on.
         samples += project.extra_references
     say(f"{variant.name}: verify against the source model on {len(samples)} input(s)")
-    pairs = ((expected, target.execute(root, artifact, feeds)) for feeds, expected in samples)
+    upgrade = project.model.upgrade
+    pairs = ((expected, _execute(target, root, artifact, feeds, upgrade)) for feeds, expected in samples)
     report = compare_samples(pairs, tolerance, class_outputs, label_from=1)
     proxy = target.why_stand_in()
     status = report["status"]

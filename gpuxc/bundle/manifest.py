@@ -17,6 +17,7 @@ from pydantic_core import to_jsonable_python
 from gpuxc.bundle.layout import MANIFEST_NAME
 from gpuxc.passes import PassRecord
 from gpuxc.project.model import ModelSignature
+from gpuxc.project.upgrade import ModelUpgrade
 
 FORMAT: Final = "gpux-bundle"
 FORMAT_VERSION: Final = 1
@@ -47,6 +48,9 @@ class SourceInfo(_M):
     file: str  # file name only: no host paths in manifests
     sha256: str
     size_bytes: int
+    # Set when the model compiled was the source made current (old opset upgraded, IR 3
+    # initializer-inputs dropped): gpuxc/project/upgrade.py. Verification is still against the source.
+    upgrade: ModelUpgrade | None = None
 
 
 class BuildInfo(_M):
@@ -93,6 +97,10 @@ class ReferenceInfo(_M):
     origin: Literal["generated", "calibration"]
     seed: int
     shapes: dict[str, list[int]]
+    # What ran the source model to compute the outputs: onnxruntime, else openvino, else onnx.reference
+    # (gpuxc/project/reference_runtime.py), and why each runtime before it could not.
+    runtime: str = "onnxruntime"
+    fallbacks: list[str] = Field(default_factory=list)
 
 
 class Verification(_M):

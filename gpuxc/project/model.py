@@ -26,9 +26,8 @@ from gpuxc.digests import sha256_file
 from gpuxc.errors import ModelError, first_line
 from gpuxc.project.graph import iter_nodes, opset_map
 from gpuxc.project.model_safety import MAX_PROTOBUF_BYTES, check_external_data, check_limits, check_text_fields
+from gpuxc.project.upgrade import ModelUpgrade, upgrade
 
-# ONNX Runtime no longer implements operators from opsets below 7 (FIELD_NOTES).
-MIN_DEFAULT_OPSET = 7
 ML_DOMAIN = "ai.onnx.ml"
 
 
@@ -72,11 +71,16 @@ class ModelSignature(BaseModel):
 
 @dataclass
 class LoadedModel:
-    """A loaded, checked model with its signature and where it came from."""
+    """A loaded, checked model with its signature and where it came from.
+
+    ``proto`` is what passes and targets build from: the source made current when it was old
+    (``upgrade`` says how, gpuxc/project/upgrade.py). ``signature`` describes the source file.
+    """
 
     proto: ModelProto
     path: Path
     signature: ModelSignature
+    upgrade: ModelUpgrade | None = None
 
 
 def load_model(path: Path, *, check: bool = True) -> LoadedModel:
@@ -118,13 +122,6 @@ def load_model(path: Path, *, check: bool = True) -> LoadedModel:
         except Exception as exc:
             raise ModelError(f"{path}: cannot read external data ({first_line(exc)})") from None
 
-    opsets = opset_map(proto)
-    default_opset = opsets.get("", opsets.get("ai.onnx"))
-    if default_opset is not None and default_opset < MIN_DEFAULT_OPSET:
-        raise ModelError(
-            f"{path}: opset {default_opset} is older than ONNX Runtime supports ({MIN_DEFAULT_OPSET}+)",
-            hint="upgrade it with onnx.version_converter.convert_version(model, 17) and verify the result",
-        )
     if check:
         try:
             # The path form handles models over 2 GB and external data; the proto form is faster.
@@ -134,10 +131,13 @@ def load_model(path: Path, *, check: bool = True) -> LoadedModel:
         except Exception as exc:
             raise ModelError(f"{path}: ONNX checker failed: {first_line(exc)}") from None
 
-    proto = infer_shapes(proto)
+    source = infer_shapes(proto)
     size = path.stat().st_size + sum((path.parent / rel).stat().st_size for rel in external)
-    signature = describe(proto, sha256=sha256_file(path), size_bytes=size, external=external)
-    return LoadedModel(proto=proto, path=path, signature=signature)
+    signature = describe(source, sha256=sha256_file(path), size_bytes=size, external=external)
+    current, upgraded = upgrade(proto, str(path))
+    if upgraded is not None:
+        source = infer_shapes(current)
+    return LoadedModel(proto=source, path=path, signature=signature, upgrade=upgraded)
 
 
 def infer_shapes(proto: ModelProto) -> ModelProto:

@@ -86,10 +86,15 @@ def test_ml_domain_opset_is_listed(tmp_path: Path) -> None:
 def test_legacy_ir3_model_lists_only_the_real_input(tmp_path: Path) -> None:
     proto = models.legacy_initializer_inputs()
     assert [v.name for v in proto.graph.input] == ["x", "W"]  # the trait under test
-    sig = load_model(saved(tmp_path, proto)).signature
+    loaded = load_model(saved(tmp_path, proto))
+    sig = loaded.signature
     assert [t.name for t in sig.inputs] == ["x"]
     assert sig.ir_version == 3
     assert sig.opsets == {"": 9}
+    # What passes and targets build from no longer lists W as an input (IR 4+ allows that).
+    assert [v.name for v in loaded.proto.graph.input] == ["x"] and loaded.proto.ir_version >= 4
+    assert loaded.upgrade is not None and loaded.upgrade.initializer_inputs_dropped == 1
+    assert loaded.upgrade.from_opset is None  # opset 9 needs no upgrade
 
 
 def test_sha256_is_the_hash_of_the_file(tmp_path: Path) -> None:
@@ -335,17 +340,24 @@ def test_empty_file_is_a_model_error(tmp_path: Path) -> None:
         load_model(path)
 
 
-def test_opset_6_model_is_refused_with_a_version_converter_hint(tmp_path: Path) -> None:
+def test_opset_6_model_is_loaded_upgraded_with_the_source_signature(tmp_path: Path) -> None:
     proto = onnx.parser.parse_model(
         '<ir_version: 3, opset_import: ["" : 6]>\ng (float[2] x) => (float[2] y) { y = Relu(x) }'
     )
-    onnx.checker.check_model(proto)
-    path = tmp_path / "old.onnx"
-    onnx.save(proto, path)
+    loaded = load_model(saved(tmp_path, proto))
+    assert loaded.signature.opsets == {"": 6}  # the manifest describes the source file
+    assert loaded.upgrade is not None and (loaded.upgrade.from_opset, loaded.upgrade.to_opset) == (6, 17)
+    assert {o.domain: o.version for o in loaded.proto.opset_import}[""] == 17  # what passes and targets get
+
+
+def test_a_model_the_converter_cannot_upgrade_is_one_line_naming_the_op(tmp_path: Path) -> None:
+    proto = onnx.parser.parse_model(
+        '<ir_version: 3, opset_import: ["" : 6]>\ng (float[1,2,4,4] x) => (float[1,2,4,4] y) { y = ImageScaler(x) }'
+    )
     with pytest.raises(ModelError) as info:
-        load_model(path)
-    assert "opset 6" in info.value.message
-    assert info.value.hint is not None and "version_converter" in info.value.hint
+        load_model(saved(tmp_path, proto))
+    assert "opset 6" in info.value.message and "ImageScaler" in info.value.message
+    assert "\n" not in info.value.message and "%s" not in info.value.message
 
 
 def test_opset_7_is_accepted(tmp_path: Path) -> None:

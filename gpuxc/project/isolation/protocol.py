@@ -12,7 +12,7 @@ parent run code. A message is a JSON tree plus raw blobs; only these kinds trave
   (ONNX Runtime's string tensors) → ``{"$objects": [shape, items]}`` with each item encoded again;
   arrays of ml_dtypes' types (bfloat16, float8, int4), which .npy cannot spell →
   ``{"$ml": [i, type name, shape]}``;
-- ``Path`` → ``{"$path": s}``; a loaded model → ``{"$model": [proto blob, path, signature]}``.
+- ``Path`` → ``{"$path": s}``; a loaded model → ``{"$model": [proto blob, path, signature, upgrade]}``.
 
 Decoding rebuilds only those kinds; anything else in a message is a :class:`ProtocolError`.
 
@@ -145,7 +145,8 @@ def _enc(value: Any, blobs: list[bytes], depth: int) -> Any:
 
     if isinstance(value, LoadedModel):
         blobs.append(value.proto.SerializeToString())
-        return {"$model": [len(blobs) - 1, str(value.path), value.signature.model_dump(mode="json")]}
+        upgrade = value.upgrade.model_dump(mode="json") if value.upgrade is not None else None
+        return {"$model": [len(blobs) - 1, str(value.path), value.signature.model_dump(mode="json"), upgrade]}
     raise ProtocolError(f"cannot send a {type(value).__name__}")
 
 
@@ -181,8 +182,8 @@ def _dec(tree: Any, blobs: list[bytes], depth: int) -> Any:
             index, name, shape = tree["$ml"]
             return _ml_array(index, name, shape, blobs)
         if "$model" in tree:
-            index, path, signature = tree["$model"]
-            return _model(index, path, signature, blobs)
+            index, path, signature, upgrade = tree["$model"]
+            return _model(index, path, signature, upgrade, blobs)
     except (IndexError, TypeError, ValueError) as exc:
         raise ProtocolError(f"bad value: {exc}") from None
     raise ProtocolError(f"unknown value kind {sorted(tree)}")
@@ -212,11 +213,13 @@ def _ml_array(index: int, name: str, shape: list[int], blobs: list[bytes]) -> An
     return np.frombuffer(blobs[index], dtype=kind).reshape([int(d) for d in shape]).copy()
 
 
-def _model(index: int, path: str, signature: dict[str, Any], blobs: list[bytes]) -> Any:
+def _model(index: int, path: str, signature: dict[str, Any], upgrade: dict[str, Any] | None, blobs: list[bytes]) -> Any:
     import onnx
 
     from gpuxc.project.model import LoadedModel, ModelSignature
+    from gpuxc.project.upgrade import ModelUpgrade
 
     proto = onnx.ModelProto()
     proto.ParseFromString(blobs[index])
-    return LoadedModel(proto=proto, path=Path(path), signature=ModelSignature.model_validate(signature))
+    return LoadedModel(proto=proto, path=Path(path), signature=ModelSignature.model_validate(signature),
+                       upgrade=ModelUpgrade.model_validate(upgrade) if upgrade is not None else None)  # fmt: skip

@@ -70,4 +70,28 @@ def run_step(path: Path, inputs: dict[str, Any], providers: list[str] | None, le
     return ort_session.run_onnxruntime(path, inputs, providers, level, on_stage=on_stage)
 
 
-STEPS: dict[str, Callable[..., Any]] = {"load": load_step, "run": run_step, "pid": os.getpid}
+def openvino_step(path: Path, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The source on OpenVINO: the reference when ONNX Runtime cannot run it."""
+    from gpuxc.project import reference_runtime
+
+    stage("OpenVINO", "reading the model")
+    fault_if_asked("run")
+    return reference_runtime.openvino_outputs(path, inputs, on_stage=lambda doing: stage("OpenVINO", doing))
+
+
+def onnx_reference_step(path: Path, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The source on ``onnx.reference``: the reference when neither ONNX Runtime nor OpenVINO can run it."""
+    from gpuxc.project import reference_runtime
+
+    stage("onnx.reference", "loading the model")
+    fault_if_asked("run")
+    return reference_runtime.onnx_reference_outputs(path, inputs, on_stage=lambda doing: stage("onnx.reference", doing))
+
+
+STEPS: dict[str, Callable[..., Any]] = {
+    "load": load_step,
+    "run": run_step,
+    "run_openvino": openvino_step,
+    "run_onnx_reference": onnx_reference_step,
+    "pid": os.getpid,
+}
