@@ -71,3 +71,47 @@ def log_softmax(node: onnx.NodeProto, g: Graph) -> list[Var]:
     x = g.var(node.input[0])
     lse = g.mb.reduce_log_sum_exp(x=x, axes=[softmax_axis(node, g)], keep_dims=True)
     return [g.mb.sub(x=x, y=lse, name=node.output[0])]
+
+
+@translates("Mish", note="x * tanh(softplus(x))")
+def mish(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    x = g.var(node.input[0])
+    return [g.mb.mul(x=x, y=g.mb.tanh(x=g.mb.softplus(x=x)), name=node.output[0])]
+
+
+@translates("Softsign")
+def softsign(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    return unary_op(node, g, "softsign")
+
+
+@translates("Selu", note="gamma * elu(x, alpha)")
+def selu(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    a = attrs(node)
+    alpha, gamma = float(a.get("alpha", 1.67326319217681884765625)), float(a.get("gamma", 1.05070102214813232421875))
+    return [g.mb.mul(x=g.mb.elu(x=g.var(node.input[0]), alpha=alpha), y=np.float32(gamma), name=node.output[0])]
+
+
+@translates("ThresholdedRelu", note="x where x > alpha, else 0")
+def thresholded_relu(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    return unary_op(node, g, "thresholded_relu", alpha=float(attrs(node).get("alpha", 1.0)))
+
+
+@translates("PRelu", note="slope broadcast as ONNX (any shape)")
+def prelu(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    # MIL's prelu wants one slope per channel of a rank >= 3 input; ONNX broadcasts any slope
+    # shape, so spell it out: max(x, 0) + slope * min(x, 0).
+    x, slope = g.var(node.input[0]), g.var(node.input[1])
+    negative = g.mb.mul(x=slope, y=g.mb.minimum(x=x, y=np.float32(0)))
+    return [g.mb.add(x=g.mb.relu(x=x), y=negative, name=node.output[0])]
+
+
+@translates("Dropout", note="inference: identity; the mask output is all true")
+def dropout(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    # Compiled models run inference, where Dropout passes its input through (training_mode
+    # from opset 12 is an input that exporters leave out or set to false).
+    if opt(node, 2) and bool(g.need_const(node, 2, "training_mode").reshape(-1)[0]):
+        raise Untranslatable(f"Dropout '{node.name}': training_mode is true")
+    out = g.mb.identity(x=g.var(node.input[0]), name=node.output[0])
+    if len(node.output) > 1 and node.output[1]:
+        return [out, g.fold(node.output[1], np.ones(g.shape(node.input[0]), dtype=bool))]
+    return [out]
