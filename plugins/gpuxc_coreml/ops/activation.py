@@ -93,7 +93,11 @@ def selu(node: onnx.NodeProto, g: Graph) -> list[Var]:
 
 @translates("ThresholdedRelu", note="x where x > alpha, else 0")
 def thresholded_relu(node: onnx.NodeProto, g: Graph) -> list[Var]:
-    return unary_op(node, g, "thresholded_relu", alpha=float(attrs(node).get("alpha", 1.0)))
+    # Not MIL's thresholded_relu: it keeps x == alpha (ONNX zeroes it), and coremltools 9's
+    # value inference for it overwrites its input in place.
+    x = g.var(node.input[0])
+    above = g.mb.greater(x=x, y=np.float32(attrs(node).get("alpha", 1.0)))
+    return [g.mb.select(cond=above, a=x, b=np.float32(0), name=node.output[0])]
 
 
 @translates("PRelu", note="slope broadcast as ONNX (any shape)")

@@ -37,12 +37,17 @@ def arg_reduce(node: onnx.NodeProto, g: Graph) -> list[Var]:
                name=node.output[0])]  # fmt: skip
 
 
-@translates("CumSum", note="constant axis")
+@translates("CumSum", note="constant axis; exclusive as the inclusive sum minus x")
 def cumsum(node: onnx.NodeProto, g: Graph) -> list[Var]:
     a = attrs(node)
     axis = int(g.need_const(node, 1, "axis").reshape(-1)[0])
-    return [g.mb.cumsum(x=g.var(node.input[0]), axis=axis, exclusive=bool(a.get("exclusive", 0)),
-                        reverse=bool(a.get("reverse", 0)), name=node.output[0])]  # fmt: skip
+    x = g.var(node.input[0])
+    if not a.get("exclusive", 0):
+        return [g.mb.cumsum(x=x, axis=axis, reverse=bool(a.get("reverse", 0)), name=node.output[0])]
+    # MIL's exclusive=True cannot be checked off macOS (coremltools 9's value inference for it
+    # crashes); the inclusive sum minus x is the same thing and can.
+    inclusive = g.mb.cumsum(x=x, axis=axis, reverse=bool(a.get("reverse", 0)))
+    return [g.mb.sub(x=inclusive, y=x, name=node.output[0])]
 
 
 @translates("TopK", note="constant k; ties may order differently from ONNX")
