@@ -61,14 +61,20 @@ def build_program(
     missing = unsupported_ops(model)
     if missing:
         raise Untranslatable(describe_unsupported(missing))
+    # IR < 4 models list their initializers among the inputs; those are weights, not inputs. An
+    # input nothing reads is dropped too: passes that fold such a model's ConstantOfShape weights
+    # remove the `__SHAPE` initializers but can leave their stale input entries behind.
     initializers = {i.name for i in model.graph.initializer}
-    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    read = {n for node in model.graph.node for n in node.input} | {o.name for o in model.graph.output}
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers and i.name in read]
     placeholders = {}
     if feeds is None:
         for tensor in graph_inputs:
             elem = tensor.type.tensor_type.elem_type
             if elem not in MIL_DTYPE:
                 raise Untranslatable(f"input '{tensor.name}' has element type {TensorProto.DataType.Name(elem)}")
+            if tensor.name not in shapes:
+                raise Untranslatable(f"input '{tensor.name}' has no shape to translate at")
             dtype = getattr(types, MIL_DTYPE[elem])
             placeholders[tensor.name] = mb.placeholder(shape=tuple(shapes[tensor.name]), dtype=dtype)
     with Function(placeholders, ct.target.iOS16) as func:

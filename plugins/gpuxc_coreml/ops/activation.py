@@ -50,27 +50,44 @@ def gelu(node: onnx.NodeProto, g: Graph) -> list[Var]:
     return unary_op(node, g, "gelu", mode=mode)
 
 
-def softmax_axis(node: onnx.NodeProto, g: Graph) -> int:
-    rank = len(g.shape(node.input[0]))
+def coerced(node: onnx.NodeProto, g: Graph) -> tuple[int, list[int] | None]:
+    """The softmax axis, and for opset < 13 with an axis before the last, the input's shape.
+
+    Before opset 13 Softmax/LogSoftmax flatten the input to 2-D at ``axis`` and normalize over
+    everything from ``axis`` on; that is a softmax over the last axis of a reshaped tensor.
+    """
+    shape = g.shape(node.input[0])
     default = -1 if g.opset >= 13 else 1
-    axis = norm_axis(int(attrs(node).get("axis", default)), rank)
-    if g.opset < 13 and axis != rank - 1:
-        # Before opset 13 Softmax flattened from ``axis`` on; only the last-axis case matches MIL.
-        raise Untranslatable(f"{node.op_type} '{node.name}': opset {g.opset} coerced axis {axis} (not the last)")
-    return axis
+    axis = norm_axis(int(attrs(node).get("axis", default)), len(shape))
+    if g.opset < 13 and axis != len(shape) - 1:
+        return axis, shape
+    return axis, None
 
 
-@translates("Softmax", note="opset < 13 only on the last axis")
+def normalize(node: onnx.NodeProto, g: Graph, log: bool) -> list[Var]:
+    axis, shape = coerced(node, g)
+    x = g.var(node.input[0])
+    if shape is not None:
+        x = g.mb.reshape(x=x, shape=[int(np.prod(shape[:axis], dtype=np.int64)), -1])
+        axis = 1
+    name = node.output[0] if shape is None else node.output[0] + "_2d"
+    if log:
+        # x - logsumexp(x) is the numerically stable form; log(softmax(x)) underflows to -inf.
+        lse = g.mb.reduce_log_sum_exp(x=x, axes=[axis], keep_dims=True)
+        y = g.mb.sub(x=x, y=lse, name=name)
+    else:
+        y = g.mb.softmax(x=x, axis=axis, name=name)
+    return [y if shape is None else g.mb.reshape(x=y, shape=shape, name=node.output[0])]
+
+
+@translates("Softmax", note="opset < 13: over the dims from axis on, as ONNX flattens them")
 def softmax(node: onnx.NodeProto, g: Graph) -> list[Var]:
-    return unary_op(node, g, "softmax", axis=softmax_axis(node, g))
+    return normalize(node, g, log=False)
 
 
 @translates("LogSoftmax", note="as Softmax; x - logsumexp(x)")
 def log_softmax(node: onnx.NodeProto, g: Graph) -> list[Var]:
-    # x - logsumexp(x) is the numerically stable form; log(softmax(x)) underflows to -inf.
-    x = g.var(node.input[0])
-    lse = g.mb.reduce_log_sum_exp(x=x, axes=[softmax_axis(node, g)], keep_dims=True)
-    return [g.mb.sub(x=x, y=lse, name=node.output[0])]
+    return normalize(node, g, log=True)
 
 
 @translates("Mish", note="x * tanh(softplus(x))")

@@ -96,3 +96,16 @@ def test_ir3_light_models_translate(name: str) -> None:
         image = np.random.default_rng(2).random((1, 3, 224, 224)).astype(np.float32)
         errors = compare_around(model, {image_input: image})
         assert max(errors.values()) < 1e-5, errors
+
+
+def test_gpuxc_compile_builds_an_ir3_light_model_as_it_is(tmp_path: Path) -> None:
+    # Opset 9, IR 3, initializers listed as inputs, ConstantOfShape weights, Softmax on axis 1 of
+    # opset 9, Dropout: through the whole pipeline, no version conversion.
+    from gpuxc.build.pipeline import compile_project
+
+    project = tmp_path / "squeezenet"
+    project.mkdir()
+    (project / "model.onnx").write_bytes((LIGHT / "light_squeezenet.onnx").read_bytes())
+    (project / "gpux.yml").write_text("name: squeezenet\nmodel:\n  source: ./model.onnx\n", encoding="utf-8")
+    [result] = compile_project(project, ["coreml"], tmp_path / "dist")
+    assert (result.path / "model" / "model.mlpackage" / "Manifest.json").is_file()

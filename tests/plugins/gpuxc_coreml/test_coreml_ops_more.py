@@ -113,3 +113,10 @@ def test_shape_arithmetic_folds_in_onnx_semantics() -> None:
     ops = {op.op_type for op in program.functions["main"].operations}
     assert ops <= {"const", "add"}, ops  # nothing of the chain is left to run in CoreML
     assert output_signature(program) == [("y", (4, 6), "fp32")]
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+def test_softmax_before_opset_13_normalizes_over_the_flattened_trailing_dims(op: str) -> None:
+    model = model_of([node(op, ["x"], ["y"], axis=1)], [f32("x", [2, 3, 4])], ["y"], opset=11)
+    feeds = {"x": np.random.default_rng(4).standard_normal((2, 3, 4)).astype(np.float32)}
+    assert_matches_onnx_runtime(model, feeds)
