@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto
 
 import gpuxc_coreml.ops  # noqa: F401  (registers every translator)
+from gpuxc_coreml.fold import ALWAYS_STATIC, evaluate_node, is_foldable, static_names
 from gpuxc_coreml.graph import MIL_DTYPE, NOTES, TRANSLATORS, Graph, Untranslatable, narrow
 from gpuxc_coreml.signature import SAME_DTYPE, expected_outputs, output_signature, signature_mismatches
 
@@ -28,8 +29,13 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def unsupported_ops(model: onnx.ModelProto) -> dict[str, int]:
-    """ONNX op types with no translator, with how often each occurs (sorted by op type)."""
-    nodes = model.graph.node
+    """ONNX op types with no translator, with how often each occurs (sorted by op type).
+
+    Nodes computed only from constants and static shapes are folded while translating
+    (``gpuxc_coreml.fold``), so they need no translator and are not counted.
+    """
+    static = static_names(model)
+    nodes = [n for n in model.graph.node if not (is_foldable(n, static) and n.op_type not in TRANSLATORS)]
     counts = Counter(n.op_type for n in nodes if n.domain in DEFAULT_DOMAINS and n.op_type not in TRANSLATORS)
     counts.update(f"{n.domain}.{n.op_type}" for n in nodes if n.domain not in DEFAULT_DOMAINS)
     return dict(sorted(counts.items()))
@@ -55,14 +61,20 @@ def build_program(
     missing = unsupported_ops(model)
     if missing:
         raise Untranslatable(describe_unsupported(missing))
+    # IR < 4 models list their initializers among the inputs; those are weights, not inputs. An
+    # input nothing reads is dropped too: passes that fold such a model's ConstantOfShape weights
+    # remove the `__SHAPE` initializers but can leave their stale input entries behind.
     initializers = {i.name for i in model.graph.initializer}
-    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    read = {n for node in model.graph.node for n in node.input} | {o.name for o in model.graph.output}
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers and i.name in read]
     placeholders = {}
     if feeds is None:
         for tensor in graph_inputs:
             elem = tensor.type.tensor_type.elem_type
             if elem not in MIL_DTYPE:
                 raise Untranslatable(f"input '{tensor.name}' has element type {TensorProto.DataType.Name(elem)}")
+            if tensor.name not in shapes:
+                raise Untranslatable(f"input '{tensor.name}' has no shape to translate at")
             dtype = getattr(types, MIL_DTYPE[elem])
             placeholders[tensor.name] = mb.placeholder(shape=tuple(shapes[tensor.name]), dtype=dtype)
     with Function(placeholders, ct.target.iOS16) as func:
@@ -73,6 +85,11 @@ def build_program(
             else:
                 g.values[tensor.name] = mb.const(val=narrow(np.asarray(feeds[tensor.name])), name=tensor.name)
         for node in model.graph.node:
+            if node.op_type not in ALWAYS_STATIC and is_foldable(node, g.consts):
+                # Held as NumPy only: a MIL const is made when (and if) a translated op reads it.
+                values = evaluate_node(node, (g.consts.get(n) for n in node.input), g.opset)
+                g.consts.update((name, narrow(v)) for name, v in zip(node.output, values, strict=False) if name)
+                continue
             outs = TRANSLATORS[node.op_type](node, g)
             for name, value in zip(node.output, outs, strict=False):
                 if name:

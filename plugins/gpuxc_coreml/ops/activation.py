@@ -50,24 +50,89 @@ def gelu(node: onnx.NodeProto, g: Graph) -> list[Var]:
     return unary_op(node, g, "gelu", mode=mode)
 
 
-def softmax_axis(node: onnx.NodeProto, g: Graph) -> int:
-    rank = len(g.shape(node.input[0]))
+def coerced(node: onnx.NodeProto, g: Graph) -> tuple[int, list[int] | None]:
+    """The softmax axis, and for opset < 13 with an axis before the last, the input's shape.
+
+    Before opset 13 Softmax/LogSoftmax flatten the input to 2-D at ``axis`` and normalize over
+    everything from ``axis`` on; that is a softmax over the last axis of a reshaped tensor.
+    """
+    shape = g.shape(node.input[0])
     default = -1 if g.opset >= 13 else 1
-    axis = norm_axis(int(attrs(node).get("axis", default)), rank)
-    if g.opset < 13 and axis != rank - 1:
-        # Before opset 13 Softmax flattened from ``axis`` on; only the last-axis case matches MIL.
-        raise Untranslatable(f"{node.op_type} '{node.name}': opset {g.opset} coerced axis {axis} (not the last)")
-    return axis
+    axis = norm_axis(int(attrs(node).get("axis", default)), len(shape))
+    if g.opset < 13 and axis != len(shape) - 1:
+        return axis, shape
+    return axis, None
 
 
-@translates("Softmax", note="opset < 13 only on the last axis")
+def normalize(node: onnx.NodeProto, g: Graph, log: bool) -> list[Var]:
+    axis, shape = coerced(node, g)
+    x = g.var(node.input[0])
+    if shape is not None:
+        x = g.mb.reshape(x=x, shape=[int(np.prod(shape[:axis], dtype=np.int64)), -1])
+        axis = 1
+    name = node.output[0] if shape is None else node.output[0] + "_2d"
+    if log:
+        # x - logsumexp(x) is the numerically stable form; log(softmax(x)) underflows to -inf.
+        lse = g.mb.reduce_log_sum_exp(x=x, axes=[axis], keep_dims=True)
+        y = g.mb.sub(x=x, y=lse, name=name)
+    else:
+        y = g.mb.softmax(x=x, axis=axis, name=name)
+    return [y if shape is None else g.mb.reshape(x=y, shape=shape, name=node.output[0])]
+
+
+@translates("Softmax", note="opset < 13: over the dims from axis on, as ONNX flattens them")
 def softmax(node: onnx.NodeProto, g: Graph) -> list[Var]:
-    return unary_op(node, g, "softmax", axis=softmax_axis(node, g))
+    return normalize(node, g, log=False)
 
 
 @translates("LogSoftmax", note="as Softmax; x - logsumexp(x)")
 def log_softmax(node: onnx.NodeProto, g: Graph) -> list[Var]:
-    # x - logsumexp(x) is the numerically stable form; log(softmax(x)) underflows to -inf.
+    return normalize(node, g, log=True)
+
+
+@translates("Mish", note="x * tanh(softplus(x))")
+def mish(node: onnx.NodeProto, g: Graph) -> list[Var]:
     x = g.var(node.input[0])
-    lse = g.mb.reduce_log_sum_exp(x=x, axes=[softmax_axis(node, g)], keep_dims=True)
-    return [g.mb.sub(x=x, y=lse, name=node.output[0])]
+    return [g.mb.mul(x=x, y=g.mb.tanh(x=g.mb.softplus(x=x)), name=node.output[0])]
+
+
+@translates("Softsign")
+def softsign(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    return unary_op(node, g, "softsign")
+
+
+@translates("Selu", note="gamma * elu(x, alpha)")
+def selu(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    a = attrs(node)
+    alpha, gamma = float(a.get("alpha", 1.67326319217681884765625)), float(a.get("gamma", 1.05070102214813232421875))
+    return [g.mb.mul(x=g.mb.elu(x=g.var(node.input[0]), alpha=alpha), y=np.float32(gamma), name=node.output[0])]
+
+
+@translates("ThresholdedRelu", note="x where x > alpha, else 0")
+def thresholded_relu(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    # Not MIL's thresholded_relu: it keeps x == alpha (ONNX zeroes it), and coremltools 9's
+    # value inference for it overwrites its input in place.
+    x = g.var(node.input[0])
+    above = g.mb.greater(x=x, y=np.float32(attrs(node).get("alpha", 1.0)))
+    return [g.mb.select(cond=above, a=x, b=np.float32(0), name=node.output[0])]
+
+
+@translates("PRelu", note="slope broadcast as ONNX (any shape)")
+def prelu(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    # MIL's prelu wants one slope per channel of a rank >= 3 input; ONNX broadcasts any slope
+    # shape, so spell it out: max(x, 0) + slope * min(x, 0).
+    x, slope = g.var(node.input[0]), g.var(node.input[1])
+    negative = g.mb.mul(x=slope, y=g.mb.minimum(x=x, y=np.float32(0)))
+    return [g.mb.add(x=g.mb.relu(x=x), y=negative, name=node.output[0])]
+
+
+@translates("Dropout", note="inference: identity; the mask output is all true")
+def dropout(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    # Compiled models run inference, where Dropout passes its input through (training_mode
+    # from opset 12 is an input that exporters leave out or set to false).
+    if opt(node, 2) and bool(g.need_const(node, 2, "training_mode").reshape(-1)[0]):
+        raise Untranslatable(f"Dropout '{node.name}': training_mode is true")
+    out = g.mb.identity(x=g.var(node.input[0]), name=node.output[0])
+    if len(node.output) > 1 and node.output[1]:
+        return [out, g.fold(node.output[1], np.ones(g.shape(node.input[0]), dtype=bool))]
+    return [out]

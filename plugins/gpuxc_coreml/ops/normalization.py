@@ -37,3 +37,13 @@ def layer_norm(node: onnx.NodeProto, g: Graph) -> list[Var]:
 def instance_norm(node: onnx.NodeProto, g: Graph) -> list[Var]:
     return [g.mb.instance_norm(x=g.var(node.input[0]), gamma=g.var(node.input[1]), beta=g.var(node.input[2]),
                                epsilon=epsilon(node), name=node.output[0])]  # fmt: skip
+
+
+@translates("LRN", note="3-D or 4-D input")
+def lrn(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    # ONNX and MIL share the formula x / (bias + alpha / size * sum of squares)^beta over a
+    # window of ``size`` channels centred on each (MIL calls bias k).
+    a = attrs(node)
+    return [g.mb.local_response_norm(x=g.var(node.input[0]), size=int(a["size"]), alpha=float(a.get("alpha", 1e-4)),
+                                     beta=float(a.get("beta", 0.75)), k=float(a.get("bias", 1.0)),
+                                     name=node.output[0])]  # fmt: skip

@@ -95,3 +95,16 @@ def constant_of_shape(node: onnx.NodeProto, g: Graph) -> list[Var]:
     value = attrs(node).get("value")
     fill = numpy_helper.to_array(value).reshape(-1)[0] if value is not None else np.float32(0)
     return [g.fold(node.output[0], np.full(shape, fill, dtype=np.asarray(fill).dtype))]
+
+
+@translates("Size", note="folded to a constant (static shapes)")
+def size(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    return [g.fold(node.output[0], np.asarray(np.prod(g.shape(node.input[0]), dtype=np.int64)))]
+
+
+@translates("Range", note="scalar start/limit/delta; folded when they are constants")
+def range_(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    # With constant operands the node never gets here (gpuxc_coreml.fold computes it); this is
+    # the run-time case, whose output length CoreML learns only when it runs.
+    start, limit, delta = (g.mb.reshape(x=g.var(n), shape=[]) if g.var(n).shape else g.var(n) for n in node.input)
+    return [g.mb.range_1d(start=start, end=limit, step=delta, name=node.output[0])]

@@ -112,3 +112,15 @@ def pad(node: onnx.NodeProto, g: Graph) -> list[Var]:
         raise Untranslatable(f"Pad '{node.name}': mode '{mode}' is not supported")
     return [g.mb.pad(x=g.var(node.input[0]), pad=np.asarray(pad_pairs(pads, len(shape)), np.int32), mode=mil_mode,
                      constant_val=value, name=node.output[0])]  # fmt: skip
+
+
+@translates("GatherElements", note="negative constant indices resolved here; runtime indices must be non-negative")
+def gather_elements(node: onnx.NodeProto, g: Graph) -> list[Var]:
+    shape = g.shape(node.input[0])
+    axis = norm_axis(int(attrs(node).get("axis", 0)), len(shape))
+    indices = g.const(node.input[1])
+    if indices is None:
+        index_var = g.var(node.input[1])
+    else:
+        index_var = np.where(indices < 0, indices + shape[axis], indices).astype(np.int32)
+    return [g.mb.gather_along_axis(x=g.var(node.input[0]), indices=index_var, axis=axis, name=node.output[0])]

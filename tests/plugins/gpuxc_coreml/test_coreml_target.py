@@ -33,14 +33,15 @@ def manifest_of(path: Path) -> dict:
     return json.loads((path / "gpux-bundle.json").read_text())
 
 
-def with_top_k(count: int) -> onnx.ModelProto:
+def with_hardmax(count: int) -> onnx.ModelProto:
+    # Hardmax has no translator (a runtime one-hot of the argmax; rare in exported models).
     nodes = [helper.make_node("Relu", ["x"], ["r"])]
     outputs = [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 8])]
     for i in range(count):
-        nodes.append(helper.make_node("TopK", ["r", "k"], [f"v{i}", f"i{i}"], axis=-1))
-        outputs.append(helper.make_tensor_value_info(f"v{i}", TensorProto.FLOAT, [1, 2]))
-    graph = helper.make_graph(nodes, "topk", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])], outputs,
-                              [helper.make_tensor("k", TensorProto.INT64, [1], [2])])  # fmt: skip
+        nodes.append(helper.make_node("Hardmax", ["r"], [f"v{i}"], axis=-1))
+        outputs.append(helper.make_tensor_value_info(f"v{i}", TensorProto.FLOAT, [1, 8]))
+    graph = helper.make_graph(nodes, "hardmax", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              outputs)  # fmt: skip
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -71,19 +72,19 @@ def test_bundle_holds_an_mlpackage_recorded_unverified_off_macos(bundles: dict[s
 
 
 def test_unsupported_ops_fail_before_any_bundle_is_written(tmp_path: Path) -> None:
-    project = project_with(tmp_path, with_top_k(3), "topk")
-    with pytest.raises(CompileError, match=r"coreml cannot translate 1 op type\(s\): TopK x3"):
+    project = project_with(tmp_path, with_hardmax(3), "hardmax")
+    with pytest.raises(CompileError, match=r"coreml cannot translate 1 op type\(s\): Hardmax x3"):
         compile_project(project, ["coreml"], tmp_path / "dist")
-    assert not (tmp_path / "dist" / "topk-1.0.0-coreml").exists()
+    assert not (tmp_path / "dist" / "hardmax-1.0.0-coreml").exists()
     assert not any((tmp_path / "dist").glob("*")) if (tmp_path / "dist").exists() else True
 
 
 @pytest.mark.parametrize(("model", "convertible", "unsupported"),
-                         [("cnn", True, {}), ("topk", False, {"TopK": 2})])  # fmt: skip
+                         [("cnn", True, {}), ("hardmax", False, {"Hardmax": 2})])  # fmt: skip
 def test_inspect_reports_whether_the_model_converts(tmp_path: Path, model: str, convertible: bool,
                                                     unsupported: dict) -> None:  # fmt: skip
     path = tmp_path / "model.onnx"
-    onnx.save(models.tiny_cnn() if model == "cnn" else with_top_k(2), path)
+    onnx.save(models.tiny_cnn() if model == "cnn" else with_hardmax(2), path)
     gpuxc = Path(sys.executable).parent / "gpuxc"
     done = subprocess.run([gpuxc, "inspect", path, "--target", "coreml", "--json"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -119,16 +120,19 @@ def test_tensor_names_coremltools_renames_are_mapped_for_the_runner(tmp_path: Pa
 
 
 def test_inspect_predicts_that_shape_arithmetic_folds_away(tmp_path: Path) -> None:
-    # x[N, 4] -> Range(0, N) drives nothing but a shape: with fixed shapes it folds to a constant.
+    # x[N, 4] -> Range(0, N) % 3 drives nothing but a constant: shapes are static in the MIL program,
+    # so the chain folds while translating, and Hardmax (no translator) on it needs none either.
     nodes = [
         helper.make_node("Shape", ["x"], ["s"]),
         helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
         helper.make_node("Range", ["start", "n", "one"], ["r"]),
-        helper.make_node("Cast", ["r"], ["rf"], to=1),
-        helper.make_node("ReduceSum", ["rf"], ["total"], keepdims=0),
+        helper.make_node("Mod", ["r", "three"], ["m"]),
+        helper.make_node("Cast", ["m"], ["rf"], to=1),
+        helper.make_node("Hardmax", ["rf"], ["h"], axis=0),
+        helper.make_node("ReduceSum", ["h"], ["total"], keepdims=0),
         helper.make_node("Add", ["x", "total"], ["y"]),
     ]
-    scalars = (("zero", 0), ("start", 0), ("one", 1))
+    scalars = (("zero", 0), ("start", 0), ("one", 1), ("three", 3))
     inits = [helper.make_tensor(name, TensorProto.INT64, [], [v]) for name, v in scalars]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)  # fmt: skip
@@ -137,5 +141,10 @@ def test_inspect_predicts_that_shape_arithmetic_folds_away(tmp_path: Path) -> No
     gpuxc = Path(sys.executable).parent / "gpuxc"
     done = subprocess.run([gpuxc, "inspect", path, "--target", "coreml", "--json"], capture_output=True, text=True)
     report = json.loads(done.stdout)
-    assert report["unsupported_before_folding"] == {"Range": 1}
     assert report["convertible"] is True and report["unsupported"] == {}
+    runtime = path.with_name("runtime.onnx")  # the same Hardmax on the input: no folding can save it
+    graph.node.append(helper.make_node("Hardmax", ["x"], ["y2"]))
+    graph.output.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["N", 4]))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), runtime)
+    done = subprocess.run([gpuxc, "inspect", runtime, "--target", "coreml", "--json"], capture_output=True, text=True)
+    assert json.loads(done.stdout)["unsupported"] == {"Hardmax": 1}

@@ -39,13 +39,13 @@ def test_every_translated_op_is_in_the_docs_table() -> None:
 
 
 def test_unsupported_ops_counts_each_op_type() -> None:
-    nodes = [helper.make_node("TopK", ["x", "k"], ["v", "i"]), helper.make_node("TopK", ["x", "k"], ["v2", "i2"]),
+    nodes = [helper.make_node("Hardmax", ["x"], ["v"]), helper.make_node("Hardmax", ["x"], ["v2"]),
              helper.make_node("Relu", ["x"], ["r"]), helper.make_node("NonZero", ["x"], ["nz"])]  # fmt: skip
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
                               [helper.make_tensor_value_info("r", TensorProto.FLOAT, [4])])  # fmt: skip
     missing = unsupported_ops(helper.make_model(graph))
-    assert missing == {"NonZero": 1, "TopK": 2}
-    assert describe_unsupported(missing) == "coreml cannot translate 2 op type(s): NonZero x1, TopK x2"
+    assert missing == {"Hardmax": 2, "NonZero": 1}
+    assert describe_unsupported(missing) == "coreml cannot translate 2 op type(s): Hardmax x2, NonZero x1"
 
 
 @needs_coremltools
