@@ -8,6 +8,8 @@ itself only runs on macOS, so numeric verification happens there (``python <bund
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import sys
 import warnings
@@ -111,13 +113,16 @@ class CoreMLTarget(Target[CoreMLOptions]):
             # Tensor names that are not identifiers are renamed; _check_saved maps them for the runner.
             warnings.filterwarnings("ignore", message=".*has been renamed to")
             try:
-                mlmodel = ct.convert(
-                    program,
-                    convert_to="mlprogram",
-                    compute_precision=precision,
-                    minimum_deployment_target=getattr(ct.target, options.minimum_deployment_target),
-                    skip_model_load=True,  # loading compiles the model, which needs macOS
-                )
+                # coremltools draws tqdm progress bars of its MIL pipelines on stderr: noise on an
+                # ordinary compile (and in CI logs). The errors still come back as exceptions.
+                with contextlib.redirect_stderr(io.StringIO()):
+                    mlmodel = ct.convert(
+                        program,
+                        convert_to="mlprogram",
+                        compute_precision=precision,
+                        minimum_deployment_target=getattr(ct.target, options.minimum_deployment_target),
+                        skip_model_load=True,  # loading compiles the model, which needs macOS
+                    )
             except Exception as exc:
                 raise CompileError(f"coremltools could not convert the MIL program: {first_line(exc)}") from None
         path = ctx.bundle_dir / ENTRY

@@ -148,3 +148,13 @@ def test_inspect_predicts_that_shape_arithmetic_folds_away(tmp_path: Path) -> No
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), runtime)
     done = subprocess.run([gpuxc, "inspect", runtime, "--target", "coreml", "--json"], capture_output=True, text=True)
     assert json.loads(done.stdout)["unsupported"] == {"Hardmax": 1}
+
+
+def test_compile_prints_no_coremltools_progress_bars(tmp_path: Path) -> None:
+    # coremltools draws tqdm bars for its MIL pipelines; a compile's stderr is gpuxc's lines only.
+    project = project_with(tmp_path, models.tiny_cnn(), "quiet")
+    proc = subprocess.run([sys.executable, "-m", "gpuxc", "compile", str(project), "-t", "coreml", "-o",
+                           str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    noise = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith(("gpuxc:", "coreml:"))]
+    assert noise == [], noise
