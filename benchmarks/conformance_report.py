@@ -26,7 +26,8 @@ outside the case's tolerance. Bad cases are bugs.
 """
 
 
-def render(suite: str, results: list[dict[str, Any]], columns: list[str], seconds: float) -> str:
+def render(suite: str, results: list[dict[str, Any]], columns: list[str], seconds: float,
+           left_out: dict[str, int]) -> str:  # fmt: skip
     by_column: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         by_column[r["column"]].append(r)
@@ -34,18 +35,41 @@ def render(suite: str, results: list[dict[str, Any]], columns: list[str], second
     lines = [f"## {TITLES[suite]}", "",
              f"{cases} cases; onnx {_version('onnx')}, onnxruntime {_version('onnxruntime')}, "
              f"openvino {_version('openvino')}; {platform.machine()}, {seconds / 60:.0f} min for this run's part.", "",
-             "| | pass | refused / fails | bad (wrong or crashed) | pass rate |",
-             "|---|---:|---:|---:|---:|"]  # fmt: skip
+             "| | pass | refused / fails | wrong as the raw runtime | bad | pass rate |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for column in columns:
         rows = by_column.get(column, [])
         n = Counter(r["status"] for r in rows)
         label = LABELS.get(column, f"gpuxc `-t {column.split(':', 1)[-1]}`")
         refused = n["refused"] + n["fail"]
-        bad = n["bad"] + n["wrong"]
+        as_raw = n["as-raw"] + n["wrong"]  # a raw runtime's wrong numbers are its own
         rate = f"{100 * n['pass'] / len(rows):.1f}%" if rows else "-"
-        lines.append(f"| {label} | {n['pass']} | {refused} | {bad} | {rate} |")
-    lines += ["", *_gains(by_column, columns), *_refusals(by_column, columns), *_bad(by_column, columns)]
+        lines.append(f"| {label} | {n['pass']} | {refused} | {as_raw} | {n['bad']} | {rate} |")
+    lines += ["", *LEGEND, ""]
+    if left_out:
+        lines += ["Left out: " + "; ".join(f"{count} with {why}" for why, count in sorted(left_out.items())) + ".", ""]
+    lines += [*_gains(by_column, columns), *_refusals(by_column, columns), *_as_raw(by_column, columns),
+              *_bad(by_column, columns)]  # fmt: skip
     return "\n".join(lines).rstrip() + "\n"
+
+
+LEGEND = [
+    "*Wrong as the raw runtime*: outside the case's tolerance, for a raw runtime; for a gpuxc column, outside it",
+    "with the same numbers as the raw runtime the target builds on (ONNX Runtime for cpu, OpenVINO for openvino)",
+    "computes from the source model: the runtime's own result, which gpuxc's verification against that runtime",
+    "cannot see. *Bad*: anything gpuxc itself got wrong.",
+]
+
+
+def _as_raw(by_column: dict[str, list[dict[str, Any]]], columns: list[str]) -> list[str]:
+    rows = [r for c in columns if c.startswith("gpuxc") for r in by_column.get(c, []) if r["status"] == "as-raw"]
+    if not rows:
+        return []
+    out = [f"### Wrong as the raw runtime ({len(rows)})", "", "| case | target | difference from expected |",
+           "|---|---|---|"]  # fmt: skip
+    for r in sorted(rows, key=lambda r: (r["case"], r["column"])):
+        out.append(f"| {Path(r['case']).name} | {r['column'].split(':', 1)[1]} | {_cell(r['detail'])} |")
+    return [*out, ""]
 
 
 def _gains(by_column: dict[str, list[dict[str, Any]]], columns: list[str]) -> list[str]:

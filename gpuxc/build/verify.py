@@ -56,19 +56,18 @@ def compare_samples(
 
 def _execute(target: Target, root: Path, artifact: Any, feeds: dict[str, np.ndarray],
              upgrade: ModelUpgrade | None) -> dict[str, np.ndarray]:  # fmt: skip
-    """The artifact on ``feeds``; a runtime that raises is a one-line error, not a traceback."""
+    """The artifact on ``feeds``; a runtime that raises is a one-line error naming the runtime (and,
+    for an upgraded source, the ops onnx.version_converter rewrote), not a traceback."""
     try:
         return target.execute(root, artifact, feeds)
-    except GpuxcError:
-        raise
     except Exception as exc:
-        runtime = target.verification_runtime()
+        detail = exc.message if isinstance(exc, GpuxcError) else f"{type(exc).__name__}: {first_line(exc)}"
         converted = ""
         if upgrade is not None and upgrade.from_opset is not None:
             converted = (f" (the source was upgraded from opset {upgrade.from_opset} and onnx.version_converter "
                          f"rewrote {', '.join(upgrade.converted_ops) or 'no op'})")  # fmt: skip
-        raise CompileError(f"target '{target.name}': the compiled model does not run on {runtime}: "
-                           f"{type(exc).__name__}: {first_line(exc)}{converted}") from None  # fmt: skip
+        raise CompileError(f"target '{target.name}': the compiled model does not run on "
+                           f"{target.verification_runtime()}: {detail}{converted}") from None  # fmt: skip
 
 
 def verify_artifact(
