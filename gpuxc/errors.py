@@ -38,7 +38,11 @@ class ExitCode(IntEnum):
 def first_line(exc: BaseException, limit: int = 400) -> str:
     """The first line of an exception's message (library errors can be pages long)."""
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:limit]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Exception from src/"):
+        # OpenVINO's C++ exceptions open with where they were thrown; what went wrong is last.
+        return lines[-1][:limit]
+    return lines[0][:limit]
 
 
 def one_line(text: str) -> str:

@@ -188,7 +188,8 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
         import numpy as np
 
         compiled = self._compiled(bundle_dir, artifact)
-        results = compiled.create_infer_request().infer(inputs)
+        names = _input_names(compiled)
+        results = compiled.create_infer_request().infer({k: v for k, v in inputs.items() if k in names})
         out: dict[str, np.ndarray] = {}
         for port in compiled.outputs:
             for name in port.get_names():
@@ -196,8 +197,15 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
         return out
 
     def timer(self, bundle_dir: Path, artifact: Artifact) -> Callable[[dict[str, np.ndarray]], Any]:
-        request = self._compiled(bundle_dir, artifact).create_infer_request()
-        return lambda feeds: request.infer(feeds)
+        compiled = self._compiled(bundle_dir, artifact)
+        request, names = compiled.create_infer_request(), _input_names(compiled)
+        return lambda feeds: request.infer({k: v for k, v in feeds.items() if k in names})
+
+
+def _input_names(compiled: Any) -> set[str]:
+    """The inputs the compiled model has ports for: OpenVINO drops those whose values are never read
+    (CastLike's ``like``); they are fed and ignored, as the bundle's runner does (templates/openvino/runtime.py)."""
+    return {name for port in compiled.inputs for name in port.get_names()}
 
 
 def _conversion_message(exc: Exception, model: ModelProto) -> str:

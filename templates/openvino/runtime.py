@@ -54,9 +54,12 @@ class Adapter:
         self.compiled = self.core.compile_model(str(model_path), device, config)
         self.request = self.compiled.create_infer_request()
         self.ports = {name: port for port in self.compiled.outputs for name in port.get_names()}
+        # OpenVINO drops inputs whose values the graph never reads (CastLike's `like`, an input
+        # used only for its shape once shapes are fixed): the bundle still takes them, and ignores them.
+        self.inputs = {name for port in self.compiled.inputs for name in port.get_names()}
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str], timeout: float) -> dict[str, np.ndarray]:
-        self.request.start_async(feeds)
+        self.request.start_async({name: value for name, value in feeds.items() if name in self.inputs})
         if not self.request.wait_for(max(1, int(timeout * 1000))):
             self.request.cancel()
             raise InferenceTimeout(f"inference exceeded the {timeout:g}s timeout")

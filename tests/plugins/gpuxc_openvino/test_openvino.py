@@ -146,3 +146,26 @@ def test_real_recurrent_model_needs_shapes_and_the_error_names_the_nodes(tmp_pat
     (project / "gpux.yml").write_text(base + shapes, encoding="utf-8")
     [result] = compile_project(project, ["openvino"], tmp_path / "dist")
     assert result.verification["status"] == "passed"
+
+
+def test_an_input_openvino_drops_is_taken_and_ignored(tmp_path: Path) -> None:
+    # CastLike reads only `like`'s dtype: OpenVINO's compiled model has no port for it, but the
+    # model (and so the bundle) still declares it; verification and the runner must feed around it.
+    model = onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["" : 21]>\n'
+        "g (float[3,4] x, float16[0] like) => (float16[3,4] y) { y = CastLike(x, like) }"
+    )
+    project = tmp_path / "proj"
+    project.mkdir()
+    onnx.save(model, project / "model.onnx")
+    (project / "gpux.yml").write_text("name: castlike\nmodel:\n  source: ./model.onnx\n", encoding="utf-8")
+    [result] = compile_project(project, ["openvino"], tmp_path / "dist")
+    assert result.verification["status"] == "passed"
+    x = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    code = ("import sys, json, numpy as np; sys.path.insert(0, sys.argv[1]); import runner; "
+            "x = np.arange(12, dtype=np.float32).reshape(3, 4) / 7; "
+            "y = runner.load().infer({'x': x, 'like': np.zeros(0, np.float16)})['y']; "
+            "print(json.dumps(y.tolist()))")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code, str(result.path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.array(json.loads(proc.stdout), np.float16), x.astype(np.float16))
