@@ -147,11 +147,8 @@ def failure_message(target: Target, candidate: Candidate, upgrade: ModelUpgrade 
     lossy = [r.name for r in candidate.records if r.name in LOSSY_PASSES and r.status == "applied"]
     by = f" after pass {', '.join(lossy)}" if lossy else ""
     more = f" (and {len(verification.failures) - 1} more)" if len(verification.failures) > 1 else ""
-    converted = ""
-    if upgrade is not None and upgrade.from_opset is not None:
-        ops = ", ".join(upgrade.converted_ops) or "no op"
-        converted = (f"; the source was upgraded from opset {upgrade.from_opset} to {upgrade.to_opset} and "
-                     f"onnx.version_converter rewrote {ops}")  # fmt: skip
+    suspects = upgrade.suspects() if upgrade is not None else ""
+    converted = f"; {suspects}" if suspects else ""
     return (
         f"[{target.name}] {candidate.variant.name} output differs from the source model beyond tolerance{by}: "
         f"{verification.failures[0]}{more}{converted}"

@@ -62,10 +62,8 @@ def _execute(target: Target, root: Path, artifact: Any, feeds: dict[str, np.ndar
         return target.execute(root, artifact, feeds)
     except Exception as exc:
         detail = exc.message if isinstance(exc, GpuxcError) else f"{type(exc).__name__}: {first_line(exc)}"
-        converted = ""
-        if upgrade is not None and upgrade.from_opset is not None:
-            converted = (f" (the source was upgraded from opset {upgrade.from_opset} and onnx.version_converter "
-                         f"rewrote {', '.join(upgrade.converted_ops) or 'no op'})")  # fmt: skip
+        suspects = upgrade.suspects() if upgrade is not None else ""
+        converted = f" ({suspects})" if suspects else ""
         raise CompileError(f"target '{target.name}': the compiled model does not run on "
                            f"{target.verification_runtime()}: {detail}{converted}") from None  # fmt: skip
 

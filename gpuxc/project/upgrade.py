@@ -62,6 +62,14 @@ class ModelUpgrade(BaseModel):
                          f"{self.from_ir} -> {self.to_ir})")  # fmt: skip
         return "; ".join(parts)
 
+    def suspects(self) -> str:
+        """For an error about the upgraded model: the ops the converter rewrote ("" when no opset changed)."""
+        if self.from_opset is None:
+            return ""
+        ops = ", ".join(self.converted_ops) or "no op"
+        upgraded = f"the source was upgraded from opset {self.from_opset} to {self.to_opset}"
+        return f"{upgraded} and onnx.version_converter rewrote {ops}"
+
 
 def needs_upgrade(proto: ModelProto) -> bool:
     opset = opset_map(proto).get("")
