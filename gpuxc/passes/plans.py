@@ -16,7 +16,20 @@ from gpuxc.passes import PassSpec
 
 if TYPE_CHECKING:
     from gpuxc.project.config import GpuxConfig
+    from gpuxc.project.model import ModelSignature
     from gpuxc.targets import Variant
+
+# Tensor-sequence ops: runtimes without a sequence type (OpenVINO, CoreML, TensorRT) need them
+# folded away (the fold-sequences pass) when every position is known.
+SEQUENCE_OPS = frozenset({"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceAt",
+                          "SequenceLength", "ConcatFromSequence"})  # fmt: skip
+
+
+def sequence_plan(signature: ModelSignature) -> list[PassSpec]:
+    """``fold-sequences`` (not required: a model it cannot fold goes on unchanged) when the model has sequence ops."""
+    if SEQUENCE_OPS.isdisjoint(signature.op_types):
+        return []
+    return [PassSpec("fold-sequences", {}, required=False)]
 
 
 def onnx_plan(

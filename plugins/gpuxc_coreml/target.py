@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 from gpuxc.bundle.requirements import pinned, version_of
 from gpuxc.errors import CompileError, first_line
 from gpuxc.passes import PassSpec
-from gpuxc.passes.plans import onnx_plan
+from gpuxc.passes.plans import onnx_plan, sequence_plan
 from gpuxc.targets import Artifact, Availability, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
 
 if TYPE_CHECKING:
@@ -75,7 +75,8 @@ class CoreMLTarget(Target[CoreMLOptions]):
     ) -> list[PassSpec]:
         # The translators read shapes, axes and slice bounds as constants: fold first, then
         # BASIC optimization (no ORT-only fused ops such as FusedConv, which have no translator).
-        specs = onnx_plan(config, Variant("fp32", "fp32"), "none", ["CPUExecutionProvider"])
+        specs = sequence_plan(signature)  # MIL has no tensor-sequence type
+        specs += onnx_plan(config, Variant("fp32", "fp32"), "none", ["CPUExecutionProvider"])
         specs.append(PassSpec("fold-constants", {}, required=False))
         specs.append(PassSpec("ort-optimize", {"level": "basic", "providers": ["CPUExecutionProvider"]}))
         return specs

@@ -19,6 +19,7 @@ from gpuxc.bundle import layout
 from gpuxc.bundle.requirements import pinned, version_of
 from gpuxc.errors import CompileError, ConfigError, first_line
 from gpuxc.passes import PassSpec
+from gpuxc.passes.plans import sequence_plan
 from gpuxc.project.model import save_model
 from gpuxc.targets import Artifact, Availability, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
 
@@ -103,7 +104,7 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
     def plan(
         self, config: GpuxConfig, signature: ModelSignature, options: OpenVinoOptions, variant: Variant
     ) -> list[PassSpec]:
-        specs = []
+        specs = sequence_plan(signature)  # OpenVINO has no tensor-sequence type
         if config.build.shapes:
             specs.append(PassSpec("fix-shapes", {"shapes": config.build.shapes}))
         if variant.precision == "int8-static":

@@ -4,6 +4,7 @@
 - ``fix-shapes``: symbolic input dims replaced by the values of ``build.shapes``.
 - ``simplify``: onnxsim or onnxslim, checked against the input model.
 - ``fold-constants``: ``Constant`` nodes to initializers, constant subgraphs computed once.
+- ``fold-sequences``: sequences with constant positions replaced by the tensors they hold.
 - ``fp16``: float16 weights and compute (onnxconverter-common), fp32 inputs/outputs kept.
 - ``quantize-dynamic``: int8 MatMul/Gemm weights, activations quantized at run time.
 - ``quantize-static``: int8 QDQ, calibrated on ``build.calibration`` data.
@@ -21,6 +22,7 @@ from typing import Any
 from gpuxc.plugin import hookimpl
 from gpuxc_passes.fix_shapes import FixShapes
 from gpuxc_passes.fold_constants import FoldConstants
+from gpuxc_passes.fold_sequences import FoldSequences
 from gpuxc_passes.fp16 import Fp16
 from gpuxc_passes.ort_format import OrtFormat
 from gpuxc_passes.ort_optimize import OrtOptimize
@@ -31,6 +33,7 @@ from gpuxc_passes.simplify import Simplify
 __all__ = [
     "FixShapes",
     "FoldConstants",
+    "FoldSequences",
     "Fp16",
     "OrtFormat",
     "OrtOptimize",
@@ -46,6 +49,7 @@ def gpuxc_register_passes(register: Callable[[type[Any]], None]) -> None:
     register(FixShapes)
     register(Simplify)
     register(FoldConstants)
+    register(FoldSequences)
     register(Fp16)
     register(QuantizeDynamic)
     register(QuantizeStatic)

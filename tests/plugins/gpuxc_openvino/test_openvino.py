@@ -169,3 +169,20 @@ def test_an_input_openvino_drops_is_taken_and_ignored(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code, str(result.path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(np.array(json.loads(proc.stdout), np.float16), x.astype(np.float16))
+
+
+def test_a_model_with_internal_sequences_compiles_after_fold_sequences(tmp_path: Path) -> None:
+    # OpenVINO has no tensor-sequence type: without the fold-sequences pass it cannot run this.
+    model = onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["" : 17]>\n'
+        "g (float[2,3] X, float[2,3] Y) => (float[2,3] out) {\n"
+        "  p = Constant <value = int64 {1}> ()\n  s = SequenceConstruct (X, Y)\n  out = SequenceAt (s, p)\n}"
+    )
+    project = tmp_path / "proj"
+    project.mkdir()
+    onnx.save(model, project / "model.onnx")
+    (project / "gpux.yml").write_text("name: seq\nmodel:\n  source: ./model.onnx\n", encoding="utf-8")
+    [result] = compile_project(project, ["openvino"], tmp_path / "dist")
+    assert result.verification["status"] == "passed"
+    [record] = [p for p in manifest_of(result.path)["build"]["passes"] if p["name"] == "fold-sequences"]
+    assert record["status"] == "applied"
