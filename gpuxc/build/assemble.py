@@ -106,6 +106,7 @@ def assemble_manifest(project: Project, target: Target, build: BuildInfo, artifa
             shapes=project.reference_shapes,
             runtime=project.reference_runtime,
             fallbacks=project.reference_fallbacks,
+            cross_check=project.reference_cross_check,
         ),  # fmt: skip
         verification=verification,
         host=HostInfo(

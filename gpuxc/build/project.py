@@ -47,6 +47,7 @@ class Project:
     # What computed reference_outputs from the source file, and why the runtimes before it could not.
     reference_runtime: str = ONNXRUNTIME
     reference_fallbacks: list[str] = field(default_factory=list)
+    reference_cross_check: str | None = None
 
     @functools.cached_property
     def extra_references(self) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
@@ -106,8 +107,9 @@ def project_for(config: GpuxConfig, say: Progress) -> Project:
     else:
         inputs, run, shapes = _generated_reference(config, loaded, say)
         origin = "generated"
-    say(f"reference: {run.runtime} on the source model" + (f" ({'; '.join(run.fallbacks)})" if run.fallbacks else ""))
-    return Project(config, loaded, inputs, run.outputs, origin, shapes, run.runtime, run.fallbacks)
+    notes = [*run.fallbacks, *([run.cross_check] if run.cross_check else [])]
+    say(f"reference: {run.runtime} on the source model" + (f" ({'; '.join(notes)})" if notes else ""))
+    return Project(config, loaded, inputs, run.outputs, origin, shapes, run.runtime, run.fallbacks, run.cross_check)
 
 
 def io_dtypes(signature: ModelSignature) -> set[str]:

@@ -101,6 +101,7 @@ class ReferenceInfo(_M):
     # (gpuxc/project/reference_runtime.py), and why each runtime before it could not.
     runtime: str = "onnxruntime"
     fallbacks: list[str] = Field(default_factory=list)
+    cross_check: str | None = None  # an OpenVINO reference checked against onnx.reference: the outcome
 
 
 class Verification(_M):

@@ -96,3 +96,33 @@ def test_a_model_no_runtime_runs_is_one_error_naming_each(tmp_path: Path) -> Non
     assert message.startswith("ONNX Runtime cannot load the model") and "Frobnicate" in message
     assert "no other runtime could run the source either" in message
     assert "onnx.reference:" in message and "\n" not in message
+
+
+@needs_openvino
+def test_an_openvino_reference_is_cross_checked_by_onnx_reference(tmp_path: Path) -> None:
+    run = run_reference(add6(tmp_path, axis=2), {"x": np.ones((2, 3, 4), np.float32)}, {"float32"})
+    assert run.runtime == OPENVINO and run.cross_check == "onnx.reference agrees"
+    # onnx.reference knows no legacy axis broadcast: the check is skipped, and that is recorded.
+    run = run_reference(add6(tmp_path, axis=1), {"x": np.ones((2, 3, 4), np.float32)}, {"float32"})
+    assert run.runtime == OPENVINO and (run.cross_check or "").startswith("not cross-checked: onnx.reference")
+
+
+@needs_openvino
+def test_openvino_and_onnx_reference_disagreeing_stops_the_build(tmp_path: Path) -> None:
+    # GRU with layout=1 (batch first): ONNX Runtime refuses it, and OpenVINO computes it wrong
+    # (measured on ONNX's test_gru_batchwise). No reference can be trusted: a clean error.
+    rng = np.random.default_rng(0)
+    hidden, size = 4, 3
+    w = numpy_helper.from_array(rng.standard_normal((1, 3 * hidden, size)).astype(np.float32), "W")
+    r = numpy_helper.from_array(rng.standard_normal((1, 3 * hidden, hidden)).astype(np.float32), "R")
+    graph = helper.make_graph(
+        [helper.make_node("GRU", ["x", "W", "R"], ["y", "h"], hidden_size=hidden, layout=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, None)], initializer=[w, r],
+    )  # fmt: skip
+    path = tmp_path / "gru.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)]), path)
+    with pytest.raises(ReferenceError_) as info:
+        run_reference(path, {"x": rng.standard_normal((3, 2, size)).astype(np.float32)}, {"float32"})
+    assert info.value.message.startswith("OpenVINO and onnx.reference disagree on the source model's outputs")

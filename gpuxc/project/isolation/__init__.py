@@ -94,18 +94,22 @@ def run_onnxruntime(path: Path, inputs: dict[str, np.ndarray], providers: list[s
 # -- running a step in a child ---------------------------------------------------------------------
 
 
-def run_isolated(step: str, *args: Any, model_path: Path, first_stage: tuple[str, str]) -> Any:
+def run_isolated(step: str, *args: Any, model_path: Path, first_stage: tuple[str, str],
+                 clock: float | None = None) -> Any:  # fmt: skip
     """``STEPS[step](*args)`` in a child process (in process when :func:`enabled` is false).
 
     Arguments and results travel as plain data (gpuxc/project/isolation/protocol.py, never as code); a
     :class:`GpuxcError` the step raises comes back as its class name and message; a child that
-    dies, goes over the memory limit or the clock becomes a one-line ModelError.
+    dies, goes over the memory limit or the clock becomes a one-line ModelError. ``clock`` (seconds)
+    bounds this step more tightly than ``$GPUXC_MODEL_TIMEOUT``.
     """
     if step not in steps.STEPS:
         raise ValueError(f"unknown isolated step {step!r}")
     if not enabled():
         return steps.STEPS[step](*args)
-    limit, clock = memory_limit(), timeout_s()
+    limit, default_clock = memory_limit(), timeout_s()
+    if clock is None or (default_clock is not None and default_clock < clock):
+        clock = default_clock
     fault = os.environ.get(FAULT_ENV) or None
     with _lock:
         server = helper.get_server()
