@@ -228,5 +228,9 @@ def _conversion_message(exc: Exception, model: ModelProto) -> str:
         branchy = next((n for n in model.graph.node if n.op_type in ("If", "Loop")), None)
         if branchy is not None:
             where = f" (likely node '{branchy.name}' ({branchy.op_type}): its subgraph has a dynamic rank)"
+    missing = re.search(r"No conversion rule found for operations: ([^.]*?)(?: --|$)", text)
+    if missing:
+        # OpenVINO's summary names the ops ("StringNormalizer-10") after a page of context: lead with it.
+        return f"openvino has no conversion for op {missing.group(1).strip()}{where}"
     reason = "an input's rank or shape is not known there" if "rank" in text.lower() else text[:200]
     return f"openvino cannot convert the model{where}: {reason}"

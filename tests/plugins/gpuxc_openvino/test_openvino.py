@@ -14,7 +14,7 @@ import pytest
 
 from fixtures import models
 from gpuxc.build.pipeline import compile_project
-from gpuxc.errors import ConfigError
+from gpuxc.errors import CompileError, ConfigError
 
 pytest.importorskip("openvino", reason="the openvino target needs `pip install gpuxc[openvino]`")
 
@@ -186,3 +186,17 @@ def test_a_model_with_internal_sequences_compiles_after_fold_sequences(tmp_path:
     assert result.verification["status"] == "passed"
     [record] = [p for p in manifest_of(result.path)["build"]["passes"] if p["name"] == "fold-sequences"]
     assert record["status"] == "applied"
+
+
+def test_an_op_openvino_cannot_convert_is_named_first(tmp_path: Path) -> None:
+    model = onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["" : 17]>\n'
+        'g (string[2] x) => (string[2] y) { y = StringNormalizer <case_change_action = "LOWER"> (x) }'
+    )
+    project = tmp_path / "proj"
+    project.mkdir()
+    onnx.save(model, project / "model.onnx")
+    (project / "gpux.yml").write_text("name: strings\nmodel:\n  source: ./model.onnx\n", encoding="utf-8")
+    with pytest.raises(CompileError) as info:
+        compile_project(project, ["openvino"], tmp_path / "dist")
+    assert info.value.message == "openvino has no conversion for op StringNormalizer-17"
