@@ -30,7 +30,9 @@ def dense(value: Any) -> np.ndarray:
     ``[N, labels]`` array with the labels in sorted order, so it can be stored and compared."""
     if isinstance(value, np.ndarray) and value.dtype != object:
         return value
-    items = list(value) if isinstance(value, (list, tuple, np.ndarray)) else None
+    # A 0-d array (a scalar string output) has nothing to iterate.
+    iterable = isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim > 0)
+    items = list(value) if iterable else None
     if items and all(isinstance(item, dict) for item in items):
         keys = sorted(items[0])
         return np.asarray([[item[k] for k in keys] for item in items])

@@ -204,3 +204,11 @@ def test_gpuxc_judges_with_the_runner_file_itself() -> None:
     for function in (compare, judge, output_metrics, bundle_compare.dense, bundle_compare.worst_of,
                      bundle_compare.latency_stats, bundle_compare.peak_rss_mb):  # fmt: skip
         assert Path(function.__code__.co_filename) == runner_source("compare"), function.__name__
+
+
+def test_scalar_string_outputs_compare_exactly() -> None:
+    # A 0-d object array (StringConcat of two scalars) has nothing to iterate.
+    same = compare({"z": np.array("ab", dtype=object)}, {"z": np.array("ab", dtype=object)}, TOL)
+    assert same["status"] == "passed" and same["outputs"]["z"]["exact"] is True
+    other = compare({"z": np.array("ab", dtype=object)}, {"z": np.array("ba", dtype=object)}, TOL)
+    assert other["status"] == "failed" and other["outputs"]["z"]["mismatches"] == 1
