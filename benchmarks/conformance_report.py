@@ -21,8 +21,10 @@ Every case is a tensor-in/tensor-out model with inputs and expected outputs from
 Raw runtimes open the model as a user would; a gpuxc column compiles it (`gpuxc compile -t TARGET`,
 the case's inputs as the reference sample) and runs the **generated runner** on the case's inputs.
 A gpuxc case is *refused* when the compile stops with a gpuxc error (one line naming the problem),
-and *bad* when anything else happens: a traceback, a crash, a bundle that does not run, or outputs
-outside the case's tolerance. Bad cases are bugs.
+*wrong as the raw runtime* when its outputs miss the case's tolerance with the very numbers the raw
+runtime it builds on computes (that runtime's own result, or the case's strict tolerance), and *bad*
+when anything else happens: a traceback, a crash, a bundle that does not run, or wrong numbers of
+gpuxc's making. Bad cases are bugs. Reproduce: `python benchmarks/conformance.py --suite data|node`.
 """
 
 
@@ -143,6 +145,8 @@ def update_doc(doc: Path, suite: str, text: str) -> None:
     """Replace this suite's section of ``doc`` (between its markers), keeping the other suite's."""
     start, end = f"<!-- conformance:{suite}:start -->", f"<!-- conformance:{suite}:end -->"
     current = doc.read_text(encoding="utf-8") if doc.exists() else HEADER
+    first = current.find("<!-- conformance:")
+    current = HEADER + ("\n" + current[first:] if first >= 0 else "")  # the header as this code says it
     block = f"{start}\n{text}{end}"
     if start in current and end in current:
         before, rest = current.split(start, 1)

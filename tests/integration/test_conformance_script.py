@@ -24,3 +24,17 @@ def test_conformance_runs_one_case_through_raw_runtimes_and_gpuxc_bundles(tmp_pa
     assert rows["gpuxc `-t cpu`"][0] == "1" and rows["gpuxc `-t cpu`"][-1] == "100.0%"
     assert "gpuxc `-t cpu` passes 1 case(s) raw ONNX Runtime fails." in proc.stdout
     assert (tmp_path / "results-data.jsonl").is_file()
+
+
+def test_each_suite_rewrites_only_its_own_section_of_the_doc(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from conformance_report import HEADER, update_doc
+
+    doc = tmp_path / "conformance.md"
+    update_doc(doc, "data", "data table 1\n")
+    update_doc(doc, "node", "node table 1\n")
+    doc.write_text(doc.read_text().replace(HEADER, "an old header\n"))
+    update_doc(doc, "data", "data table 2\n")
+    text = doc.read_text()
+    assert text.startswith(HEADER) and "an old header" not in text
+    assert "data table 2" in text and "data table 1" not in text and "node table 1" in text
