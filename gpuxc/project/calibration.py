@@ -60,9 +60,13 @@ def load_samples(data: Path, signature: ModelSignature, samples: int, *, where: 
     data = Path(data)
     if samples < 1:
         raise ConfigError(f"{prefix}calibration needs at least one sample, asked for {samples}")
-    if data.is_dir():
+    try:
+        is_dir, is_file = data.is_dir(), data.is_file()
+    except OSError as exc:  # a name too long for the file system, a permission denied on the way
+        raise ConfigError(f"{prefix}calibration data '{data.name[:80]}' cannot be opened ({exc.strerror})") from None
+    if is_dir:
         return _load_folder(data, signature, samples, prefix)
-    if data.is_file() and data.suffix == ".npz":
+    if is_file and data.suffix == ".npz":
         return _load_npz(data, signature, samples, prefix)
     if not data.exists():
         raise ConfigError(f"{prefix}calibration data '{data.name}' does not exist")

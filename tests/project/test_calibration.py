@@ -198,6 +198,11 @@ def test_missing_path_and_wrong_kind_of_file(tmp_path: Path) -> None:
     assert error(tmp_path / "calib.csv") == expected
 
 
+def test_a_name_too_long_for_the_file_system_is_a_config_error(tmp_path: Path) -> None:
+    # Found by tests/fuzz: os.stat raises ENAMETOOLONG instead of answering "no such file".
+    assert error(tmp_path / ("x" * 300)) == f"calibration data '{'x' * 80}' cannot be opened (File name too long)"
+
+
 def test_where_prefixes_every_message(tmp_path: Path) -> None:
     assert error(tmp_path / "nope.npz", where="gpux.yml:6:11").startswith("gpux.yml:6:11: calibration data 'nope.npz'")
 
