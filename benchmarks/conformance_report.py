@@ -45,6 +45,11 @@ def render(suite: str, results: list[dict[str, Any]], columns: list[str], second
         label = LABELS.get(column, f"gpuxc `-t {column.split(':', 1)[-1]}`")
         refused = n["refused"] + n["fail"]
         as_raw = n["as-raw"] + n["wrong"]  # a raw runtime's wrong numbers are its own
+        if n["compiled"]:  # not run on this host: what compiled, and nothing about numbers
+            share = f"{100 * n['compiled'] / len(rows):.1f}% compiled"
+            label += " (not run here)"
+            lines.append(f"| {label} | {n['compiled']} compiled | {refused} | - | {n['bad']} | {share} |")
+            continue
         rate = f"{100 * n['pass'] / len(rows):.1f}%" if rows else "-"
         lines.append(f"| {label} | {n['pass']} | {refused} | {as_raw} | {n['bad']} | {rate} |")
     lines += ["", *LEGEND, ""]
@@ -82,6 +87,8 @@ def _gains(by_column: dict[str, list[dict[str, Any]]], columns: list[str]) -> li
         if not column.startswith("gpuxc"):
             continue
         won = sum(1 for r in by_column.get(column, []) if r["status"] == "pass" and raw.get(r["case"]) != "pass")
+        if any(r["status"] == "compiled" for r in by_column.get(column, [])):
+            continue  # not run here: nothing to say about its numbers
         out.append(f"- gpuxc `-t {column.split(':', 1)[1]}` passes {won} case(s) raw ONNX Runtime fails.")
     return [*out, ""] if out else []
 

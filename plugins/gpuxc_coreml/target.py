@@ -161,8 +161,7 @@ class CoreMLTarget(Target[CoreMLOptions]):
             if len(want) != len(got):
                 return None
             pairs = dict(zip(want, got, strict=True))
-            ok = all(g == w or g == re.sub(r"[^A-Za-z0-9_]", "_", w) for w, g in pairs.items())
-            return pairs if ok else None
+            return pairs if all(g == w or _renamed(w, g) for w, g in pairs.items()) else None
 
         inputs, outputs = mapping(want_in, got_in), mapping(want_out, got_out)
         if inputs is None or outputs is None:
@@ -189,3 +188,15 @@ class CoreMLTarget(Target[CoreMLOptions]):
         names_out = {v: k for k, v in artifact.settings.get("output_names", {}).items()}
         feeds = {names_in.get(k, k): v.astype(np.int32) if v.dtype == np.int64 else v for k, v in inputs.items()}
         return {names_out.get(k, k): np.asarray(v) for k, v in model.predict(feeds).items()}
+
+
+def _renamed(onnx_name: str, package_name: str) -> bool:
+    """Whether coremltools' name sanitizer (MIL's ``NameSanitizer``) turns ``onnx_name`` into
+    ``package_name``: other characters to ``_``; a ``var_`` prefix when it does not start with a
+    letter or ``_`` (PyTorch exports name tensors ``0``, ``1``...); ``_workaround`` after a reserved
+    word; ``_0``, ``_1``... when the result was taken."""
+    base = re.sub(r"[^A-Za-z0-9_]", "_", onnx_name)
+    if re.match(r"[^A-Za-z_]", base):
+        base = "var_" + base
+    return re.fullmatch(re.escape(base) + r"(_workaround)?(_\d+)*", package_name) is not None
+

@@ -119,6 +119,19 @@ def test_tensor_names_coremltools_renames_are_mapped_for_the_runner(tmp_path: Pa
     assert settings["input_names"] == {"in:0": "in_0"}
 
 
+@pytest.mark.parametrize(("inp", "out", "renamed_in", "renamed_out"),
+                         [("0", "1", "var_0", "var_1"), ("string", "bool", "string_workaround", "bool_workaround")])
+def test_numeric_and_reserved_tensor_names_compile(tmp_path: Path, inp: str, out: str, renamed_in: str,
+                                                   renamed_out: str) -> None:  # fmt: skip
+    # PyTorch exports name tensors "0", "1"...; MIL prefixes them (and suffixes reserved words).
+    graph = helper.make_graph([helper.make_node("Relu", [inp], [out])], "g", [f32(inp, [1, 4])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 4])])  # fmt: skip
+    project = project_with(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), "nums")
+    [result] = compile_project(project, ["coreml"], tmp_path / "dist")
+    settings = manifest_of(result.path)["artifact"]["settings"]
+    assert settings["input_names"] == {inp: renamed_in} and settings["output_names"] == {out: renamed_out}
+
+
 def test_inspect_predicts_that_shape_arithmetic_folds_away(tmp_path: Path) -> None:
     # x[N, 4] -> Range(0, N) % 3 drives nothing but a constant: shapes are static in the MIL program,
     # so the chain folds while translating, and Hardmax (no translator) on it needs none either.
