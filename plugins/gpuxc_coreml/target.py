@@ -139,13 +139,14 @@ class CoreMLTarget(Target[CoreMLOptions]):
                 "compute_precision": options.compute_precision,
                 "minimum_deployment_target": options.minimum_deployment_target,
                 "input_shapes": shapes,
-                # ONNX name -> the name in the package (coremltools turns '/', '.', ':' into '_').
+                # ONNX name -> the name in the package (coremltools turns '/', '.', ':' into '_');
+                # null: an input the program never reads, which the package does not have (fed, ignored).
                 "input_names": input_names,
                 "output_names": output_names,
             },
         )
 
-    def _check_saved(self, path: Path, signature: ModelSignature) -> tuple[dict[str, str], dict[str, str]]:
+    def _check_saved(self, path: Path, signature: ModelSignature) -> tuple[dict[str, str | None], dict[str, str]]:
         """The package on disk must take and give the ONNX tensors, in order. coremltools may
         rename them to identifiers; the returned maps (ONNX name -> package name) let the runner
         and verification translate, and anything but that renaming is an error."""
@@ -163,7 +164,7 @@ class CoreMLTarget(Target[CoreMLOptions]):
             pairs = dict(zip(want, got, strict=True))
             return pairs if all(g == w or _renamed(w, g) for w, g in pairs.items()) else None
 
-        inputs, outputs = mapping(want_in, got_in), mapping(want_out, got_out)
+        inputs, outputs = _input_mapping(want_in, got_in), mapping(want_out, got_out)
         if inputs is None or outputs is None:
             raise CompileError(f"coreml package takes {got_in} and gives {got_out}; "
                                f"the ONNX model takes {want_in} and gives {want_out}")  # fmt: skip
@@ -186,8 +187,24 @@ class CoreMLTarget(Target[CoreMLOptions]):
         model = ct.models.MLModel(str(bundle_dir / artifact.entry), compute_units=ct.ComputeUnit.CPU_ONLY)
         names_in = artifact.settings.get("input_names", {})
         names_out = {v: k for k, v in artifact.settings.get("output_names", {}).items()}
-        feeds = {names_in.get(k, k): v.astype(np.int32) if v.dtype == np.int64 else v for k, v in inputs.items()}
+        feeds = {names_in.get(k, k): v.astype(np.int32) if v.dtype == np.int64 else v for k, v in inputs.items()
+                 if names_in.get(k, k) is not None}  # fmt: skip
         return {names_out.get(k, k): np.asarray(v) for k, v in model.predict(feeds).items()}
+
+
+def _input_mapping(want: list[str], got: list[str]) -> dict[str, str | None] | None:
+    """ONNX input -> package input, in order; None for an input the package lacks (the MIL program
+    drops inputs nothing reads, e.g. after fold-sequences picks one item); None if they do not match."""
+    pairs: dict[str, str | None] = {}
+    rest = list(got)
+    for name in want:
+        if rest and (rest[0] == name or _renamed(name, rest[0])):
+            pairs[name] = rest.pop(0)
+        else:
+            pairs[name] = None
+    if rest or (want and all(v is None for v in pairs.values())):
+        return None  # a package input no ONNX input accounts for, or none kept at all
+    return pairs
 
 
 def _renamed(onnx_name: str, package_name: str) -> bool:

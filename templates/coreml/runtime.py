@@ -49,7 +49,9 @@ class Adapter:
         # The package may name tensors differently (coremltools makes them identifiers).
         names_in = self.settings.get("input_names", {})
         names_out = self.settings.get("output_names", {})
-        narrowed = {names_in.get(k, k): v.astype(np.int32) if v.dtype == np.int64 else v for k, v in feeds.items()}
+        # An input mapped to None is one the package does not have (the program never read it).
+        narrowed = {names_in.get(k, k): v.astype(np.int32) if v.dtype == np.int64 else v for k, v in feeds.items()
+                    if names_in.get(k, k) is not None}  # fmt: skip
         future = self.pool.submit(self.model.predict, narrowed)
         try:
             results = future.result(timeout=timeout)

@@ -171,3 +171,17 @@ def test_compile_prints_no_coremltools_progress_bars(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     noise = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith(("gpuxc:", "coreml:"))]
     assert noise == [], noise
+
+
+def test_an_input_the_program_never_reads_is_mapped_to_none(tmp_path: Path) -> None:
+    # After fold-sequences picks Y out of [X, Y], nothing reads X: the package has no X input, and
+    # the runner (templates/coreml/runtime.py) drops it from the feeds.
+    model = onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["" : 17]>\n'
+        "g (float[2,3] X, float[2,3] Y) => (float[2,3] out) {\n"
+        "  p = Constant <value = int64 {1}> ()\n  s = SequenceConstruct (X, Y)\n  out = SequenceAt (s, p)\n}"
+    )
+    [result] = compile_project(project_with(tmp_path, model, "seq"), ["coreml"], tmp_path / "dist")
+    manifest = manifest_of(result.path)
+    assert manifest["artifact"]["settings"]["input_names"] == {"X": None, "Y": "Y"}
+    assert [p["status"] for p in manifest["build"]["passes"] if p["name"] == "fold-sequences"] == ["applied"]
