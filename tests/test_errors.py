@@ -18,3 +18,9 @@ def test_first_line_of_an_openvino_error_is_what_went_wrong() -> None:
         "src/inference/src/cpp/infer_request.cpp:191:\nPort for tensor name like was not found.\n\n"
     )
     assert first_line(exc) == "Port for tensor name like was not found."
+
+
+def test_first_line_of_an_error_with_several_arguments_is_its_message() -> None:
+    # coremltools raises ValueError(message, name, var) (printed as a tuple).
+    exc = ValueError('Op "y" (op_type: batch_norm) Input mean must be const at compile time', "mean", "mean")
+    assert first_line(exc) == 'Op "y" (op_type: batch_norm) Input mean must be const at compile time'

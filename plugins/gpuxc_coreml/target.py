@@ -99,6 +99,10 @@ class CoreMLTarget(Target[CoreMLOptions]):
         if missing:
             raise CompileError(describe_unsupported(missing), hint="see docs/targets/coreml.md for the op coverage")
         shapes = resolve_shapes(ctx.signature, ctx.config)
+        scalars = [name for name, shape in shapes.items() if not shape]
+        if scalars:  # coremltools' own error ("Rank-0 (input None) is unsupported") names no input
+            raise CompileError(f"coreml: input '{scalars[0]}' is a scalar; Core ML inputs have rank 1 to 5",
+                               hint="give the model a [1]-shaped input instead")  # fmt: skip
         try:
             program = build_program(model, shapes)
         except Untranslatable as exc:

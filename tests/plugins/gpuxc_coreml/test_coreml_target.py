@@ -185,3 +185,12 @@ def test_an_input_the_program_never_reads_is_mapped_to_none(tmp_path: Path) -> N
     manifest = manifest_of(result.path)
     assert manifest["artifact"]["settings"]["input_names"] == {"X": None, "Y": "Y"}
     assert [p["status"] for p in manifest["build"]["passes"] if p["name"] == "fold-sequences"] == ["applied"]
+
+
+def test_a_scalar_input_is_refused_by_name(tmp_path: Path) -> None:
+    model = onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["" : 17]>\ng (float[3] x, float s) => (float[3] y) { y = Mul(x, s) }'
+    )
+    with pytest.raises(CompileError) as info:
+        compile_project(project_with(tmp_path, model, "scalar"), ["coreml"], tmp_path / "dist")
+    assert info.value.message == "coreml: input 's' is a scalar; Core ML inputs have rank 1 to 5"
