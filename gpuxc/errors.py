@@ -37,7 +37,7 @@ class ExitCode(IntEnum):
 
 def first_line(exc: BaseException, limit: int = 400) -> str:
     """The first line of an exception's message (library errors can be pages long)."""
-    args = getattr(exc, "args", ())
+    args: tuple[object, ...] = getattr(exc, "args", ())
     # ValueError("message", name, ...) prints as a tuple: the message is the first argument.
     text = (args[0] if len(args) > 1 and isinstance(args[0], str) else str(exc)).strip() or type(exc).__name__
     lines = [line.strip() for line in text.splitlines() if line.strip()]
