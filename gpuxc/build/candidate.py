@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from gpuxc.build.verify import verify_artifact
 from gpuxc.bundle import layout
 from gpuxc.bundle.manifest import Verification
 from gpuxc.errors import CompileError, GpuxcError, first_line
-from gpuxc.passes import PassContext, PassManager, PassRecord
+from gpuxc.passes import PassContext, PassManager, PassRecord, PassSpec
 from gpuxc.plugin import get_registry
 from gpuxc.project.upgrade import ModelUpgrade
 from gpuxc.targets import Artifact, CompileContext, Target, Variant
@@ -25,6 +25,22 @@ Progress = Callable[[str], None]
 
 # Passes that change the numbers: a variant is "lossy" by them, and a failure names them.
 LOSSY_PASSES = {"fp16", "quantize-dynamic", "quantize-static"}
+# The parameter of each lossy pass that leaves named nodes in float (the precision repair's lever,
+# gpuxc/build/repair.py), and the variant setting that names those nodes.
+KEEP_PARAMS = {"quantize-static": "nodes_to_exclude", "quantize-dynamic": "nodes_to_exclude", "fp16": "node_block_list"}
+KEEP_SETTING = "keep_float"
+
+
+def keep_float(specs: list[PassSpec], nodes: list[str]) -> list[PassSpec]:
+    """``specs`` with ``nodes`` added to each lossy pass's keep-in-float parameter."""
+    out = []
+    for spec in specs:
+        param = KEEP_PARAMS.get(spec.name)
+        if param and nodes:
+            kept = list(dict.fromkeys([*spec.params.get(param, []), *nodes]))
+            spec = replace(spec, params={**spec.params, param: kept})
+        out.append(spec)
+    return out
 
 
 @dataclass
@@ -41,6 +57,8 @@ class Candidate:
     verification: Verification | None = None
     memory: MemoryEstimate | None = None
     latency_ms: float | None = None
+    # Precision repair (gpuxc/build/repair.py): the ranking of a variant that missed tolerance.
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self, baseline_ms: float | None) -> dict[str, Any]:
         """What the manifest's ``build.candidates`` records of this candidate."""
@@ -62,7 +80,15 @@ class Candidate:
             "size_bytes": size,
             "memory_bytes": self.memory.total_bytes if self.memory else None,
             "passes": [r.name for r in self.records if r.status == "applied"],
-        }
+        } | self._repair_summary()
+
+    def _repair_summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if KEEP_SETTING in self.variant.settings:
+            out["kept_float"] = list(self.variant.settings[KEEP_SETTING])
+        if self.sensitivity:
+            out["sensitive_nodes"] = self.sensitivity
+        return out
 
 
 def build_candidate(
@@ -78,7 +104,8 @@ def build_candidate(
     """Passes, compile and verification of one variant into ``root``."""
     config = project.config
     candidate = Candidate(variant, root)
-    specs = target.plan(config, project.model.signature, options, variant)
+    specs = keep_float(target.plan(config, project.model.signature, options, variant),
+                       list(variant.settings.get(KEEP_SETTING, [])))  # fmt: skip
     say(f"{variant.name}: plan {', '.join(s.name for s in specs) or 'no passes'}")
     scratch = workdir / variant.name
     scratch.mkdir(parents=True, exist_ok=True)

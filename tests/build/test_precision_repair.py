@@ -1,0 +1,83 @@
+"""Layer sensitivity and precision repair: a lossy variant that misses tolerance is rebuilt with its
+most sensitive nodes kept in float (gpuxc/build/sensitivity.py, gpuxc/build/repair.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fixtures import models
+from gpuxc.build import repair as repair_module
+from gpuxc.build.candidate import keep_float
+from gpuxc.build.pipeline import compile_project
+from gpuxc.build.sensitivity import rank_nodes
+from gpuxc.errors import VerificationFailed
+from gpuxc.passes import PassContext, PassManager, PassSpec
+from gpuxc.plugin import get_registry
+from tests.integration.conftest import write_project
+
+
+def calibrated_project(folder: Path, optimize: str = "fixed") -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.savez(folder / "calib.npz", x=rng.standard_normal((16, 1, 64)).astype(np.float32))
+    build = {"precision": "int8-static", "optimize": optimize, "calibration": {"data": "./calib.npz", "samples": 8}}
+    return write_project(folder, models.outlier_mlp(), {"build": build}, name="outlier")
+
+
+def manifest(bundle: Path) -> dict[str, Any]:
+    return json.loads((bundle / "gpux-bundle.json").read_text(encoding="utf-8"))
+
+
+def test_keep_float_names_nodes_in_each_lossy_pass_parameter() -> None:
+    specs = [PassSpec("ort-optimize", {"level": "basic"}), PassSpec("quantize-static", {"nodes_to_exclude": ["a"]}),
+             PassSpec("fp16", {})]  # fmt: skip
+    kept = keep_float(specs, ["b", "a"])
+    assert kept[0].params == {"level": "basic"}
+    assert kept[1].params["nodes_to_exclude"] == ["a", "b"] and kept[2].params["node_block_list"] == ["b", "a"]
+    assert specs[1].params["nodes_to_exclude"] == ["a"]  # the plan itself is not changed
+    assert keep_float(specs, []) == specs
+
+
+def test_the_node_that_loses_the_accuracy_ranks_first(tmp_path: Path) -> None:
+    source = models.outlier_mlp()
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((8, 1, 64)).astype(np.float32))
+    ctx = PassContext(workdir=tmp_path, target="cpu", model_dir=tmp_path, project_dir=tmp_path)
+    lossy, _ = PassManager(get_registry()).run(source, [PassSpec("quantize-static", {"data": "calib.npz"})], ctx)
+    feeds = [{"x": rng.standard_normal((1, 64)).astype(np.float32)} for _ in range(3)]
+    ranking = rank_nodes(source, lossy, feeds)
+    assert [s.node for s in ranking] == ["mm3", "mm1", "mm2"]
+    assert ranking[0].contribution > 0.5 and all(s.contribution < 0.05 for s in ranking[1:])
+    # mm2 inherits mm1's damage: its own contribution is its error minus what its input carried.
+    mm2 = ranking[2]
+    assert mm2.contribution < mm2.error
+
+
+def test_a_fixed_int8_build_that_misses_tolerance_ships_repaired(tmp_path: Path) -> None:
+    [result] = compile_project(calibrated_project(tmp_path / "p"), ["cpu"], tmp_path / "dist")
+    assert result.variant == "int8-static+keep1" and result.verification["status"] == "passed"
+    build = manifest(result.path)["build"]
+    [quantize] = [p for p in build["passes"] if p["name"] == "quantize-static"]
+    assert quantize["params"]["nodes_to_exclude"] == ["mm3"]  # replayable: the pass parameters say it
+    failed, repaired = build["candidates"]
+    assert failed["status"] == "failed" and failed["sensitive_nodes"][0]["node"] == "mm3"
+    assert repaired["status"] == "passed" and repaired["kept_float"] == ["mm3"]
+
+
+def test_auto_times_the_repaired_variant_beside_the_others(tmp_path: Path) -> None:
+    [result] = compile_project(calibrated_project(tmp_path / "p", optimize="auto"), ["cpu"], tmp_path / "dist")
+    names = {c["name"]: c for c in manifest(result.path)["build"]["candidates"]}
+    assert names["int8-static"]["status"] == "failed"
+    assert names["int8-static+keep1"]["status"] == "passed" and names["int8-static+keep1"]["latency_ms"] is not None
+
+
+def test_without_a_repair_budget_the_build_fails_as_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(repair_module, "MAX_BUILDS", 0)
+    with pytest.raises(VerificationFailed, match="int8-static output differs from the source model"):
+        compile_project(calibrated_project(tmp_path / "p"), ["cpu"], tmp_path / "dist")
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
