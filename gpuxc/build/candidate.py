@@ -59,6 +59,7 @@ class Candidate:
     latency_ms: float | None = None
     # Precision repair (gpuxc/build/repair.py): the ranking of a variant that missed tolerance.
     sensitivity: list[dict[str, Any]] = field(default_factory=list)
+    repair_note: str | None = None  # what the repair tried, when nothing it built passed
 
     def summary(self, baseline_ms: float | None) -> dict[str, Any]:
         """What the manifest's ``build.candidates`` records of this candidate."""
@@ -184,5 +185,6 @@ def failure_message(target: Target, candidate: Candidate, upgrade: ModelUpgrade 
 
 def failure_hint(candidate: Candidate) -> str:
     if candidate.variant.precision != "fp32":
-        return "try build.optimize: auto (keeps the fastest variant inside tolerance) or a higher precision"
+        tried = f"{candidate.repair_note}; " if candidate.repair_note else ""
+        return f"{tried}try build.optimize: auto (keeps the fastest variant inside tolerance) or a higher precision"
     return "loosen build.tolerance only if the difference is acceptable for your model"

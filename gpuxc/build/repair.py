@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str], None]
 
-MAX_BUILDS = 4
+MAX_BUILDS = 6  # keep 1, 2, 4, ... 32 nodes
 MAX_SECONDS = 600.0
 
 
@@ -56,7 +56,7 @@ def repair(project: Project, target: Target, options: Any, failed: Candidate, ro
         return None, []
     top = ", ".join(f"{s.node} ({s.op_type}, {s.contribution:.3g})" for s in ranking[:5])
     say(f"{variant.name}: most sensitive nodes: {top or 'none found'}")
-    count, builds = 1, 0
+    count, builds, kept = 1, 0, []
     while ranking and builds < MAX_BUILDS and time.monotonic() - started < MAX_SECONDS:
         kept = [s.node for s in ranking[:count]]
         repaired = _variant(variant, kept)
@@ -68,6 +68,9 @@ def repair(project: Project, target: Target, options: Any, failed: Candidate, ro
         if count >= len(ranking):
             break
         count = min(count * 2, len(ranking))
+    if kept:
+        failed.repair_note = (f"keeping up to the {len(kept)} most sensitive of {len(ranking)} ranked nodes in float "
+                              f"({builds} build(s)) did not pass either")  # fmt: skip
     return None, ranking
 
 

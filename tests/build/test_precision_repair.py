@@ -81,3 +81,15 @@ def test_without_a_repair_budget_the_build_fails_as_before(tmp_path: Path, monke
     with pytest.raises(VerificationFailed, match="int8-static output differs from the source model"):
         compile_project(calibrated_project(tmp_path / "p"), ["cpu"], tmp_path / "dist")
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
+def test_a_repair_that_does_not_pass_says_what_it_tried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One build allowed, and a ranking that puts a harmless node first: the repair cannot pass.
+    real_rank = repair_module.rank_nodes
+    monkeypatch.setattr(repair_module, "MAX_BUILDS", 1)
+    monkeypatch.setattr(repair_module, "rank_nodes", lambda *a: sorted(real_rank(*a), key=lambda s: s.node))
+    with pytest.raises(VerificationFailed) as info:
+        compile_project(calibrated_project(tmp_path / "p"), ["cpu"], tmp_path / "dist")
+    assert (info.value.hint or "").startswith(
+        "keeping up to the 1 most sensitive of 3 ranked nodes in float (1 build(s)) did not pass either"
+    )
