@@ -61,10 +61,19 @@ def repair(project: Project, target: Target, options: Any, failed: Candidate, ro
         kept = [s.node for s in ranking[:count]]
         repaired = _variant(variant, kept)
         say(f"{repaired.name}: keeping {len(kept)} node(s) in float")
-        candidate = build_candidate(project, target, options, repaired, root / repaired.name, workdir, say)
         builds += 1
+        try:
+            # search=True: a lossy pass left with nothing to lower is "skipped", never an fp32 model
+            # shipped under an int8 name.
+            candidate = build_candidate(project, target, options, repaired, root / repaired.name, workdir, say,
+                                        search=True)  # fmt: skip
+        except GpuxcError as exc:  # the quantizer refusing this exclusion list: the repair stops here
+            say(f"{repaired.name}: failed ({exc.message})")
+            break
         if candidate.status == "passed":
             return candidate, ranking
+        if candidate.status == "skipped":
+            break
         if count >= len(ranking):
             break
         count = min(count * 2, len(ranking))

@@ -93,3 +93,14 @@ def test_a_repair_that_does_not_pass_says_what_it_tried(tmp_path: Path, monkeypa
     assert (info.value.hint or "").startswith(
         "keeping up to the 1 most sensitive of 3 ranked nodes in float (1 build(s)) did not pass either"
     )
+
+
+def test_keeping_every_node_is_never_shipped_as_a_lossy_variant(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    # Ranked by name, mm3 comes last: keeping all three leaves the quantizer nothing to do, and that
+    # fp32 model must not ship as "int8-static+keep3".
+    real_rank = repair_module.rank_nodes
+    monkeypatch.setattr(repair_module, "rank_nodes", lambda *a: sorted(real_rank(*a), key=lambda s: s.node))
+    with pytest.raises(VerificationFailed) as info:
+        compile_project(calibrated_project(tmp_path / "p"), ["cpu"], tmp_path / "dist")
+    assert "keeping up to the 3 most sensitive of 3 ranked nodes in float (3 build(s))" in (info.value.hint or "")
