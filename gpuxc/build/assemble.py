@@ -107,6 +107,7 @@ def assemble_manifest(project: Project, target: Target, build: BuildInfo, artifa
             runtime=project.reference_runtime,
             fallbacks=project.reference_fallbacks,
             cross_check=project.reference_cross_check,
+            calibration_overlap=project.calibration_overlap,
         ),  # fmt: skip
         verification=verification,
         host=HostInfo(

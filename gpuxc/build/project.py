@@ -13,7 +13,7 @@ import numpy as np
 from gpuxc.build.memory import activation_bytes
 from gpuxc.errors import ModelError, ReferenceError_
 from gpuxc.project import isolation  # the untrusted model's first load: in a child process
-from gpuxc.project.calibration import load_calibration_sample, load_samples
+from gpuxc.project.calibration import load_validation_samples
 from gpuxc.project.config import GpuxConfig
 from gpuxc.project.config_load import find_config, load_config
 from gpuxc.project.model import LoadedModel, ModelSignature
@@ -48,6 +48,10 @@ class Project:
     reference_runtime: str = ONNXRUNTIME
     reference_fallbacks: list[str] = field(default_factory=list)
     reference_cross_check: str | None = None
+    # From calibration data: the verification samples after the reference one, and whether they (and
+    # the reference) are among the samples the quantizers calibrate on (the data held no more).
+    validation_feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
+    calibration_overlap: bool = False
 
     @functools.cached_property
     def extra_references(self) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
@@ -56,8 +60,7 @@ class Project:
         seeds, the reference's shapes). Computed once, shared by every candidate and target."""
         cal = self.config.build.calibration
         if cal is not None and cal.data is not None:
-            data = (self.config.project_dir / cal.data).resolve()
-            feeds = load_samples(data, self.model.signature, EXTRA_SAMPLES + 1)[1:]
+            feeds = self.validation_feeds
         else:
             bounds = index_bounds(self.model.proto)
             seed = self.config.build.seed
@@ -99,17 +102,25 @@ def project_for(config: GpuxConfig, say: Progress) -> Project:
     check_signature(config, sig)
     if loaded.upgrade is not None:
         say(f"model: {loaded.upgrade.summary()}")
-    if config.build.calibration is not None and config.build.calibration.data is not None:
-        inputs = load_calibration_sample(config, sig)
+    validation: list[dict[str, np.ndarray]] = []
+    overlap = False
+    cal = config.build.calibration
+    if cal is not None and cal.data is not None:
+        validation, overlap = load_validation_samples(config, sig, EXTRA_SAMPLES + 1)
+        inputs = validation[0]
         run = run_reference(model_path, inputs, io_dtypes(sig))
         shapes = {k: list(v.shape) for k, v in inputs.items()}
         origin: Literal["generated", "calibration"] = "calibration"
+        if overlap:
+            say(f"reference: build.calibration.data holds no sample beyond the {cal.samples} used to calibrate: lossy "
+                "variants are judged on calibration samples (give more to judge them on unseen ones)")  # fmt: skip
     else:
         inputs, run, shapes = _generated_reference(config, loaded, say)
         origin = "generated"
     notes = [*run.fallbacks, *([run.cross_check] if run.cross_check else [])]
     say(f"reference: {run.runtime} on the source model" + (f" ({'; '.join(notes)})" if notes else ""))
-    return Project(config, loaded, inputs, run.outputs, origin, shapes, run.runtime, run.fallbacks, run.cross_check)
+    return Project(config, loaded, inputs, run.outputs, origin, shapes, run.runtime, run.fallbacks, run.cross_check,
+                   validation[1:], overlap)  # fmt: skip
 
 
 def io_dtypes(signature: ModelSignature) -> set[str]:

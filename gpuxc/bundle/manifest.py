@@ -102,6 +102,9 @@ class ReferenceInfo(_M):
     runtime: str = "onnxruntime"
     fallbacks: list[str] = Field(default_factory=list)
     cross_check: str | None = None  # an OpenVINO reference checked against onnx.reference: the outcome
+    # origin "calibration": true when the reference (and lossy variants' extra samples) are among the
+    # samples the quantizers calibrate on, because the data held no more than build.calibration.samples.
+    calibration_overlap: bool = False
 
 
 class Verification(_M):

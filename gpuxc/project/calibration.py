@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from gpuxc.project.model import ModelSignature, TensorInfo
 
-__all__ = ["load_calibration_sample", "load_samples", "random_samples", "resolve_model_shapes"]
+__all__ = ["load_samples", "load_validation_samples", "random_samples", "resolve_model_shapes"]
 
 Sample = dict[str, np.ndarray]
 # Separates the calibration seeds from the reference seed (any constant would do).
@@ -97,13 +97,21 @@ def resolve_model_shapes(signature: ModelSignature, given: dict[str, list[int]] 
     return resolve_shapes(signature, config, defaults or (DEFAULT_DIM, DEFAULT_SPATIAL))
 
 
-def load_calibration_sample(config: GpuxConfig, signature: ModelSignature) -> dict[str, np.ndarray]:
-    """The first sample of ``build.calibration.data`` (any layout of :mod:`gpuxc.project.calibration`),
-    checked against the signature; errors point at ``build.calibration.data`` in gpux.yml."""
-    assert config.build.calibration is not None and config.build.calibration.data is not None
+def load_validation_samples(config: GpuxConfig, signature: ModelSignature, count: int) -> tuple[list[Sample], bool]:
+    """Up to ``count`` samples of ``build.calibration.data`` to verify on, and whether they overlap
+    the calibration: the quantizers calibrate on the first ``build.calibration.samples``, so these
+    are the ones after them (accuracy judged on inputs the quantizer never saw); when the data holds
+    no more, the first ``count`` and ``True``. Checked against the signature; errors point at
+    ``build.calibration.data`` in gpux.yml."""
+    cal = config.build.calibration
+    assert cal is not None and cal.data is not None
     where = config.where("build", "calibration", "data")
-    path = (config.project_dir / config.build.calibration.data).resolve()
-    return load_samples(path, signature, 1, where=where)[0]
+    path = (config.project_dir / cal.data).resolve()
+    loaded = load_samples(path, signature, cal.samples + count, where=where)
+    unseen = loaded[cal.samples:]
+    if unseen:
+        return unseen[:count], False
+    return loaded[:count], True
 
 
 # -- reading ----------------------------------------------------------------------------------

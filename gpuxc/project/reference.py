@@ -1,11 +1,11 @@
 """Reference inputs and outputs: what every bundle is verified against.
 
-Inputs come from the first calibration sample when ``build.calibration`` is set
-(:func:`gpuxc.project.calibration.load_calibration_sample`), otherwise they are
-generated deterministically from the signature (fixed seed) with values realistic
-for their dtype and role: token ids stay below the vocabulary size of the embedding
-they index, masks are ones. Outputs are ONNX Runtime (CPU) on the *source* model,
-before any pass ran.
+Inputs come from the calibration data when ``build.calibration`` is set (the first sample after
+those the quantizers calibrate on: :func:`gpuxc.project.calibration.load_validation_samples`),
+otherwise they are generated deterministically from the signature (fixed seed) with values
+realistic for their dtype and role: token ids stay below the vocabulary size of the embedding
+they index, masks are ones. Outputs are the *source* model's, before any pass ran, computed by
+ONNX Runtime when it can run it (gpuxc/project/reference_runtime.py says what else).
 """
 
 from __future__ import annotations

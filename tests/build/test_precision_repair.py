@@ -64,6 +64,8 @@ def test_a_fixed_int8_build_that_misses_tolerance_ships_repaired(tmp_path: Path)
     build = manifest(result.path)["build"]
     [quantize] = [p for p in build["passes"] if p["name"] == "quantize-static"]
     assert quantize["params"]["nodes_to_exclude"] == ["mm3"]  # replayable: the pass parameters say it
+    # 16 samples, 8 to calibrate: verification ran on the other 8, which the quantizer never saw.
+    assert manifest(result.path)["reference"]["calibration_overlap"] is False
     failed, repaired = build["candidates"]
     assert failed["status"] == "failed" and failed["sensitive_nodes"][0]["node"] == "mm3"
     assert repaired["status"] == "passed" and repaired["kept_float"] == ["mm3"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -12,7 +13,7 @@ import pytest
 from fixtures import models
 from gpuxc.errors import ConfigError, ReferenceError_
 from gpuxc.ort_session import run_onnxruntime
-from gpuxc.project.calibration import load_calibration_sample
+from gpuxc.project.calibration import load_validation_samples
 from gpuxc.project.config import GpuxConfig
 from gpuxc.project.config_load import load_config
 from gpuxc.project.model import LoadedModel, load_model
@@ -188,8 +189,32 @@ def test_index_bounds_follow_shape_only_ops(make_project) -> None:
 # -- calibration samples ---------------------------------------------------------------------
 
 
-def calibration_project(make_project, data: str) -> tuple[GpuxConfig, LoadedModel]:
-    return load(make_project, models.mlp(), f"build:\n  calibration:\n    data: {data}\n")
+def calibration_project(make_project, data: str, samples: int = 32) -> tuple[GpuxConfig, LoadedModel]:
+    return load(make_project, models.mlp(), f"build:\n  calibration:\n    data: {data}\n    samples: {samples}\n")
+
+
+def load_calibration_sample(config: GpuxConfig, signature: Any) -> dict[str, np.ndarray]:
+    """The reference input drawn from calibration data (fewer samples than calibrate: the first)."""
+    return load_validation_samples(config, signature, 1)[0][0]
+
+
+def test_validation_samples_are_the_ones_after_the_calibration_samples(make_project) -> None:
+    samples = np.arange(6 * 2 * 8, dtype=np.float32).reshape(6, 2, 8)
+    config, loaded = calibration_project(make_project, "calib.npz", samples=4)
+    np.savez(config.project_dir / "calib.npz", x=samples)
+    validation, overlap = load_validation_samples(config, loaded.signature, 5)
+    assert overlap is False and len(validation) == 2  # samples 4 and 5: never seen by the quantizer
+    np.testing.assert_array_equal(validation[0]["x"], samples[4])
+    np.testing.assert_array_equal(validation[1]["x"], samples[5])
+
+
+def test_data_with_no_sample_beyond_the_calibration_ones_overlaps_and_says_so(make_project) -> None:
+    samples = np.arange(3 * 2 * 8, dtype=np.float32).reshape(3, 2, 8)
+    config, loaded = calibration_project(make_project, "calib.npz", samples=4)
+    np.savez(config.project_dir / "calib.npz", x=samples)
+    validation, overlap = load_validation_samples(config, loaded.signature, 2)
+    assert overlap is True and len(validation) == 2
+    np.testing.assert_array_equal(validation[0]["x"], samples[0])
 
 
 def test_calibration_npz_with_a_leading_sample_axis(make_project, tmp_path: Path) -> None:
