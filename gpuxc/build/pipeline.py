@@ -38,6 +38,7 @@ from gpuxc.bundle.writer import BundleResult
 from gpuxc.cache import restore as warm
 from gpuxc.cache.store import BuildCache
 from gpuxc.errors import TargetUnavailable, VerificationFailed, did_you_mean
+from gpuxc.passes.plans import has_calibration
 from gpuxc.plugin import get_registry
 from gpuxc.project.config import GpuxConfig
 from gpuxc.targets import Target, Variant
@@ -46,6 +47,8 @@ Progress = Callable[[str], None]
 # The hook that keeps a copy of a finished staging folder: (stage, variant, verification).
 Store = Callable[[Path, str, dict[str, Any]], None]
 
+NO_CALIBRATION = ("no build.calibration.data: give representative inputs as a folder of .npz files (one sample "
+                  "each, arrays named like the inputs) or one .npz with a leading sample axis (docs/gpux-yml.md)")
 # What a BundleResult (and `compile --json`) reports of the verification.
 RESULT_VERIFICATION = {"status", "reason", "runtime", "failures"}
 
@@ -195,6 +198,11 @@ def _build_variants(project: Project, target: Target, options: Any, variants: li
     check_budget(project.config, candidates, say, fixed=False)
     chosen = choose_candidate(target, candidates, project.reference_inputs, say, project.model.upgrade)
     summaries = [c.summary(candidates[0].latency_ms) for c in candidates]  # before the folders go
+    if not has_calibration(project.config):
+        # Said, and recorded: a user reading the candidates learns what auto could not try, and why.
+        say(f"int8-static not tried: {NO_CALIBRATION}")
+        summaries.append({"name": "int8-static", "precision": "int8-static", "status": "not tried",
+                          "reason": NO_CALIBRATION})  # fmt: skip
     os.rename(chosen.root / layout.MODEL_DIR, stage / layout.MODEL_DIR)
     shutil.rmtree(stage / layout.CANDIDATES_DIR)
     chosen.root = stage

@@ -49,13 +49,16 @@ class NodeSensitivity:
 def rank_nodes(reference: ModelProto, lossy: ModelProto,
                feeds: Iterable[dict[str, np.ndarray]]) -> list[NodeSensitivity]:  # fmt: skip
     """The compute nodes of ``reference`` that ``lossy`` also has, most damaging first."""
-    lossy_nodes = {n.name for n in lossy.graph.node if n.name}
-    nodes = [n for n in reference.graph.node if n.name in lossy_nodes and n.op_type in COMPUTE_OPS and n.output]
+    # Matched by output tensor: quantizers rename the nodes they replace (dynamic int8 turns MatMul
+    # into MatMulInteger) but keep the tensor names, or the graph would fall apart; the reference
+    # node's name is what nodes_to_exclude / node_block_list take.
+    lossy_names = {out for n in lossy.graph.node for out in n.output}
+    nodes = [n for n in reference.graph.node
+             if n.name and n.op_type in COMPUTE_OPS and n.output and n.output[0] in lossy_names]  # fmt: skip
     if not nodes:
         return []
     produced = {out for n in reference.graph.node for out in n.output}
     tensors = sorted({n.output[0] for n in nodes} | {i for n in nodes for i in n.input if i in produced})
-    lossy_names = {out for n in lossy.graph.node for out in n.output}
     tensors = [t for t in tensors if t in lossy_names]
     squared: dict[str, float] = {}
     norms: dict[str, float] = {}

@@ -106,3 +106,16 @@ def test_keeping_every_node_is_never_shipped_as_a_lossy_variant(tmp_path: Path,
     with pytest.raises(VerificationFailed) as info:
         compile_project(calibrated_project(tmp_path / "p"), ["cpu"], tmp_path / "dist")
     assert "keeping up to the 3 most sensitive of 3 ranked nodes in float (3 build(s))" in (info.value.hint or "")
+
+
+def test_int8_dynamic_is_repaired_too_and_auto_says_what_it_could_not_try(tmp_path: Path) -> None:
+    # No calibration data: auto tries fp32 and int8-dynamic; dynamic quantization renames the
+    # MatMuls it replaces, and the ranking still finds mm3 by its output tensor.
+    project = write_project(tmp_path / "p", models.outlier_mlp(), {"build": {"optimize": "auto"}}, name="outlier")
+    [result] = compile_project(project, ["cpu"], tmp_path / "dist")
+    names = {c["name"]: c for c in manifest(result.path)["build"]["candidates"]}
+    assert names["int8-dynamic"]["status"] == "failed"
+    assert names["int8-dynamic"]["sensitive_nodes"][0]["node"] == "mm3"
+    assert names["int8-dynamic+keep1"]["status"] == "passed" and names["int8-dynamic+keep1"]["kept_float"] == ["mm3"]
+    assert names["int8-static"]["status"] == "not tried"
+    assert names["int8-static"]["reason"].startswith("no build.calibration.data")
