@@ -47,6 +47,9 @@ NEEDS_DATA = (
     "(one sample each) or one .npz holding N samples per input, or build.calibration.random: true for a smoke test"
 )
 RANDOM_WARNING = "calibrated on random inputs: accuracy on real data is unknown"
+# Fewer samples than this and the method's ranges rest on too little data (gpuxc's choice, said in
+# docs/passes.md): min/max settles with a few batches; entropy and percentile build histograms.
+MIN_SAMPLES = {"minmax": 4, "entropy": 32, "percentile": 32}
 # Ops the quantizer adds: QDQ pairs, or QOperator's integer kernels.
 QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 
@@ -114,6 +117,10 @@ class QuantizeStatic(Pass[QuantizeStaticConfig]):
                 path = (ctx.project_dir or ctx.model_dir) / path
             samples = load_samples(path, signature, self.config.samples)
             source = f"data: {self.config.data}"
+            needed = MIN_SAMPLES[self.config.method]
+            if len(samples) < needed:
+                result_warnings.append(f"calibrated on {len(samples)} sample(s); {self.config.method} calibration "
+                                       f"wants at least {needed}: give more samples in {self.config.data}")  # fmt: skip
         else:
             from gpuxc.project.calibration import random_samples
 

@@ -35,6 +35,14 @@ def test_quantize_static_inserts_qdq_calibrated_on_data(manager, ctx) -> None:
     assert_close(source, out, {"image": image}, "int8")
 
 
+def test_too_few_samples_for_the_calibration_method_are_warned(manager, ctx) -> None:
+    cnn_calibration(ctx.project_dir / "calib")
+    _, record = apply(manager, ctx, models.tiny_cnn(), "quantize-static",
+                      {"data": "calib", "samples": 6, "method": "percentile"})  # fmt: skip
+    assert record.warnings == ["calibrated on 6 sample(s); percentile calibration wants at least 32: "
+                               "give more samples in calib"]  # fmt: skip
+
+
 def test_quantize_static_qoperator_format(manager, ctx) -> None:
     cnn_calibration(ctx.project_dir / "calib", 2)
     out, _ = apply(manager, ctx, models.tiny_cnn(), "quantize-static", {"data": str(ctx.project_dir / "calib"),
