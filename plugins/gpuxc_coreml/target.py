@@ -76,7 +76,7 @@ class CoreMLTarget(Target[CoreMLOptions]):
         # The translators read shapes, axes and slice bounds as constants: fold first, then
         # BASIC optimization (no ORT-only fused ops such as FusedConv, which have no translator).
         specs = sequence_plan(signature)  # MIL has no tensor-sequence type
-        specs += onnx_plan(config, Variant("fp32", "fp32"), "none", ["CPUExecutionProvider"])
+        specs += onnx_plan(config, Variant("fp32", "fp32"), "none", ["CPUExecutionProvider"], signature=signature)
         specs.append(PassSpec("fold-constants", {}, required=False))
         specs.append(PassSpec("ort-optimize", {"level": "basic", "providers": ["CPUExecutionProvider"]}))
         return specs

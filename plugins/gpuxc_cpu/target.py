@@ -74,7 +74,7 @@ class CpuTarget(OnnxFileTarget[CpuOptions]):
                 f"{config.where('build', 'optimization_level')}: optimization level 'all' makes the cpu bundle "
                 "specific to this host's CPU; set build.options.cpu.host_specific: true to ask for that"
             )
-        specs = onnx_plan(config, variant, level, PROVIDERS, options.simplify)
+        specs = onnx_plan(config, variant, level, PROVIDERS, options.simplify, signature=signature)
         if options.ort_format:
             specs.append(PassSpec("ort-format", {}))
         return specs

@@ -19,7 +19,7 @@ from gpuxc.bundle import layout
 from gpuxc.bundle.requirements import pinned, version_of
 from gpuxc.errors import CompileError, ConfigError, first_line
 from gpuxc.passes import PassSpec
-from gpuxc.passes.plans import sequence_plan
+from gpuxc.passes.plans import sequence_plan, shapes_plan
 from gpuxc.project.model import save_model
 from gpuxc.targets import Artifact, Availability, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
 
@@ -105,8 +105,7 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
         self, config: GpuxConfig, signature: ModelSignature, options: OpenVinoOptions, variant: Variant
     ) -> list[PassSpec]:
         specs = sequence_plan(signature)  # OpenVINO has no tensor-sequence type
-        if config.build.shapes:
-            specs.append(PassSpec("fix-shapes", {"shapes": config.build.shapes}))
+        specs += shapes_plan(config, signature)  # declared static shapes: a static IR, about 2x faster
         if variant.precision == "int8-static":
             # NNCF needs real initializers, like ONNX Runtime's quantizers.
             specs.append(PassSpec("fold-constants", {}, required=False))

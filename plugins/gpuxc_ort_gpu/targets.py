@@ -60,7 +60,7 @@ class _OrtGpuTarget(OnnxFileTarget[OptionsT]):
                 f"{config.where('build', 'optimization_level')}: {self.name} bundles are saved at 'basic' at most; "
                 f"'{level}' writes ONNX Runtime CPU-only fused ops the {self.gpu_name} provider cannot run"
             )
-        return onnx_plan(config, variant, level, ["CPUExecutionProvider"])
+        return onnx_plan(config, variant, level, ["CPUExecutionProvider"], signature=signature)
 
     def compile(self, model: ModelProto, ctx: CompileContext[OptionsT]) -> Artifact:
         self.check_graph(model)

@@ -91,7 +91,7 @@ class TensorRTTarget(OnnxFileTarget[TensorRTOptions]):
                 f"{config.where('build', 'optimization_level')}: TensorRT takes standard ONNX: "
                 f"'{level}' writes ONNX Runtime contrib ops its parser cannot read; use basic"
             )
-        specs = onnx_plan(config, variant, level, ["CPUExecutionProvider"])
+        specs = onnx_plan(config, variant, level, ["CPUExecutionProvider"], signature=signature)
         if variant.precision == "fp32":
             specs.insert(0, PassSpec("fold-constants", {}, required=False))
         return specs

@@ -11,7 +11,7 @@ import pytest
 
 from fixtures import models
 from gpuxc.errors import ConfigError
-from gpuxc.project.calibration import load_calibration_sample, load_samples, random_samples, resolve_model_shapes
+from gpuxc.project.calibration import load_samples, load_validation_samples, random_samples, resolve_model_shapes
 from gpuxc.project.config_load import load_config
 from gpuxc.project.model import ModelSignature, describe, load_model
 from gpuxc.project.reference import generate, index_bounds
@@ -207,7 +207,7 @@ def test_where_prefixes_every_message(tmp_path: Path) -> None:
     assert error(tmp_path / "nope.npz", where="gpux.yml:6:11").startswith("gpux.yml:6:11: calibration data 'nope.npz'")
 
 
-def test_load_calibration_sample_reads_every_layout_with_the_position(make_project) -> None:
+def test_load_validation_samples_reads_every_layout_with_the_position(make_project) -> None:
     project = make_project(models.mlp(), "name: demo\nmodel:\n  source: ./model.onnx\nbuild:\n  calibration:\n"
                                          "    data: calib\n")  # fmt: skip
     config = load_config(project / "gpux.yml")
@@ -215,13 +215,14 @@ def test_load_calibration_sample_reads_every_layout_with_the_position(make_proje
     (project / "calib").mkdir()
     np.save(project / "calib" / "b.npy", np.full((1, 8), 2.0))
     np.save(project / "calib" / "a.npy", np.full((1, 8), 1.0))
-    sample = load_calibration_sample(config, sig)
+    [sample], overlap = load_validation_samples(config, sig, 1)  # 2 files, 32 to calibrate: the first, overlapping
+    assert overlap is True
     np.testing.assert_array_equal(sample["x"], np.ones((1, 8), np.float32))
     np.save(project / "calib" / "c.npy", np.zeros((1, 7)))
     (project / "calib" / "a.npy").unlink()
     (project / "calib" / "b.npy").unlink()
     with pytest.raises(ConfigError, match=re.escape("gpux.yml:6:11: 'calib/c.npy': 'x' has shape [1, 7]")):
-        load_calibration_sample(config, sig)
+        load_validation_samples(config, sig, 1)
 
 
 # -- generated samples -------------------------------------------------------------------------
