@@ -23,12 +23,21 @@ from gpuxc.bundle.manifest import read_manifest
 from gpuxc.errors import BundleError, GpuxcError
 
 
-def bench_bundle(bundle: Path, runs: int, warmup: int, threads: int | None) -> dict[str, Any]:
+def bench_bundle(bundle: Path, runs: int, warmup: int, threads: int | None, profile: bool = False) -> dict[str, Any]:
     read_manifest(bundle)  # a clear error for a non-bundle before any process starts
     cmd = [sys.executable, str(bundle), "bench", "--json", "--runs", str(runs), "--warmup", str(warmup)]
     if threads:
         cmd += ["--threads", str(threads)]
+    if profile:
+        cmd.append("--profile")
     return _child(cmd, f"bundle {bundle}")
+
+
+def profile_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The runner's per-op-type table (the same module every bundle carries)."""
+    from gpuxc.bundle.runner_source import runner_module
+
+    return list(runner_module("profile").table_lines(rows))
 
 
 def bench_raw(model: Path, inputs: Path, runs: int, warmup: int, threads: int | None) -> dict[str, Any]:

@@ -201,6 +201,22 @@ class Adapter:
     def available_providers(self) -> list[str]:
         return [p for p in PRIORITY if p in self.available] + [p for p in self.available if p not in PRIORITY]
 
+    def profile(self) -> list[tuple[str, str, float]] | None:
+        """Node timings of every run so far from ONNX Runtime's trace (this ends the profiling)."""
+        if not self.settings.get("enable_profiling") or self.session is None:
+            return None
+        import json
+
+        path = Path(self.session.end_profiling())
+        self.settings = {**self.settings, "enable_profiling": False}  # ended: close() must not end it again
+        try:
+            events = json.loads(path.read_text(encoding="utf-8"))
+        finally:
+            path.unlink(missing_ok=True)
+        suffix = "_kernel_time"
+        return [(e["name"][: -len(suffix)], str(e.get("args", {}).get("op_name", "?")), e.get("dur", 0) / 1000.0)
+                for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith(suffix)]  # fmt: skip
+
     def close(self) -> None:
         if self.settings.get("enable_profiling"):
             try:

@@ -43,6 +43,9 @@ class Adapter:
         hint = settings.get("inference_precision")
         if hint and device in ("CPU", "GPU"):
             config["INFERENCE_PRECISION_HINT"] = hint
+        if settings.get("enable_profiling"):
+            config["PERF_COUNT"] = True
+        self.timings: list[tuple[str, str, float]] = []
         if settings.get("intra_op_threads"):
             config["INFERENCE_NUM_THREADS"] = int(settings["intra_op_threads"])
         if settings.get("cache_dir"):
@@ -63,7 +66,14 @@ class Adapter:
         if not self.request.wait_for(max(1, int(timeout * 1000))):
             self.request.cancel()
             raise InferenceTimeout(f"inference exceeded the {timeout:g}s timeout")
+        if "PERF_COUNT" in self.config:  # the counters describe the last inference only: collect each
+            self.timings += [(p.node_name, p.node_type, p.real_time.total_seconds() * 1000.0)
+                             for p in self.request.get_profiling_info()]  # fmt: skip
         return {name: np.array(self.request.get_tensor(self.ports[name]).data) for name in output_names}
+
+    def profile(self) -> list[tuple[str, str, float]] | None:
+        """Per-node times of every run so far, from OpenVINO's performance counters."""
+        return list(self.timings) if "PERF_COUNT" in self.config else None
 
     def provider_info(self) -> dict[str, Any]:
         return {

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from runner import compare, layout
+from runner.profile import op_table
 from runner.runtime import Adapter, InferenceTimeout
 
 BUNDLE_DIR = Path(__file__).resolve().parent.parent
@@ -101,8 +102,10 @@ class GPUXRuntime:
         return self._run(feeds)
 
     def benchmark(self, num_runs: int = 100, warmup_runs: int = 10,
-                  input_data: dict[str, Any] | None = None) -> dict[str, float]:
-        """Latency statistics in milliseconds over ``num_runs`` runs after ``warmup_runs``."""
+                  input_data: dict[str, Any] | None = None, profile: bool = False) -> dict[str, Any]:
+        """Latency statistics in milliseconds over ``num_runs`` runs after ``warmup_runs``; with
+        ``profile`` (a runtime loaded with ``enable_profiling=True``) also ``profile``: time per op
+        type from the runtime's own profiler, over every run (warm-up included)."""
         if num_runs < 1 or warmup_runs < 0:
             raise InputError("num_runs must be >= 1 and warmup_runs >= 0")
         feeds = self.prepare(input_data) if input_data is not None else self.reference_inputs()
@@ -113,8 +116,14 @@ class GPUXRuntime:
             start = time.perf_counter()
             self._run(feeds)
             times.append((time.perf_counter() - start) * 1000.0)
-        stats: dict[str, float] = compare.latency_stats(times)
+        stats: dict[str, Any] = compare.latency_stats(times)
         stats["warmup_runs"] = warmup_runs
+        if profile:
+            records = getattr(self._require(), "profile", lambda: None)()
+            if records is None:
+                raise InputError("profiling needs a runtime loaded with enable_profiling=True, on ONNX Runtime or "
+                                 "OpenVINO (bench --profile does that)")  # fmt: skip
+            stats["profile"] = op_table(records, num_runs + warmup_runs)
         return stats
 
     def get_model_info(self) -> dict[str, Any]:

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_p.add_argument("--warmup", type=int, default=10)
     bench_p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: runtime's choice)")
     bench_p.add_argument("--json", action="store_true")
+    bench_p.add_argument("--profile", action="store_true", help="also time per op type (the runtime's profiler)")
     serve_p = sub.add_parser("serve", help="start the HTTP server", parents=[common])
     serve_p.add_argument("--host", help="bind address (default from the manifest: 127.0.0.1)")
     serve_p.add_argument("--port", type=int)
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     try:
         threads = getattr(args, "threads", None)
-        rt = load(provider=getattr(args, "provider", None), intra_op_threads=threads)
+        profiling = True if getattr(args, "profile", False) else None  # None: the manifest's setting stands
+        rt = load(provider=getattr(args, "provider", None), intra_op_threads=threads, enable_profiling=profiling)
     except (BundleError, ValueError) as exc:
         return _fail(EXIT_BUNDLE, str(exc))
     except Exception as exc:  # the runtime refused the artifact
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             elif args.command == "bench":
                 from runner.compare import peak_rss_mb
 
-                stats: dict[str, Any] = rt.benchmark(args.runs, args.warmup)
+                stats: dict[str, Any] = rt.benchmark(args.runs, args.warmup, profile=args.profile)
                 stats["peak_rss_mb"] = peak_rss_mb()
                 stats["provider"] = rt.get_provider_info()["name"]
                 if args.json:
@@ -126,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
                           f"p90 {stats['p90_time_ms']:.3f} ms, p99 {stats['p99_time_ms']:.3f} ms, "
                           f"{stats['fps']:.1f} inferences/s over {args.runs} runs, "
                           f"peak RSS {stats['peak_rss_mb'] or 0:.0f} MiB")
+                    if args.profile:
+                        from runner.profile import table_lines
+
+                        print("\n".join(table_lines(stats["profile"])))
             elif args.command == "verify":
                 problems = rt.check_integrity()
                 if problems:
