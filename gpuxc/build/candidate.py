@@ -111,12 +111,8 @@ def build_candidate(
     scratch = workdir / variant.name
     scratch.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
-    proto = onnx.ModelProto()
-    proto.CopyFrom(project.model.proto)
-    ctx = PassContext(workdir=scratch, target=target.name, model_dir=project.model.path.parent,
-                      project_dir=config.project_dir, reference_shapes=project.reference_shapes)  # fmt: skip
     manager = PassManager(get_registry())
-    model, records = manager.run(proto, specs, ctx, progress=lambda m: say(f"{variant.name}: {m}"))
+    model, records = run_passes(project, target, specs, scratch, manager, say=lambda m: say(f"{variant.name}: {m}"))
     candidate.model, candidate.records = model, records
     skipped = _skipped_precision_pass(records)
     if skipped is not None and search:
@@ -138,6 +134,17 @@ def build_candidate(
     candidate.reason = candidate.verification.reason
     candidate.memory = memory_estimate(model, project.activation_bytes, variant.precision)
     return candidate
+
+
+def run_passes(project: Project, target: Target, specs: list[PassSpec], scratch: Path, manager: PassManager,
+               say: Progress | None = None) -> tuple[onnx.ModelProto, list[PassRecord]]:  # fmt: skip
+    """``specs`` run on a copy of the project's model, in ``scratch`` (passes never modify their input,
+    but the project's model is shared by every candidate and target)."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(project.model.proto)
+    ctx = PassContext(workdir=scratch, target=target.name, model_dir=project.model.path.parent,
+                      project_dir=project.config.project_dir, reference_shapes=project.reference_shapes)  # fmt: skip
+    return manager.run(proto, specs, ctx, progress=say)
 
 
 def try_candidate(

@@ -17,12 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnx import ModelProto
-
-from gpuxc.build.candidate import KEEP_PARAMS, KEEP_SETTING, LOSSY_PASSES, Candidate, build_candidate
+from gpuxc.build.candidate import KEEP_PARAMS, KEEP_SETTING, LOSSY_PASSES, Candidate, run_passes, try_candidate
 from gpuxc.build.sensitivity import RECORDED, NodeSensitivity, rank_nodes
 from gpuxc.errors import GpuxcError, first_line
-from gpuxc.passes import PassContext, PassManager
+from gpuxc.passes import PassManager
 from gpuxc.plugin import get_registry
 
 if TYPE_CHECKING:
@@ -62,17 +60,12 @@ def repair(project: Project, target: Target, options: Any, failed: Candidate, ro
         repaired = _variant(variant, kept)
         say(f"{repaired.name}: keeping {len(kept)} node(s) in float")
         builds += 1
-        try:
-            # search=True: a lossy pass left with nothing to lower is "skipped", never an fp32 model
-            # shipped under an int8 name.
-            candidate = build_candidate(project, target, options, repaired, root / repaired.name, workdir, say,
-                                        search=True)  # fmt: skip
-        except GpuxcError as exc:  # the quantizer refusing this exclusion list: the repair stops here
-            say(f"{repaired.name}: failed ({exc.message})")
-            break
+        # As a search candidate: a quantizer refusing the exclusion list is an "error", and a lossy
+        # pass left with nothing to lower is "skipped" (never an fp32 model under an int8 name).
+        candidate = try_candidate(project, target, options, repaired, root / repaired.name, workdir, say, False)
         if candidate.status == "passed":
             return candidate, ranking
-        if candidate.status == "skipped":
+        if candidate.status in ("skipped", "error"):
             break
         if count >= len(ranking):
             break
@@ -105,10 +98,6 @@ def _ranking(project: Project, target: Target, options: Any, failed: Candidate, 
         before.append(spec)
     scratch = workdir / f"{failed.variant.name}-sensitivity"
     scratch.mkdir(parents=True, exist_ok=True)
-    ctx = PassContext(workdir=scratch, target=target.name, model_dir=project.model.path.parent,
-                      project_dir=project.config.project_dir, reference_shapes=project.reference_shapes)  # fmt: skip
-    source = ModelProto()
-    source.CopyFrom(project.model.proto)
-    reference, _ = PassManager(get_registry()).run(source, before, ctx)
+    reference, _ = run_passes(project, target, before, scratch, PassManager(get_registry()))
     feeds = [project.reference_inputs, *(f for f, _ in project.extra_references)]
     return rank_nodes(reference, failed.model, feeds)

@@ -73,7 +73,7 @@ def run_reference(path: Path, inputs: dict[str, np.ndarray], io_dtypes: set[str]
             if name == ONNXRUNTIME and not _cannot_run(exc):
                 raise  # the inputs, not the runtime: every runtime would fail the same way
             first = first or exc
-            fallbacks.append(f"{name}: {exc.message.splitlines()[0] if exc.message else type(exc).__name__}")
+            fallbacks.append(f"{name}: {_headline(exc)}")
             continue
         return ReferenceRun(outputs, name, fallbacks, _cross_check(name, path, inputs, outputs))
     assert first is not None
@@ -92,7 +92,7 @@ def _cross_check(name: str, path: Path, inputs: dict[str, np.ndarray], outputs: 
     try:
         other = _onnx_reference(path, inputs, clock=CROSS_CHECK_SECONDS)
     except GpuxcError as exc:
-        return f"not cross-checked: {exc.message.splitlines()[0] if exc.message else type(exc).__name__}"
+        return f"not cross-checked: {_headline(exc)}"
     report = compare(other, outputs, DEFAULT_TOLERANCE["fp32"])
     if report["status"] != "passed":
         raise ReferenceError_(
@@ -101,6 +101,10 @@ def _cross_check(name: str, path: Path, inputs: dict[str, np.ndarray], outputs: 
             hint="re-export the model at an opset ONNX Runtime runs, or report the difference to OpenVINO/ONNX",
         )
     return "onnx.reference agrees"
+
+
+def _headline(exc: GpuxcError) -> str:
+    return exc.message.splitlines()[0] if exc.message else type(exc).__name__
 
 
 def _why_not(name: str, io_dtypes: set[str]) -> str | None:

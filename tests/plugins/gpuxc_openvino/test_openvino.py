@@ -19,6 +19,14 @@ from gpuxc.errors import CompileError, ConfigError
 pytest.importorskip("openvino", reason="the openvino target needs `pip install gpuxc[openvino]`")
 
 
+def project_with(root: Path, model: onnx.ModelProto, name: str) -> Path:
+    project = root / "proj"
+    project.mkdir()
+    onnx.save(model, project / "model.onnx")
+    (project / "gpux.yml").write_text(f"name: {name}\nmodel:\n  source: ./model.onnx\n", encoding="utf-8")
+    return project
+
+
 def manifest_of(path: Path) -> dict:
     return json.loads((path / "gpux-bundle.json").read_text())
 
@@ -157,10 +165,7 @@ def test_an_input_openvino_drops_is_taken_and_ignored(tmp_path: Path) -> None:
         '<ir_version: 8, opset_import: ["" : 21]>\n'
         "g (float[3,4] x, float16[0] like) => (float16[3,4] y) { y = CastLike(x, like) }"
     )
-    project = tmp_path / "proj"
-    project.mkdir()
-    onnx.save(model, project / "model.onnx")
-    (project / "gpux.yml").write_text("name: castlike\nmodel:\n  source: ./model.onnx\n", encoding="utf-8")
+    project = project_with(tmp_path, model, "castlike")
     [result] = compile_project(project, ["openvino"], tmp_path / "dist")
     assert result.verification["status"] == "passed"
     x = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
@@ -180,10 +185,7 @@ def test_a_model_with_internal_sequences_compiles_after_fold_sequences(tmp_path:
         "g (float[2,3] X, float[2,3] Y) => (float[2,3] out) {\n"
         "  p = Constant <value = int64 {1}> ()\n  s = SequenceConstruct (X, Y)\n  out = SequenceAt (s, p)\n}"
     )
-    project = tmp_path / "proj"
-    project.mkdir()
-    onnx.save(model, project / "model.onnx")
-    (project / "gpux.yml").write_text("name: seq\nmodel:\n  source: ./model.onnx\n", encoding="utf-8")
+    project = project_with(tmp_path, model, "seq")
     [result] = compile_project(project, ["openvino"], tmp_path / "dist")
     assert result.verification["status"] == "passed"
     [record] = [p for p in manifest_of(result.path)["build"]["passes"] if p["name"] == "fold-sequences"]
@@ -195,10 +197,7 @@ def test_an_op_openvino_cannot_convert_is_named_first(tmp_path: Path) -> None:
         '<ir_version: 8, opset_import: ["" : 17]>\n'
         'g (string[2] x) => (string[2] y) { y = StringNormalizer <case_change_action = "LOWER"> (x) }'
     )
-    project = tmp_path / "proj"
-    project.mkdir()
-    onnx.save(model, project / "model.onnx")
-    (project / "gpux.yml").write_text("name: strings\nmodel:\n  source: ./model.onnx\n", encoding="utf-8")
+    project = project_with(tmp_path, model, "strings")
     with pytest.raises(CompileError) as info:
         compile_project(project, ["openvino"], tmp_path / "dist")
     assert info.value.message == "openvino has no conversion for op StringNormalizer-17"
