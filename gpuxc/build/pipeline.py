@@ -175,7 +175,7 @@ def _build_variants(project: Project, target: Target, options: Any, variants: li
     if len(variants) == 1:
         chosen = build_candidate(project, target, options, variants[0], stage, workdir, say)
         summaries: list[dict[str, Any]] = []
-        if chosen.status == "failed" and repairable(chosen):
+        if chosen.status == "failed" and repairable(chosen, target):
             repaired = _repaired(project, target, options, chosen, stage, workdir, say)
             if repaired is not None:
                 summaries = [chosen.summary(None), repaired.summary(None)]
@@ -191,7 +191,7 @@ def _build_variants(project: Project, target: Target, options: Any, variants: li
         try_candidate(project, target, options, v, stage / layout.CANDIDATES_DIR / v.name, workdir, say, i == 0)
         for i, v in enumerate(variants)
     ]
-    for candidate in [c for c in candidates[1:] if repairable(c)]:  # the fp32 baseline has nothing to repair
+    for candidate in [c for c in candidates[1:] if repairable(c, target)]:  # the fp32 baseline has nothing to repair
         repaired = _repaired(project, target, options, candidate, stage, workdir, say)
         if repaired is not None:
             candidates.append(repaired)

@@ -8,6 +8,10 @@ smallest that passes), each candidate built and verified like any other, at most
 builds and MAX_SECONDS. Each backend's own mechanism does the keeping: ``nodes_to_exclude`` for
 ONNX Runtime's quantizers, ``node_block_list`` for the fp16 converter (KEEP_PARAMS), so the
 repaired variant's manifest lists the nodes among its pass parameters and replays as it is.
+
+A target whose lossy variants are lossy by its own compiler (OpenVINO's bf16 hint, NNCF int8) says
+so with ``Target.keeps_float``: its ``compile`` reads the kept nodes from the variant's settings,
+and ``Target.rank_sensitivity`` ranks on its own runtime (gpuxc_openvino/sensitivity.py).
 """
 
 from __future__ import annotations
@@ -33,10 +37,13 @@ MAX_BUILDS = 6  # keep 1, 2, 4, ... 32 nodes
 MAX_SECONDS = 600.0
 
 
-def repairable(candidate: Candidate) -> bool:
-    """A variant that failed verification after one of the lossy passes gpuxc knows how to hold back."""
+def repairable(candidate: Candidate, target: Target | None = None) -> bool:
+    """A variant that failed verification after one of the lossy passes gpuxc knows how to hold back,
+    or one whose target keeps named nodes in float itself."""
+    if candidate.status != "failed":
+        return False
     applied = {r.name for r in candidate.records if r.status == "applied"}
-    return candidate.status == "failed" and bool(applied & set(KEEP_PARAMS))
+    return bool(applied & set(KEEP_PARAMS)) or (target is not None and target.keeps_float(candidate.variant))
 
 
 def repair(project: Project, target: Target, options: Any, failed: Candidate, root: Path, workdir: Path,
@@ -88,8 +95,14 @@ def _variant(variant: Variant, kept: list[str]) -> Variant:
 
 
 def _ranking(project: Project, target: Target, options: Any, failed: Candidate, workdir: Path) -> list[NodeSensitivity]:
-    """Sensitivity between the lossy pass's input (the plan replayed up to it) and its output."""
+    """The target's own ranking, else the sensitivity between the lossy pass's input (the plan
+    replayed up to it) and its output."""
     assert failed.model is not None
+    feeds = [project.reference_inputs, *(f for f, _ in project.extra_references)]
+    if failed.artifact is not None:
+        own = target.rank_sensitivity(failed.model, failed.root, failed.artifact, feeds)
+        if own is not None:
+            return own
     specs = target.plan(project.config, project.model.signature, options, failed.variant)
     before = []
     for spec in specs:
@@ -99,5 +112,4 @@ def _ranking(project: Project, target: Target, options: Any, failed: Candidate, 
     scratch = workdir / f"{failed.variant.name}-sensitivity"
     scratch.mkdir(parents=True, exist_ok=True)
     reference, _ = run_passes(project, target, before, scratch, PassManager(get_registry()))
-    feeds = [project.reference_inputs, *(f for f, _ in project.extra_references)]
     return rank_nodes(reference, failed.model, feeds)

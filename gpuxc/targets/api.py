@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
     from onnx import ModelProto
 
+    from gpuxc.build.sensitivity import NodeSensitivity
     from gpuxc.passes import PassSpec
     from gpuxc.project.config import GpuxConfig
     from gpuxc.project.model import ModelSignature
@@ -171,4 +172,18 @@ class Target(Generic[OptionsT]):
     def timer(self, bundle_dir: Path, artifact: Artifact) -> Callable[[dict[str, np.ndarray]], Any] | None:
         """A function running the artifact once with an already open session, as the runner
         would (for ``--optimize auto`` timing); ``None`` when it cannot run here."""
+        return None
+
+    # -- precision repair (optional; gpuxc/build/repair.py) ----------------------------------
+
+    def keeps_float(self, variant: Variant) -> bool:
+        """Whether ``compile`` itself honours ``variant.settings["keep_float"]`` (node names to keep in
+        float) for this lossy variant: the repair then rebuilds it even without a lossy ONNX pass."""
+        return False
+
+    def rank_sensitivity(self, model: ModelProto, bundle_dir: Path, artifact: Artifact,
+                         feeds: list[dict[str, np.ndarray]]) -> list[NodeSensitivity] | None:  # fmt: skip
+        """The nodes of a variant that missed tolerance, most damaging first, measured on the target's
+        own runtime (``model``: what ``compile`` received; ``artifact``: what it wrote under
+        ``bundle_dir``); None: gpuxc ranks on the ONNX models before and after the lossy pass."""
         return None

@@ -6,6 +6,11 @@ faster but moves accuracy (FIELD_NOTES: cosine 0.97 on a detection map), so the
 hint is always set explicitly: ``f32`` by default, or chosen among the hints the
 CPU supports by ``--optimize auto`` / ``inference_precision: auto``, each
 candidate verified against the tolerance. The runner applies the recorded hint.
+
+A reduced-precision variant that misses tolerance is repairable (gpuxc/build/repair.py): the
+ranking runs on the CPU plugin (sensitivity.py), and the kept nodes are left out of NNCF's
+quantization (``ignored_scope``) and marked f32 in the IR for the bf16/f16 hint (precision.py).
+The artifact records the CPU capabilities its precision relies on (``requires_isa``).
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from gpuxc.passes import PassSpec
 from gpuxc.passes.plans import sequence_plan, shapes_plan
 from gpuxc.project.model import save_model
 from gpuxc.targets import Artifact, Availability, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
+from gpuxc_openvino.precision import compute_ops, keep_in_f32, name_after_onnx
 
 if TYPE_CHECKING:
     import numpy as np
     from onnx import ModelProto
 
+    from gpuxc.build.sensitivity import NodeSensitivity
     from gpuxc.project.config import GpuxConfig
     from gpuxc.project.model import ModelSignature
 
@@ -34,6 +41,8 @@ if TYPE_CHECKING:
 HINTS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
 # CPU capability that makes each reduced-precision hint worth trying.
 HINT_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
+# The variant setting naming the nodes to keep in float (gpuxc.build.candidate.KEEP_SETTING).
+KEEP_SETTING = "keep_float"
 
 
 class OpenVinoOptions(TargetOptions):
@@ -93,13 +102,20 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
         search = auto or precision == "auto" or options.inference_precision == "auto"
         if not search:
             return [Variant(precision, precision, {"hint": options.inference_precision})]
+        hints = self._supported_hints()
         found = [Variant("fp32", "fp32", {"hint": "f32"})]
-        for hint in self._supported_hints():
+        for hint in hints:
             # Reduced-precision compute is judged by the fp16 tolerance (cosine >= 0.999 by default).
             found.append(Variant(f"fp32-{hint}-hint", "fp16", {"hint": hint}))
         if config.build.calibration is not None:
             found.append(Variant("int8-static", "int8-static", {"hint": "f32"}))
+            if "bf16" in hints:
+                # int8 where NNCF quantized, bf16 for the rest (what the CPU plugin would do unasked).
+                found.append(Variant("int8-static-bf16-hint", "int8-static", {"hint": "bf16"}))
         return found
+
+    def keeps_float(self, variant: Variant) -> bool:
+        return variant.precision == "int8-static" or variant.settings.get("hint") in HINT_CAPABILITY
 
     def plan(
         self, config: GpuxConfig, signature: ModelSignature, options: OpenVinoOptions, variant: Variant
@@ -118,21 +134,30 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
 
         options = ctx.options
         variant = ctx.variant
-        source = ctx.workdir / "openvino-in.onnx"
-        save_model(model, source)
-        try:
-            ov_model = ov.convert_model(str(source))
-        except Exception as exc:
-            raise CompileError(_conversion_message(exc, model), hint="fix input shapes with build.shapes") from None
-        if variant.precision == "int8-static":
-            ov_model = self._quantize(ov_model, model, ctx)
-        compress = options.compress_to_fp16 if options.compress_to_fp16 is not None else variant.precision == "fp16"
-        model_dir = ctx.bundle_dir / layout.MODEL_DIR
-        model_dir.mkdir(parents=True, exist_ok=True)
-        ov.save_model(ov_model, str(model_dir / "model.xml"), compress_to_fp16=compress)
+        ov_model = self._convert(model, ctx.workdir)
         hint = variant.settings.get("hint", "f32")
         if hint == "auto":
             hint = "f32"  # a fixed build with inference_precision auto searches; without search, f32
+        kept = list(variant.settings.get(KEEP_SETTING, []))
+        if kept and {op.get_friendly_name() for op in compute_ops(ov_model)} <= set(kept):
+            # Never an f32 model under a reduced-precision name (the ONNX passes' "skipped").
+            raise CompileError(f"openvino: {variant.name} keeps every compute node in f32: nothing left to lower")
+        if variant.precision == "int8-static":
+            ov_model = self._quantize(ov_model, model, ctx, kept)
+        # Kept nodes need their f32 weights too: fp16 weights would round them anyway.
+        compress = variant.precision == "fp16" and not kept
+        if options.compress_to_fp16 is not None:
+            compress = options.compress_to_fp16
+        model_dir = ctx.bundle_dir / layout.MODEL_DIR
+        model_dir.mkdir(parents=True, exist_ok=True)
+        ov.save_model(ov_model, str(model_dir / "model.xml"), compress_to_fp16=compress)
+        if kept and hint in HINT_CAPABILITY:
+            missing = keep_in_f32(model_dir / "model.xml", kept)
+            if missing:
+                raise CompileError(f"openvino: no layer named {', '.join(missing[:3])} to keep in f32")
+        settings: dict[str, Any] = {}
+        if kept:
+            settings["kept_float"] = kept  # in the IR already; recorded for the reader
         return Artifact(
             entry="model/model.xml",
             format="openvino-ir",
@@ -143,10 +168,39 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
                 "performance_hint": options.performance_hint,
                 "cache_dir": options.cache_dir,
                 "weights": "fp16" if compress else "fp32",
+                "requires_isa": _requires_isa(variant.precision, hint),
+                **settings,
             },
         )
 
-    def _quantize(self, ov_model: Any, model: ModelProto, ctx: CompileContext[OpenVinoOptions]) -> Any:
+    def _convert(self, model: ModelProto, workdir: Path) -> Any:
+        """``model`` as an ``openvino.Model`` whose compute ops carry their ONNX node names."""
+        import openvino as ov
+
+        source = workdir / "openvino-in.onnx"
+        save_model(model, source)
+        try:
+            ov_model = ov.convert_model(str(source))
+        except Exception as exc:
+            raise CompileError(_conversion_message(exc, model), hint="fix input shapes with build.shapes") from None
+        name_after_onnx(ov_model, source)
+        return ov_model
+
+    def rank_sensitivity(self, model: ModelProto, bundle_dir: Path, artifact: Artifact,
+                         feeds: list[dict[str, np.ndarray]]) -> list[NodeSensitivity] | None:  # fmt: skip
+        import tempfile
+
+        import openvino as ov
+
+        from gpuxc_openvino.sensitivity import rank_ir
+
+        with tempfile.TemporaryDirectory(prefix="gpuxc-ov-rank-") as scratch:
+            reference = self._convert(model, Path(scratch))
+        lossy = ov.Core().read_model(str(bundle_dir / artifact.entry))
+        return rank_ir(reference, "f32", lossy, artifact.settings.get("inference_precision", "f32"), feeds)
+
+    def _quantize(self, ov_model: Any, model: ModelProto, ctx: CompileContext[OpenVinoOptions],
+                  kept: list[str]) -> Any:  # fmt: skip
         try:
             import nncf
         except ImportError:
@@ -163,8 +217,15 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
         else:
             shapes = resolve_shapes(ctx.signature, config)
             samples = random_samples(ctx.signature, shapes, cal.samples, config.build.seed, model)
+        extra: dict[str, Any] = {}
+        if kept:
+            extra["ignored_scope"] = nncf.IgnoredScope(names=kept)
+        ops = {n.op_type for n in model.graph.node}
+        if {"MatMul", "Softmax"} <= ops:
+            # Attention: NNCF's transformer scheme (FIELD_NOTES: cosine 0.06 on BERT without it).
+            extra["model_type"] = nncf.ModelType.TRANSFORMER
         try:
-            return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
+            return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples), **extra)
         except Exception as exc:
             raise CompileError(f"openvino: NNCF quantization failed: {first_line(exc)}") from None
 
@@ -200,6 +261,15 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
         compiled = self._compiled(bundle_dir, artifact)
         request, names = compiled.create_infer_request(), _input_names(compiled)
         return lambda feeds: request.infer({k: v for k, v in feeds.items() if k in names})
+
+
+def _requires_isa(precision: str, hint: str) -> list[str]:
+    """The CPU capabilities (OpenVINO's OPTIMIZATION_CAPABILITIES names) the verified precision relies on:
+    elsewhere the plugin emulates or falls back, and the numbers or the speed are not the verified ones."""
+    needs = ["INT8"] if precision == "int8-static" else []
+    if hint in HINT_CAPABILITY:
+        needs.append(HINT_CAPABILITY[hint])
+    return needs
 
 
 def _input_names(compiled: Any) -> set[str]:
