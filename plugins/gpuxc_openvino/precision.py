@@ -52,13 +52,18 @@ def name_after_onnx(model: Any, onnx_path: Path) -> bool:
     final = compute_ops(model)
     if len(raw) != len(final):
         return False
+    ours = {op.get_name() for op in final}
+    # The bias Add of a Conv the fusions leave alone keeps the ONNX node's name: the Conv then keeps
+    # the frontend's suffixed one, or NNCF would find two ops of one name (and rename one of them).
+    taken = {op.get_friendly_name() for op in model.get_ordered_ops() if op.get_name() not in ours}
     names = []
     for before, after in zip(raw, final, strict=True):
         if before.get_type_name() != after.get_type_name() or _weights(before) != _weights(after):
             return False
         name = before.get_friendly_name()
         for suffix in _FRONTEND_SUFFIXES:
-            name = name.removesuffix(suffix)
+            if name.removesuffix(suffix) not in taken:
+                name = name.removesuffix(suffix)
         names.append(name)
     if len(set(names)) != len(names):
         return False

@@ -22,14 +22,19 @@ from typing import Any
 import numpy as np
 
 from gpuxc.build.sensitivity import NodeSensitivity, RelativeErrors, rank_by_error
-from gpuxc_openvino.precision import COMPUTE_TYPES, compute_ops
+from gpuxc_openvino.precision import COMPUTE_TYPES
 
 
 def rank_ir(reference: Any, reference_hint: str, lossy: Any, lossy_hint: str,
             feeds: Iterable[dict[str, np.ndarray]]) -> list[NodeSensitivity]:  # fmt: skip
-    """The compute ops of ``reference`` (an ``openvino.Model``) that ``lossy`` also has, most damaging first."""
-    lossy_ops = {op.get_friendly_name(): op for op in compute_ops(lossy)}
-    ref_ops = [op for op in compute_ops(reference) if op.get_friendly_name() in lossy_ops]
+    """The lowered ops of ``lossy`` (an ``openvino.Model``) that ``reference`` also has, by name, most
+    damaging first: its compute ops, and every op NNCF quantized (one fed by a FakeQuantize)."""
+    lossy_ops = {op.get_friendly_name(): op for op in lowered_ops(lossy)}
+    by_name: dict[str, Any] = {}
+    for op in reference.get_ordered_ops():
+        if op.get_friendly_name() in lossy_ops:
+            by_name.setdefault(op.get_friendly_name(), op)  # a name given twice: the first holds it
+    ref_ops = list(by_name.values())
     if not ref_ops:
         return []
     names = [op.get_friendly_name() for op in ref_ops]
@@ -40,7 +45,7 @@ def rank_ir(reference: Any, reference_hint: str, lossy: Any, lossy_hint: str,
         want, got = want_run(feed), got_run(feed)
         for name, r, g in zip(names, want, got, strict=True):
             errors.add(name, r, g)
-    upstream = _compute_inputs(ref_ops)
+    upstream = _ranked_inputs(ref_ops)
     nodes = [(name, op.get_type_name(), name, upstream[name]) for name, op in zip(names, ref_ops, strict=True)]
     return rank_by_error(nodes, errors.errors())
 
@@ -69,8 +74,17 @@ def _probe(model: Any, outputs: list[Any], hint: str) -> Any:
     return run
 
 
-def _compute_inputs(ops: list[Any]) -> dict[str, list[str]]:
-    """For each compute op, the nearest compute ops upstream of its inputs (through any other ops)."""
+def lowered_ops(model: Any) -> list[Any]:
+    """The ops whose precision a variant lowers: compute ops (a bf16 hint starts there) and the ops
+    NNCF quantized, which are more than convolutions (Add, Multiply, Interpolate, Concat...)."""
+    return [op for op in model.get_ordered_ops()
+            if op.get_type_name() in COMPUTE_TYPES or op.get_type_name() != "FakeQuantize" and any(
+                v.get_node().get_type_name() == "FakeQuantize" for v in op.input_values())]  # fmt: skip
+
+
+def _ranked_inputs(ops: list[Any]) -> dict[str, list[str]]:
+    """For each ranked op, the nearest ranked ops upstream of its inputs (through any other ops)."""
+    ranked = {op.get_friendly_name() for op in ops}
     # Keyed by the unique internal name: each get_node() call returns a new Python wrapper.
     memo: dict[str, set[str]] = {}
 
@@ -83,14 +97,14 @@ def _compute_inputs(ops: list[Any]) -> dict[str, list[str]]:
                 stack.pop()
                 continue
             parents = [v.get_node() for v in current.input_values()]
-            pending = [p for p in parents if p.get_name() not in memo and p.get_type_name() not in COMPUTE_TYPES]
+            pending = [p for p in parents if p.get_name() not in memo and p.get_friendly_name() not in ranked]
             if pending:
                 stack.extend(pending)
                 continue
             found: set[str] = set()
             for parent in parents:
-                is_compute = parent.get_type_name() in COMPUTE_TYPES
-                found |= {parent.get_friendly_name()} if is_compute else memo[parent.get_name()]
+                is_ranked = parent.get_friendly_name() in ranked
+                found |= {parent.get_friendly_name()} if is_ranked else memo[parent.get_name()]
             memo[current.get_name()] = found
             stack.pop()
         return memo[node.get_name()]
@@ -100,6 +114,6 @@ def _compute_inputs(ops: list[Any]) -> dict[str, list[str]]:
         found: set[str] = set()
         for value in op.input_values():
             parent = value.get_node()
-            found |= {parent.get_friendly_name()} if parent.get_type_name() in COMPUTE_TYPES else above(parent)
+            found |= {parent.get_friendly_name()} if parent.get_friendly_name() in ranked else above(parent)
         out[op.get_friendly_name()] = sorted(found)
     return out

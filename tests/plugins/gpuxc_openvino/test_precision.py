@@ -166,3 +166,43 @@ def test_nncf_int8_is_repaired_by_its_ignored_scope(tmp_path: Path) -> None:
     # mm3 produces the graph output y, and OpenVINO's ONNX frontend names such a node after its output.
     assert failed["sensitive_nodes"][0]["node"] == "y" and repaired["kept_float"] == ["y"]
     assert data["artifact"]["settings"]["requires_isa"] == ["INT8"]
+
+
+@needs_bf16
+def test_int8_with_bf16_keeps_a_node_out_of_nncf_and_in_f32(tmp_path: Path) -> None:
+    # int8-static-bf16-hint: a kept node is left out of the quantization (no FakeQuantize feeds it)
+    # and marked f32, or the bf16 hint would still round it.
+    from gpuxc.project.config_load import load_config
+    from gpuxc.project.model import load_model
+    from gpuxc.targets import CompileContext
+
+    build = {"precision": "int8-static", "calibration": {"random": True, "samples": 4}}
+    project = write_project(tmp_path / "p", models.outlier_mlp(), {"build": build})
+    config = load_config(project / "gpux.yml")
+    target = OpenVinoTarget()
+    signature = load_model(project / "model.onnx").signature
+    variant = Variant("int8-static-bf16-hint+keep1", "int8-static", {"hint": "bf16", "keep_float": ["mm2"]})
+    ctx = CompileContext(config, signature, target.Options(), tmp_path / "b", tmp_path / "w", variant)
+    (tmp_path / "w").mkdir()
+    artifact = target.compile(onnx.load(project / "model.onnx"), ctx)
+    assert artifact.settings["requires_isa"] == ["INT8", "BF16"] and artifact.settings["kept_float"] == ["mm2"]
+    ir = ov.Core().read_model(str(tmp_path / "b" / artifact.entry))
+    fed_by_fq = {op.get_friendly_name() for op in ir.get_ordered_ops()
+                 if any(v.get_node().get_type_name() == "FakeQuantize" for v in op.input_values())}  # fmt: skip
+    assert "mm1" in fed_by_fq and "mm2" not in fed_by_fq
+    compiled = ov.Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+    assert runtime_precisions(compiled)["mm2"] == "f32"
+
+
+@pytest.mark.network
+def test_ppocr_det_names_are_onnx_names_and_unique(tmp_path: Path) -> None:
+    # PP-OCRv4 det: BN folded into 62 Convs, SE blocks whose bias Add keeps the ONNX Conv's name.
+    from gpuxc_openvino.precision import compute_ops
+
+    from fixtures.real_models import PADDLE_DET, fetch
+
+    ov_model = OpenVinoTarget()._convert(onnx.load(fetch(PADDLE_DET)), tmp_path)
+    names = [op.get_friendly_name() for op in compute_ops(ov_model)]
+    assert all(n.startswith("p2o.Conv") for n in names)
+    others = {op.get_friendly_name() for op in ov_model.get_ordered_ops()} - set(names)
+    assert len(set(names)) == len(names) and not set(names) & others  # NNCF would rename a clash
