@@ -15,10 +15,11 @@ Only ``dynamic:f16`` works: the plugin asks about conversion from any type to f1
 Names: ``openvino.convert_model`` fuses BatchNormalization into Conv and names the result after the
 Multiply it folded (``Multiply_9785``, from a process-wide counter), so a node name from one
 conversion means nothing in the next. Before those fusions the ONNX frontend names each compute op
-after its ONNX node (``p2o.Conv.3/WithoutBiases``). The fusions keep the compute ops, their order
-and their weight shapes, so the converted model's compute ops are renamed after the frontend's,
-pair by pair, when both lists agree; NNCF's ignored scope, the keep attribute, the sensitivity
-ranking and the manifest then all speak of ONNX node names.
+after its ONNX node (``p2o.Conv.3/WithoutBiases``). The fusions keep the compute ops' order and
+their weight sizes (a few disappear: attention's MatMuls become ScaledDotProductAttention), so the
+converted model's compute ops are renamed after the frontend's, matched in order; NNCF's ignored
+scope, the keep attribute, the sensitivity ranking and the manifest then all speak of ONNX node
+names.
 """
 
 from __future__ import annotations
@@ -44,23 +45,28 @@ def compute_ops(model: Any) -> list[Any]:
 
 def name_after_onnx(model: Any, onnx_path: Path) -> bool:
     """Rename ``model``'s compute ops after the ONNX nodes they came from; False (nothing renamed)
-    when the frontend's compute ops do not pair up with the converted model's."""
+    when the frontend's compute ops do not line up with the converted model's."""
     from openvino.frontend import FrontEndManager
 
     frontend = FrontEndManager().load_by_framework("onnx")
     raw = compute_ops(frontend.convert(frontend.load(str(onnx_path))))
     final = compute_ops(model)
-    if len(raw) != len(final):
-        return False
     ours = {op.get_name() for op in final}
     # The bias Add of a Conv the fusions leave alone keeps the ONNX node's name: the Conv then keeps
     # the frontend's suffixed one, or NNCF would find two ops of one name (and rename one of them).
     taken = {op.get_friendly_name() for op in model.get_ordered_ops() if op.get_name() not in ours}
     names = []
-    for before, after in zip(raw, final, strict=True):
-        if before.get_type_name() != after.get_type_name() or _weights(before) != _weights(after):
+    position = 0
+    for after in final:
+        # In order; a frontend op the fusions absorbed (attention's MatMuls into ScaledDotProductAttention)
+        # is passed over. The key tells weights from activations, so the passing cannot slip a slot.
+        key = _key(after)
+        while position < len(raw) and _key(raw[position]) != key:
+            position += 1
+        if position == len(raw):
             return False
-        name = before.get_friendly_name()
+        name = raw[position].get_friendly_name()
+        position += 1
         for suffix in _FRONTEND_SUFFIXES:
             if name.removesuffix(suffix) not in taken:
                 name = name.removesuffix(suffix)
@@ -107,8 +113,21 @@ def runtime_precisions(compiled: Any) -> dict[str, str]:
     return out
 
 
-def _weights(op: Any) -> int:
-    """The size of an op's second input: the fusions may transpose a MatMul's weights, never resize them."""
-    if op.get_input_size() < 2 or not op.input(1).get_partial_shape().is_static:
-        return -1
-    return int(np.prod(op.input(1).get_shape()))
+def _key(op: Any) -> tuple[str, int, bool]:
+    """What the fusions keep of a compute op: its type, the size of its second input (they may transpose
+    a MatMul's weights, never resize them), and whether that input is weights or an activation."""
+    if op.get_input_size() < 2:
+        return op.get_type_name(), -1, False
+    shape = op.input(1).get_partial_shape()
+    size = int(np.prod(op.input(1).get_shape())) if shape.is_static else -1
+    return op.get_type_name(), size, _constant(op.input_value(1), 6)
+
+
+def _constant(value: Any, depth: int) -> bool:
+    """Whether ``value`` is computed from constants only (weights, possibly decompressed or folded)."""
+    node = value.get_node()
+    if node.get_type_name() == "Constant":
+        return True
+    if depth == 0 or node.get_input_size() == 0:
+        return False
+    return all(_constant(v, depth - 1) for v in node.input_values())

@@ -195,14 +195,16 @@ def test_int8_with_bf16_keeps_a_node_out_of_nncf_and_in_f32(tmp_path: Path) -> N
 
 
 @pytest.mark.network
-def test_ppocr_det_names_are_onnx_names_and_unique(tmp_path: Path) -> None:
-    # PP-OCRv4 det: BN folded into 62 Convs, SE blocks whose bias Add keeps the ONNX Conv's name.
+@pytest.mark.parametrize("key", ["ppocrv4-det", "ppocrv4-rec"])
+def test_ppocr_names_are_onnx_names_and_unique(key: str, tmp_path: Path) -> None:
+    # det: BN folded into 62 Convs, SE blocks whose bias Add keeps the ONNX Conv's name; rec: attention
+    # MatMuls fused into ScaledDotProductAttention, so the frontend has compute ops the IR lacks.
     from gpuxc_openvino.precision import compute_ops
 
-    from fixtures.real_models import PADDLE_DET, fetch
+    from fixtures.real_models import CATALOG, fetch
 
-    ov_model = OpenVinoTarget()._convert(onnx.load(fetch(PADDLE_DET)), tmp_path)
+    ov_model = OpenVinoTarget()._convert(onnx.load(fetch(CATALOG[key])), tmp_path)
     names = [op.get_friendly_name() for op in compute_ops(ov_model)]
-    assert all(n.startswith("p2o.Conv") for n in names)
+    assert names and all(n.startswith(("p2o.Conv", "p2o.MatMul")) for n in names)
     others = {op.get_friendly_name() for op in ov_model.get_ordered_ops()} - set(names)
     assert len(set(names)) == len(names) and not set(names) & others  # NNCF would rename a clash
