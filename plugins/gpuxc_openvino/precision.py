@@ -99,6 +99,30 @@ def keep_in_f32(xml_path: Path, names: list[str]) -> list[str]:
     return [n for n in names if n not in found]
 
 
+def with_feeders(model: Any, names: list[str]) -> list[str]:
+    """``names`` and the ops that feed them from the previous compute op on (elementwise ops,
+    ScaledDotProductAttention, MVN...): the ranking charges their bf16 error to the compute op they
+    feed, so keeping only that op would leave the error in place. Constant paths are left out."""
+    wanted = set(names)
+    out = list(names)
+    seen: set[str] = set()
+    stack = [v for op in model.get_ordered_ops() if op.get_friendly_name() in wanted for v in op.input_values()]
+    while stack:
+        value = stack.pop()
+        node = value.get_node()
+        kind = node.get_type_name()
+        if node.get_name() in seen or kind in COMPUTE_TYPES or kind in ("Parameter", "Constant"):
+            continue
+        seen.add(node.get_name())
+        if _constant(value, 6):
+            continue
+        if node.get_friendly_name() not in wanted:
+            out.append(node.get_friendly_name())
+            wanted.add(node.get_friendly_name())
+        stack.extend(node.input_values())
+    return out
+
+
 def runtime_precisions(compiled: Any) -> dict[str, str]:
     """Each original layer's execution precision in a compiled model (``runtimePrecision`` of the
     plugin's node that holds it): the proof that a hint and the keep attribute did what was meant."""

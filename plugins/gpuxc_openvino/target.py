@@ -27,7 +27,7 @@ from gpuxc.passes import PassSpec
 from gpuxc.passes.plans import sequence_plan, shapes_plan
 from gpuxc.project.model import save_model
 from gpuxc.targets import Artifact, Availability, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
-from gpuxc_openvino.precision import compute_ops, keep_in_f32, name_after_onnx
+from gpuxc_openvino.precision import compute_ops, keep_in_f32, name_after_onnx, with_feeders
 
 if TYPE_CHECKING:
     import numpy as np
@@ -152,7 +152,7 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
         model_dir.mkdir(parents=True, exist_ok=True)
         ov.save_model(ov_model, str(model_dir / "model.xml"), compress_to_fp16=compress)
         if kept and hint in HINT_CAPABILITY:
-            missing = keep_in_f32(model_dir / "model.xml", kept)
+            missing = keep_in_f32(model_dir / "model.xml", with_feeders(ov_model, kept))
             if missing:
                 raise CompileError(f"openvino: no layer named {', '.join(missing[:3])} to keep in f32")
         settings: dict[str, Any] = {}
