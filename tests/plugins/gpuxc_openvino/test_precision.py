@@ -208,3 +208,32 @@ def test_ppocr_names_are_onnx_names_and_unique(key: str, tmp_path: Path) -> None
     assert names and all(n.startswith(("p2o.Conv", "p2o.MatMul")) for n in names)
     others = {op.get_friendly_name() for op in ov_model.get_ordered_ops()} - set(names)
     assert len(set(names)) == len(names) and not set(names) & others  # NNCF would rename a clash
+
+
+@needs_bf16
+def test_keeping_a_compute_op_keeps_the_ops_that_feed_it(tmp_path: Path) -> None:
+    # s = (x + 50) @ W with zero-sum columns: bf16 rounds x + 50 to 0.25 steps in the Add, before the
+    # MatMul sees it. The ranking charges that error to the MatMul; keeping it alone cannot remove it.
+    from gpuxc_openvino.precision import with_feeders
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    w -= w.mean(axis=0)
+    model = onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["" : 17]>\n'
+        "g (float[1,64] x) => (float[1,64] s) { h = Add(x, c)\n s = MatMul(h, W) }"
+    )
+    model.graph.initializer.extend([numpy_helper.from_array(np.full((1, 64), 50, np.float32), "c"),
+                                    numpy_helper.from_array(w, "W")])  # fmt: skip
+    model.graph.node[0].name = "add"  # the MatMul is named "s" by the frontend, after the graph output
+    xml = write_ir(model, tmp_path)
+    x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
+    want, _ = infer(xml, "f32", x)
+    ir = ov.Core().read_model(str(xml))
+    assert with_feeders(ir, ["s"]) == ["s", "add"]
+    keep_in_f32(xml, ["s"])
+    alone, _ = infer(xml, "bf16", x)
+    keep_in_f32(xml, with_feeders(ir, ["s"]))
+    fed, precisions = infer(xml, "bf16", x)
+    assert cosine(want, alone) < 0.999 < 0.99999 < cosine(want, fed)
+    assert precisions["add"] == precisions["s"] == "f32"
