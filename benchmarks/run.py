@@ -240,9 +240,9 @@ def main() -> int:
                     failures.append(f"{key} / {target}: {exc}")
                     print(f"  FAILED: {exc}", file=sys.stderr)
     text = render(rows, machine_facts(), args.runs, args.rounds, failures)
-    # Keep the sections benchmarks/serve_load.py and benchmarks/cache.py wrote.
+    # Keep the sections benchmarks/serve_load.py, cache.py and runner_overhead.py wrote.
     old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
-    for script in ("serve_load.py", "cache.py"):
+    for script in ("serve_load.py", "cache.py", "runner_overhead.py"):
         start, end = f"<!-- {script}: start -->", f"<!-- {script}: end -->"
         if start in old and end in old:
             text += "\n" + old[old.index(start) : old.index(end) + len(end)] + "\n"
