@@ -30,7 +30,7 @@ from gpuxc.build.options import check_option_targets, target_options
 from gpuxc.build.project import Project, project_for
 from gpuxc.build.repair import ranking_json, repair, repairable
 from gpuxc.build.report import print_verification
-from gpuxc.build.search import choose_candidate
+from gpuxc.build.search import choose_candidate, tune_runtime
 from gpuxc.bundle import layout, npz, writer
 from gpuxc.bundle.archive import write_archives
 from gpuxc.bundle.manifest import BuildInfo
@@ -138,6 +138,8 @@ def compile_target(
 
     with tempfile.TemporaryDirectory(prefix="gpuxc-work-") as work, writer.staging_dir(final) as stage:
         chosen, summaries = _build_variants(project, target, options, variants, stage, Path(work), tsay)
+        if auto and not reproducible:  # timings are noisy: a reproducible build keeps the settings as built
+            tune_runtime(target, chosen, project.reference_inputs, tsay)
         assert chosen.artifact is not None and chosen.verification is not None and chosen.model is not None
         print_verification(chosen.verification, tsay)
         npz.write_reference(stage, project.reference_inputs, project.reference_outputs)

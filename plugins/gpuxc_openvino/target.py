@@ -143,6 +143,7 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
                 "performance_hint": options.performance_hint,
                 "cache_dir": options.cache_dir,
                 "weights": "fp16" if compress else "fp32",
+                **variant.settings.get("runtime", {}),  # runtime settings auto chose (tuning.py), or a policy's
             },
         )
 
@@ -196,10 +197,16 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
                 out[name] = np.asarray(results[port])
         return out
 
+    def tuning_candidates(self, artifact: Artifact) -> list[dict[str, Any]]:
+        from gpuxc_openvino.tuning import tuning_candidates
+
+        return tuning_candidates(artifact)
+
     def timer(self, bundle_dir: Path, artifact: Artifact) -> Callable[[dict[str, np.ndarray]], Any]:
-        compiled = self._compiled(bundle_dir, artifact)
-        request, names = compiled.create_infer_request(), _input_names(compiled)
-        return lambda feeds: request.infer({k: v for k, v in feeds.items() if k in names})
+        from gpuxc.targets.timing import adapter_timer
+
+        # The runner's own adapter and run path on the CPU, with the artifact's settings (gpuxc/targets/timing.py).
+        return adapter_timer("openvino/runtime.py", bundle_dir / artifact.entry, artifact.settings, "CPU")
 
 
 def _input_names(compiled: Any) -> set[str]:

@@ -143,6 +143,11 @@ class Adapter:
         options.inter_op_num_threads = int(settings.get("inter_op_threads", 0))
         parallel = settings.get("execution_mode") == "parallel"
         options.execution_mode = ort.ExecutionMode.ORT_PARALLEL if parallel else ort.ExecutionMode.ORT_SEQUENTIAL
+        if settings.get("allow_spinning") is False:
+            # Idle pool threads stop spinning at once: on a small model the caller's own work between
+            # runs no longer competes with them for the cores (a setting --optimize auto may choose).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if settings.get("disable_memory_pattern"):
             options.enable_mem_pattern = False
         if settings.get("enable_profiling"):

@@ -50,6 +50,8 @@ class Adapter:
         self.timings: list[tuple[str, str, float]] = []
         if settings.get("intra_op_threads"):
             config["INFERENCE_NUM_THREADS"] = int(settings["intra_op_threads"])
+        if settings.get("num_streams"):
+            config["NUM_STREAMS"] = int(settings["num_streams"])
         if settings.get("cache_dir"):
             cache = Path(settings["cache_dir"])
             cache = cache if cache.is_absolute() else model_path.parent.parent / cache

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runner import compare, layout
+from runner import compare, isa, layout
 from runner.inputs import InputChecks, InputError
 from runner.profile import op_table
 from runner.runtime import Adapter, InferenceTimeout
@@ -25,6 +26,7 @@ MANIFEST_NAME = layout.MANIFEST_NAME
 PROVIDER_ENV = "GPUXC_PROVIDER"
 # Trusted pipelines with very large models may skip the start-up hash check (verify still checks).
 SKIP_INTEGRITY_ENV = "GPUXC_SKIP_INTEGRITY"
+_WARNED: set[str] = set()
 
 class BundleError(RuntimeError):
     """The bundle is missing files or its manifest is unreadable."""
@@ -77,6 +79,13 @@ class GPUXRuntime:
             problems = listed_file_problems(self.bundle_dir, self.manifest)
             if problems:
                 raise BundleError("bundle integrity check failed: " + "; ".join(problems[:5]))
+        # Said once per process, on stderr, and kept for /info: a specialised bundle on a CPU without
+        # the extension it was chosen for still runs, slower than the build measured.
+        self.warnings = isa.isa_warnings(list(merged.get("requires_isa") or []), runtime["adapter"])
+        for line in self.warnings:
+            if line not in _WARNED:
+                _WARNED.add(line)
+                print(f"warning: {line}", file=sys.stderr)
         self._adapter: Adapter | None = Adapter(model_path, merged, preferred, runtime.get("providers", []),
                                                 strict=bool(explicit))
 
@@ -129,6 +138,9 @@ class GPUXRuntime:
             "opsets": m["signature"]["opsets"],
             "verification": {k: m["verification"].get(k) for k in ("status", "reason", "runtime")},
             "gpuxc_version": m["gpuxc_version"],
+            "build_host_isa": m["host"].get("isa"),
+            "requires_isa": list(m["artifact"].get("settings", {}).get("requires_isa") or []),
+            "warnings": list(self.warnings),
         }
 
     def get_provider_info(self) -> dict[str, Any]:
