@@ -18,7 +18,7 @@ import numpy as np
 
 from gpuxc.build.candidate import Candidate, failure_hint, failure_message
 from gpuxc.build.report import candidates_table
-from gpuxc.errors import VerificationFailed
+from gpuxc.errors import VerificationFailed, first_line
 from gpuxc.project.upgrade import ModelUpgrade
 from gpuxc.targets import Target
 from gpuxc.targets.timing import RUNTIME_SETTINGS
@@ -124,18 +124,24 @@ def tune_runtime(target: Target, chosen: Candidate, feeds: dict[str, np.ndarray]
         return
     fns = {"as built": default}
     for trial in trials:
-        fn = target.timer(chosen.root, replace(artifact, settings={**artifact.settings, **trial}))
-        if fn is not None:
-            fns[_label(trial)] = fn
+        try:  # a setting this runtime refuses is a trial lost, not a failed build
+            fn = target.timer(chosen.root, replace(artifact, settings={**artifact.settings, **trial}))
+            if fn is not None:
+                fn(feeds)
+                fns[_label(trial)] = fn
+        except Exception as exc:
+            say(f"runtime settings {_label(trial)} not tried: {first_line(exc)}")
     say(f"tuning runtime settings: {', '.join(fns)}")
     latency = interleaved_ms(fns, feeds)
-    best = min(latency, key=latency.__getitem__)
+    best = min((name for name in latency if name != "as built"), key=latency.__getitem__, default=None)
+    if best is None:
+        return
     tuned: dict[str, Any] = {}
-    if best != "as built" and latency[best] < latency["as built"] * (1 - AUTO_MIN_GAIN):
+    if latency[best] < latency["as built"] * (1 - AUTO_MIN_GAIN):
         tuned = next(t for t in trials if _label(t) == best)
         say(f"runtime settings {best}: {latency['as built']:.3f} -> {latency[best]:.3f} ms")
     else:
-        say(f"runtime settings as built ({latency['as built']:.3f} ms; best other {best}: {latency[best]:.3f} ms)")
+        say(f"runtime settings as built ({latency['as built']:.3f} ms; {best}: {latency[best]:.3f} ms)")
     artifact.settings.update(tuned)
     chosen.variant = replace(chosen.variant, settings={**chosen.variant.settings, RUNTIME_SETTINGS: tuned})
 

@@ -89,3 +89,18 @@ def test_an_unverified_choice_is_not_tuned(latencies: dict[str, float]) -> None:
     c.status = "unverified"
     search.tune_runtime(target, c, FEEDS, lambda m: None)
     assert target.timed == []
+
+
+def test_a_setting_the_runtime_refuses_is_a_trial_lost(latencies: dict[str, float]) -> None:
+    class Refusing(FakeTarget):
+        def timer(self, bundle_dir: Path, artifact: Artifact) -> Callable[[dict[str, np.ndarray]], Any]:
+            if artifact.settings.get("num_streams"):
+                raise RuntimeError("NUM_STREAMS: unsupported value\nmore")
+            return super().timer(bundle_dir, artifact)
+
+    latencies.update({"as built": 1.0, "intra_op_threads=1": 0.5})
+    said: list[str] = []
+    c = chosen()
+    search.tune_runtime(Refusing([{"num_streams": 9}, {"intra_op_threads": 1}]), c, FEEDS, said.append)
+    assert c.variant.settings["runtime"] == {"intra_op_threads": 1}
+    assert "runtime settings num_streams=9 not tried: NUM_STREAMS: unsupported value" in said
