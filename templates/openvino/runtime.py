@@ -7,6 +7,7 @@ is applied on every device that honours it.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,15 @@ class Adapter:
         self.bounded = not model.is_dynamic() and not any(
             op.get_type_name() in UNBOUNDED_OPS for op in model.get_ordered_ops())
         self.compiled = self.core.compile_model(model, device, config)
+        # A bounded graph gets an infer request per calling thread: a request runs one inference at a
+        # time ("Infer Request is busy") and the server calls infer from a thread pool. An unbounded one
+        # uses `request` only, one call at a time: OpenVINO blocks creating a request while an abandoned
+        # run goes on. This thread's request is `request`.
         self.request = self.compiled.create_infer_request()
+        self._local = threading.local()
+        self._local.request = self.request
+        self._serial = threading.Lock()
+        self._abandoned = False
         self.ports = {name: port for port in self.compiled.outputs for name in port.get_names()}
         # OpenVINO drops inputs whose values the graph never reads (CastLike's `like`, an input
         # used only for its shape once shapes are fixed): the bundle still takes them, and ignores them.
@@ -75,19 +84,46 @@ class Adapter:
         if not self.inputs.issuperset(feeds):  # rare (CastLike's like): leave the usual call copy-free
             feeds = {name: value for name, value in feeds.items() if name in self.inputs}
         if self.bounded:
+            request = getattr(self._local, "request", None)
+            if request is None:
+                request = self._local.request = self.compiled.create_infer_request()
             # Inline: inputs are read in place (the run ends before this returns), outputs are copies.
-            results = self.request.infer(feeds, share_inputs=True)
+            results = request.infer(feeds, share_inputs=True)
             outputs = {name: results[self.ports[name]] for name in output_names}
         else:
-            self.request.start_async(feeds)
-            if not self.request.wait_for(max(1, int(timeout * 1000))):
-                self.request.cancel()
-                raise InferenceTimeout(f"inference exceeded the {timeout:g}s timeout")
-            outputs = {name: np.array(self.request.get_tensor(self.ports[name]).data) for name in output_names}
+            request = self.request
+            outputs = self._abandonable(request, feeds, output_names, timeout)
         if "PERF_COUNT" in self.config:  # the counters describe the last inference only: collect each
             self.timings += [(p.node_name, p.node_type, p.real_time.total_seconds() * 1000.0)
-                             for p in self.request.get_profiling_info()]  # fmt: skip
+                             for p in request.get_profiling_info()]  # fmt: skip
         return outputs
+
+    def _abandonable(self, request: Any, feeds: dict[str, np.ndarray], output_names: list[str],
+                     timeout: float) -> dict[str, np.ndarray]:  # fmt: skip
+        """An async run abandoned after ``timeout``; a call waits its own timeout for the request,
+        and for an earlier abandoned run to end (OpenVINO cannot stop it)."""
+        ms = max(1, int(timeout * 1000))
+        if not self._serial.acquire(timeout=timeout):
+            raise InferenceTimeout(f"inference exceeded the {timeout:g}s timeout (waiting for another run)")
+        try:
+            if self._abandoned:
+                try:
+                    if not request.wait_for(ms):
+                        raise InferenceTimeout(f"inference exceeded the {timeout:g}s timeout "
+                                               "(an earlier run that did is still going)")  # fmt: skip
+                except InferenceTimeout:
+                    raise
+                except Exception:
+                    pass  # the abandoned run ended: OpenVINO reports its cancellation here
+                self._abandoned = False
+            request.start_async(feeds)
+            if not request.wait_for(ms):
+                request.cancel()
+                self._abandoned = True
+                raise InferenceTimeout(f"inference exceeded the {timeout:g}s timeout")
+            return {name: np.array(request.get_tensor(self.ports[name]).data) for name in output_names}
+        finally:
+            self._serial.release()
 
     def profile(self) -> list[tuple[str, str, float]] | None:
         """Per-node times of every run so far, from OpenVINO's performance counters."""
