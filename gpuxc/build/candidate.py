@@ -24,10 +24,11 @@ from gpuxc.targets import Artifact, CompileContext, Target, Variant
 Progress = Callable[[str], None]
 
 # Passes that change the numbers: a variant is "lossy" by them, and a failure names them.
-LOSSY_PASSES = {"fp16", "quantize-dynamic", "quantize-static"}
+LOSSY_PASSES = {"fp16", "quantize-dynamic", "quantize-static", "quantize-int4"}
 # The parameter of each lossy pass that leaves named nodes in float (the precision repair's lever,
 # gpuxc/build/repair.py), and the variant setting that names those nodes.
-KEEP_PARAMS = {"quantize-static": "nodes_to_exclude", "quantize-dynamic": "nodes_to_exclude", "fp16": "node_block_list"}
+KEEP_PARAMS = {"quantize-static": "nodes_to_exclude", "quantize-dynamic": "nodes_to_exclude", "fp16": "node_block_list",
+               "quantize-int4": "nodes_to_exclude"}
 KEEP_SETTING = "keep_float"
 
 

@@ -17,6 +17,7 @@ class Precision(str, Enum):
     fp16 = "fp16"
     int8_dynamic = "int8-dynamic"
     int8_static = "int8-static"
+    int4_weights = "int4-weights"
     auto = "auto"
 
 

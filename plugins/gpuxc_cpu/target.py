@@ -63,6 +63,8 @@ class CpuTarget(OnnxFileTarget[CpuOptions]):
         found = [Variant("fp32", "fp32"), Variant("int8-dynamic", "int8-dynamic")]
         if has_calibration(config):
             found.append(Variant("int8-static", "int8-static"))
+        if "int4-weights" in config.build.optimize_include:
+            found.append(Variant("int4-weights", "int4-weights"))
         return found
 
     def plan(
@@ -74,7 +76,7 @@ class CpuTarget(OnnxFileTarget[CpuOptions]):
                 f"{config.where('build', 'optimization_level')}: optimization level 'all' makes the cpu bundle "
                 "specific to this host's CPU; set build.options.cpu.host_specific: true to ask for that"
             )
-        specs = onnx_plan(config, variant, level, PROVIDERS, options.simplify, signature=signature)
+        specs = onnx_plan(config, variant, level, PROVIDERS, options.simplify, signature=signature, contrib_ops=True)
         if options.ort_format:
             specs.append(PassSpec("ort-format", {}))
         return specs
