@@ -62,6 +62,8 @@ class TransformerFusion(Pass[TransformerFusionConfig]):
     def why_skip(self, model: ModelProto) -> str | None:
         if is_large(model):
             return "the transformer optimizer works on the in-memory model, which cannot exceed 2 GB"
+        if not has_attention(model):
+            return "no attention (MatMul -> Softmax -> MatMul) in the graph"
         return None
 
     def run(self, model: ModelProto, ctx: PassContext) -> PassResult:
@@ -114,6 +116,40 @@ class TransformerFusion(Pass[TransformerFusionConfig]):
             if not worst or result.get("min_cosine", 1) < worst.get("min_cosine", 1):
                 worst = result
         return {"shapes": {k: list(v.shape) for k, v in inputs.items()}, "padded": padded is not None, **worst}
+
+
+# Ops allowed between the scores MatMul and the Softmax (scale, mask) and between Softmax and the
+# MatMul by V (casts, dropout), as exporters write them.
+_SCORE_OPS = {"Add", "Div", "Mul", "Sub", "Where", "Cast", "Reshape"}
+_PROB_OPS = {"Cast", "Dropout", "Identity"}
+
+
+def has_attention(model: ModelProto) -> bool:
+    """Whether the main graph has MatMul -> (scale, mask) -> Softmax -> MatMul, the core of attention."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def from_matmul(name: str, depth: int) -> bool:
+        node = producer.get(name)
+        if node is None or depth > 4:
+            return False
+        if node.op_type == "MatMul":
+            return True
+        return node.op_type in _SCORE_OPS and any(from_matmul(i, depth + 1) for i in node.input)
+
+    def to_matmul(name: str, depth: int) -> bool:
+        for node in consumers.get(name, []):
+            if node.op_type == "MatMul":
+                return True
+            if node.op_type in _PROB_OPS and depth < 2 and to_matmul(node.output[0], depth + 1):
+                return True
+        return False
+
+    return any(n.op_type == "Softmax" and from_matmul(n.input[0], 0) and to_matmul(n.output[0], 0)
+               for n in model.graph.node)  # fmt: skip
 
 
 def _padded(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
