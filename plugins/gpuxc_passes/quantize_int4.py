@@ -54,7 +54,7 @@ class QuantizeInt4(Pass[QuantizeInt4Config]):
     def run(self, model: ModelProto, ctx: PassContext) -> PassResult:
         work = ModelProto()
         work.CopyFrom(model)
-        named = _name_matmuls(work)  # the quantizer selects nodes by name
+        named = _name_matmuls(work)  # the quantizer excludes nodes by name
         candidates = int4_candidates(work, self.config.min_weight_elements, self.config.nodes_to_exclude)
         if not candidates:
             raise PassSkipped(f"no MatMul with a constant float weight of at least "
@@ -75,7 +75,9 @@ class QuantizeInt4(Pass[QuantizeInt4Config]):
                 accuracy_level=self.config.accuracy_level, op_types_to_quantize=("MatMul",),
             )  # fmt: skip
             try:
-                quantizer = MatMulNBitsQuantizer(work, nodes_to_include=candidates, algo_config=config)
+                # nodes_to_include only adds to op_types_to_quantize: the other MatMuls are excluded by name.
+                others = [n.name for n in work.graph.node if n.op_type == "MatMul" and n.name not in candidates]
+                quantizer = MatMulNBitsQuantizer(work, nodes_to_exclude=others, algo_config=config)
                 quantizer.process()
             except Exception as exc:
                 raise PassError(f"ONNX Runtime's MatMulNBits quantizer failed: {reason(exc)}") from None
