@@ -63,8 +63,9 @@ def sequence_plan(signature: ModelSignature) -> list[PassSpec]:
 
 def fusion_plan(signature: ModelSignature | None) -> list[PassSpec]:
     """``transformer-fusion`` (optional; the pass itself looks for MatMul -> Softmax -> MatMul) when the
-    model has the ops of attention. Measured on all-MiniLM-L6-v2 (fixtures/minilm.py): ONNX Runtime's own
-    EXTENDED level fuses no attention on CPU, and the fused model ran 5-10% faster (docs/passes.md)."""
+    model has the ops of attention. Opt-in (``build.options.cpu.transformer_fusion``): measured on
+    all-MiniLM-L6-v2 (fixtures/minilm.py) on a 2-core x86-64 host, the fused model was no faster than
+    ONNX Runtime's own EXTENDED optimization, which fuses no attention on CPU (docs/passes.md)."""
     if signature is None or not ATTENTION_OPS <= set(signature.op_types):
         return []
     return [PassSpec("transformer-fusion", {}, required=False)]
@@ -78,17 +79,18 @@ def onnx_plan(
     simplify: str = "off",
     signature: ModelSignature | None = None,
     contrib_ops: bool = False,
+    fusion: bool = False,
 ) -> list[PassSpec]:
     """Passes for an ONNX artifact at ``variant``'s precision; ``level`` is the fp32 optimization level.
     With ``signature``, declared static input shapes specialise the artifact (:func:`fixed_shapes`).
-    ``contrib_ops``: the runtime runs ONNX Runtime's ``com.microsoft`` ops (CPU), which transformer
-    fusion and int4 weights (MatMulNBits) produce."""
+    ``contrib_ops``: the runtime runs ONNX Runtime's ``com.microsoft`` ops (CPU), which int4 weights
+    (MatMulNBits) and transformer fusion produce; ``fusion``: plan :func:`fusion_plan` for fp32 too."""
     specs: list[PassSpec] = shapes_plan(config, signature)
     if simplify != "off":
         specs.append(PassSpec("simplify", {"backend": simplify}, required=False))
     precision = variant.precision
     if precision == "fp32":
-        if contrib_ops and level in ("extended", "all"):
+        if contrib_ops and fusion and level in ("extended", "all"):
             specs += fusion_plan(signature)
         if level != "none":
             specs.append(PassSpec("ort-optimize", {"level": level, "providers": providers}))
