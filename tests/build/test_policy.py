@@ -7,6 +7,8 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +252,26 @@ def test_a_wrongly_typed_field_is_named_at_its_line(repaired: tuple[Path, Path, 
     policy.write_text(text.replace("optimize: sometimes", "optimize: fixed\n  extra: 1"), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"unknown key 'extra' in build"):
         load_policy(policy)
+
+
+
+def test_an_openvino_build_replays_with_its_hint_and_a_changed_hint_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="the openvino target needs `pip install gpuxc[openvino]`")
+    # Each build in a fresh process: OpenVINO names the constants it creates from a per-process
+    # counter, so a second conversion in one process writes other layer names (docs/policy.md).
+    project = calibrated_project(tmp_path / "p")
+    cli = [sys.executable, "-m", "gpuxc", "compile", str(project), "-t", "openvino", "--archive", "--no-cache"]
+    first = subprocess.run([*cli, "--precision", "fp32", "-o", str(tmp_path / "a")], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    bundle = tmp_path / "a" / "outlier-1.0.0-openvino"
+    policy = tmp_path / "policy.yml"
+    policy.write_text(export_policy(bundle), encoding="utf-8")
+    assert yaml.safe_load(policy.read_text(encoding="utf-8"))["variant"]["settings"] == {"hint": "f32"}
+    again = subprocess.run([*cli, "--policy", str(policy), "-o", str(tmp_path / "b")], capture_output=True, text=True)
+    assert again.returncode == 0 and "no search" in again.stderr, again.stderr
+    archive = "outlier-1.0.0-openvino.tar.gz"
+    assert sha256(tmp_path / "b" / archive) == sha256(tmp_path / "a" / archive)
+    edit_policy(policy, lambda d: d["variant"].update(settings={"hint": "bf16"}))
+    with pytest.raises(ConfigError, match=r"variant.settings.hint is 'bf16', but variant 'fp32' of target 'openvino' "
+                                          r"has 'f32'"):  # fmt: skip
+        replay(project, policy, tmp_path / "c")
