@@ -275,3 +275,44 @@ def test_an_openvino_build_replays_with_its_hint_and_a_changed_hint_is_refused(t
     with pytest.raises(ConfigError, match=r"variant.settings.hint is 'bf16', but variant 'fp32' of target 'openvino' "
                                           r"has 'f32'"):  # fmt: skip
         replay(project, policy, tmp_path / "c")
+
+
+def matmul_add() -> onnx.ModelProto:
+    """x @ W + b: ONNX Runtime's basic optimization fuses it into one Gemm named 'mm/MatMulAddFusion'."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+         helper.make_node("Add", ["h", "b"], ["y"], name="add")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [numpy_helper.from_array(rng.standard_normal((32, 8)).astype(np.float32), "W"),
+         numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b")],
+    )  # fmt: skip
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_kept_node_an_earlier_pass_made_is_found(tmp_path: Path) -> None:
+    # The repair names nodes of the model the lossy pass receives; a fusion's node is not in the source.
+    from tests.integration.conftest import write_project
+
+    build = {"build": {"precision": "int8-dynamic", "tolerance": {"atol": 0.5}}}
+    project = write_project(tmp_path / "p", matmul_add(), build, name="fused")
+    [first] = compile_project(project, ["cpu"], tmp_path / "a", use_cache=False)
+    policy = tmp_path / "policy.yml"
+    policy.write_text(export_policy(first.path), encoding="utf-8")
+
+    def keep_fused(data: dict[str, Any]) -> None:
+        data["variant"].update(name="int8-dynamic+keep1", settings={"keep_float": ["mm/MatMulAddFusion"]})
+        [quantize] = [p for p in data["passes"] if p["name"] == "quantize-dynamic"]
+        quantize["params"]["nodes_to_exclude"] = ["mm/MatMulAddFusion"]
+
+    edit_policy(policy, keep_fused)
+    [again] = compile_project(project, None, tmp_path / "b", policy=load_policy(policy), use_cache=False)
+    assert again.variant == "int8-dynamic+keep1"
+    assert manifest(again.path)["build"]["variant_settings"] == {"keep_float": ["mm/MatMulAddFusion"]}
+    edit_policy(policy, lambda d: d["variant"]["settings"].update(keep_float=["mm/Nothing"]))
+    with pytest.raises(ConfigError, match=r"node 'mm/Nothing' in variant.settings.keep_float is not in the model$"):
+        compile_project(project, None, tmp_path / "c", policy=load_policy(policy), use_cache=False)
