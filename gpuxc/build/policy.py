@@ -197,8 +197,11 @@ def policy_from_manifest(manifest: Manifest) -> dict[str, Any]:
     build = manifest.build
     configured = manifest.config.get("build", {})
     calibration = configured.get("calibration") or {}
+    missing = "variant settings" if "variant_settings" not in build.model_fields_set else None
     if calibration.get("data") is not None and build.calibration_sha256 is None:
-        raise BundleError(f"bundle '{manifest.name}' records no calibration digest (made by gpuxc "
+        missing = "calibration digest"
+    if missing:  # a bundle from before policies: what it would replay is not all written down
+        raise BundleError(f"bundle '{manifest.name}' records no {missing} (made by gpuxc "
                           f"{manifest.gpuxc_version}): rebuild it with this gpuxc to export its policy")  # fmt: skip
     data = {
         "policy": POLICY_VERSION,

@@ -4,6 +4,7 @@ messages on stderr, exit codes, and the build cache keeping replays and searches
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,15 @@ def test_policy_help_imports_no_runtime(tmp_path: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert "HEAVY 0 []" in proc.stderr, proc.stderr
+
+
+def test_a_bundle_from_before_policies_is_refused(built: tuple[Path, Path], tmp_path: Path) -> None:
+    _, bundle = built
+    old = tmp_path / BUNDLE
+    shutil.copytree(bundle, old)
+    data = json.loads((old / "gpux-bundle.json").read_text(encoding="utf-8"))
+    del data["build"]["variant_settings"]
+    (old / "gpux-bundle.json").write_text(json.dumps(data), encoding="utf-8")
+    result = gpuxc("policy", "export", old)
+    assert result.exit_code == ExitCode.BUNDLE and result.stdout == ""
+    assert "records no variant settings (made by gpuxc" in result.stderr
