@@ -322,7 +322,28 @@ def for_model(key: str, model: Path, calibration: int, validation: int) -> tuple
         make = silero if key == "silero-vad" else akiki
         cal_clips, val_clips = speech(cal_text[: calibration // 2 + 4]), speech(val_text[: validation // 2 + 2])
         return make(model, cal_clips, calibration), make(model, val_clips, validation)
+    if key == "minilm":
+        from fixtures.minilm import fetch_minilm
+
+        _model, tokenizer = fetch_minilm()
+        return encoder_inputs(tokenizer, cal_text, calibration), encoder_inputs(tokenizer, val_text, validation)
     raise KeyError(f"no realistic data for {key}")
+
+
+def encoder_inputs(tokenizer_json: Path, texts: list[str], n: int, length: int = 32) -> list[Samples]:
+    """Real sentences through the model's own tokenizer.json, padded and truncated to ``length`` tokens."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    tokenizer.enable_padding(length=length)
+    tokenizer.enable_truncation(max_length=length)
+    out = []
+    for text in texts[:n]:
+        encoding = tokenizer.encode(text)
+        out.append({"input_ids": np.asarray([encoding.ids], np.int64),
+                    "attention_mask": np.asarray([encoding.attention_mask], np.int64),
+                    "token_type_ids": np.asarray([encoding.type_ids], np.int64)})  # fmt: skip
+    return out
 
 
 def write_npz(path: Path, calibration: list[Samples], validation: list[Samples]) -> None:
