@@ -84,6 +84,15 @@ class Candidate:
             "passes": [r.name for r in self.records if r.status == "applied"],
         } | self._repair_summary()
 
+    def numerics_passed(self) -> bool:
+        """Passed verification, or passed it on a stand-in runtime (a TensorRT graph on ONNX Runtime
+        CPU: "unverified" on its own runtime, yet inside tolerance). A precision repair accepts
+        either; a candidate that never ran (no runtime here) passed nothing."""
+        if self.status == "passed":
+            return True
+        v = self.verification
+        return self.status == "unverified" and v is not None and v.runtime is not None and not v.failures
+
     def _repair_summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if KEEP_SETTING in self.variant.settings:
