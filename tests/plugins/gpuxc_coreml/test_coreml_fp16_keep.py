@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from fixtures.models import cancelling_mlp
 from gpuxc.build.pipeline import compile_project
 from gpuxc.errors import ConfigError
 from tests.integration.conftest import write_project
-from tests.plugins.gpuxc_tensorrt.test_tensorrt_precision import cancelling_mlp
 
 ct = pytest.importorskip("coremltools", reason="the coreml target needs `pip install gpuxc[coreml]`")
 FP16 = ct.proto.MIL_pb2.DataType.Value("FLOAT16")

@@ -14,36 +14,11 @@ import onnx
 import pytest
 from gpuxc_tensorrt.builder import network_flags
 from gpuxc_tensorrt.precision import node_precisions
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from fixtures import models
 from gpuxc.build.pipeline import compile_project
 from tests.integration.conftest import write_project
-
-D = 32
-
-
-def cancelling_mlp() -> onnx.ModelProto:
-    """``x[1, D]`` → mm1 → concat(h, h) → ``mmc`` → mm3. mmc's weights are [[B], [S - B]] with B ~1000
-    and S ~1: in fp32 the two halves cancel to h @ S; stored in fp16, S - B loses S (its spacing
-    near 1000 is 0.5), so mmc alone ruins fp16 and keeping it in float repairs it."""
-    rng = np.random.default_rng(0)
-    w1 = (rng.standard_normal((D, D)) / np.sqrt(D)).astype(np.float32)
-    big = (1000.0 + rng.standard_normal((D, D))).astype(np.float32)
-    small = (rng.standard_normal((D, D)) / np.sqrt(D)).astype(np.float32)
-    wc = np.concatenate([big, small - big]).astype(np.float32)
-    w3 = (rng.standard_normal((D, 8)) / np.sqrt(D)).astype(np.float32)
-    nodes = [
-        helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"),
-        helper.make_node("Concat", ["h", "h"], ["hh"], name="concat", axis=1),
-        helper.make_node("MatMul", ["hh", "Wc"], ["c"], name="mmc"),
-        helper.make_node("MatMul", ["c", "W3"], ["y"], name="mm3"),
-    ]
-    graph = helper.make_graph(nodes, "cancelling", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, D])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
-                              initializer=[numpy_helper.from_array(a, n) for n, a in
-                                           (("W1", w1), ("Wc", wc), ("W3", w3))])  # fmt: skip
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def manifest(bundle: Path) -> dict[str, Any]:
@@ -78,7 +53,7 @@ def test_network_flags_follow_the_tensorrt_version(version: str, precision: str,
 
 
 def test_a_fixed_fp16_build_that_misses_tolerance_ships_repaired_with_the_node_in_float(tmp_path: Path) -> None:
-    project = write_project(tmp_path / "p", cancelling_mlp(), {"build": {"precision": "fp16"}}, name="cancel")
+    project = write_project(tmp_path / "p", models.cancelling_mlp(), {"build": {"precision": "fp16"}}, name="cancel")
     [result] = compile_project(project, ["tensorrt"], tmp_path / "dist")
     assert result.variant == "fp16+keep1"
     data = manifest(result.path)
@@ -123,7 +98,7 @@ def test_int8_static_for_tensorrt_is_symmetric_qdq_and_is_repaired(tmp_path: Pat
 
 
 def test_auto_ships_fp32_and_records_the_repaired_fp16_candidate(tmp_path: Path) -> None:
-    project = write_project(tmp_path / "p", cancelling_mlp(), {"build": {"optimize": "auto"}}, name="cancel")
+    project = write_project(tmp_path / "p", models.cancelling_mlp(), {"build": {"optimize": "auto"}}, name="cancel")
     [result] = compile_project(project, ["tensorrt"], tmp_path / "dist")
     assert result.variant == "fp32"  # nothing can be timed here
     names = {c["name"]: c for c in manifest(result.path)["build"]["candidates"]}
