@@ -65,6 +65,7 @@ CASES = {
     "ppocrv4-rec": Case("ppocrv4-rec", {"x": [1, 3, 48, 320]}),
     "ppocr-cls": Case("ppocr-cls", {"x": [1, 3, 48, 192]}),
     "silero-vad": Case("silero-vad", {"input": [1, 512], "state": [2, 1, 128]}, _silero_calibration(), False),
+    "minilm": Case("minilm", {name: [1, 128] for name in ("input_ids", "attention_mask", "token_type_ids")}),
 }
 
 

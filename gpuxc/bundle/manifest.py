@@ -64,6 +64,9 @@ class BuildInfo(_M):
     # size_bytes, memory_bytes and the passes applied.
     candidates: list[dict[str, Any]] = Field(default_factory=list)
     memory: dict[str, int] | None = None  # estimate: weights_bytes, activations_bytes (upper bound), total_bytes
+    # The shipped variant's settings (hint, keep_float, runtime...): with passes, what a policy replays.
+    variant_settings: dict[str, Any] = Field(default_factory=dict)
+    calibration_sha256: str | None = None  # of build.calibration.data, as the cache key has it (policies check it)
 
 
 class ArtifactInfo(_M):

@@ -50,6 +50,8 @@ class CpuOptions(TargetOptions):
     """Run the simplify pass first (optional: skipped with the reason recorded when it fails)."""
     ort_format: bool = False
     """Ship model.ort plus its required-operators config, for ONNX Runtime minimal builds on edge devices."""
+    transformer_fusion: bool = False
+    """fp32: run ONNX Runtime's transformer optimizer (Attention, SkipLayerNorm) on models with attention."""
 
 
 class CpuTarget(OnnxFileTarget[CpuOptions]):
@@ -65,6 +67,8 @@ class CpuTarget(OnnxFileTarget[CpuOptions]):
         found = [Variant("fp32", "fp32"), Variant("int8-dynamic", "int8-dynamic")]
         if has_calibration(config):
             found.append(Variant("int8-static", "int8-static"))
+        if "int4-weights" in config.build.optimize_include:
+            found.append(Variant("int4-weights", "int4-weights"))
         return found
 
     def plan(
@@ -76,7 +80,8 @@ class CpuTarget(OnnxFileTarget[CpuOptions]):
                 f"{config.where('build', 'optimization_level')}: optimization level 'all' makes the cpu bundle "
                 "specific to this host's CPU; set build.options.cpu.host_specific: true to ask for that"
             )
-        specs = onnx_plan(config, variant, level, PROVIDERS, options.simplify, signature=signature)
+        specs = onnx_plan(config, variant, level, PROVIDERS, options.simplify, signature=signature,
+                          contrib_ops=True, fusion=options.transformer_fusion)  # fmt: skip
         if options.ort_format:
             specs.append(PassSpec("ort-format", {}))
         return specs

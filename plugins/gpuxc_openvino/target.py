@@ -22,6 +22,7 @@ from gpuxc.passes import PassSpec
 from gpuxc.passes.plans import sequence_plan, shapes_plan
 from gpuxc.project.model import save_model
 from gpuxc.targets import Artifact, Availability, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
+from gpuxc_openvino.weights import compress_int4
 
 if TYPE_CHECKING:
     import numpy as np
@@ -99,6 +100,8 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
             found.append(Variant(f"fp32-{hint}-hint", "fp16", {"hint": hint}))
         if config.build.calibration is not None:
             found.append(Variant("int8-static", "int8-static", {"hint": "f32"}))
+        if "int4-weights" in config.build.optimize_include:
+            found.append(Variant("int4-weights", "int4-weights", {"hint": "f32"}))
         return found
 
     def plan(
@@ -126,6 +129,9 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
             raise CompileError(_conversion_message(exc, model), hint="fix input shapes with build.shapes") from None
         if variant.precision == "int8-static":
             ov_model = self._quantize(ov_model, model, ctx)
+        compressed: dict[str, Any] = {}
+        if variant.precision == "int4-weights":
+            ov_model, compressed = compress_int4(ov_model)  # NNCF, plugins/gpuxc_openvino/weights.py
         compress = options.compress_to_fp16 if options.compress_to_fp16 is not None else variant.precision == "fp16"
         model_dir = ctx.bundle_dir / layout.MODEL_DIR
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -143,6 +149,7 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
                 "performance_hint": options.performance_hint,
                 "cache_dir": options.cache_dir,
                 "weights": "fp16" if compress else "fp32",
+                **compressed,
                 **variant.settings.get("runtime", {}),  # runtime settings auto chose (tuning.py), or a policy's
             },
         )

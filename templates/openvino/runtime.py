@@ -7,6 +7,7 @@ is applied on every device that honours it.
 
 from __future__ import annotations
 
+import queue
 import threading
 from pathlib import Path
 from typing import Any
@@ -66,13 +67,15 @@ class Adapter:
         self.bounded = not model.is_dynamic() and not any(
             op.get_type_name() in UNBOUNDED_OPS for op in model.get_ordered_ops())
         self.compiled = self.core.compile_model(model, device, config)
-        # A bounded graph gets an infer request per calling thread: a request runs one inference at a
-        # time ("Infer Request is busy") and the server calls infer from a thread pool. An unbounded one
-        # uses `request` only, one call at a time: OpenVINO blocks creating a request while an abandoned
-        # run goes on. This thread's request is `request`.
+        # A request runs one inference at a time ("Infer Request is busy") and the server calls infer
+        # from a thread pool, so a bounded graph's calls take requests from a pool made here, as many as
+        # OpenVINO finds optimal (one per stream): creating one while another runs blocks until that run
+        # ends. An unbounded graph uses `request` alone, one call at a time (`_abandonable`).
         self.request = self.compiled.create_infer_request()
-        self._local = threading.local()
-        self._local.request = self.request
+        self._pool: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pool.put(self.request)
+        for _ in range(self._pool_size() - 1 if self.bounded else 0):
+            self._pool.put(self.compiled.create_infer_request())
         self._serial = threading.Lock()
         self._abandoned = False
         self.ports = {name: port for port in self.compiled.outputs for name in port.get_names()}
@@ -83,20 +86,27 @@ class Adapter:
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str], timeout: float) -> dict[str, np.ndarray]:
         if not self.inputs.issuperset(feeds):  # rare (CastLike's like): leave the usual call copy-free
             feeds = {name: value for name, value in feeds.items() if name in self.inputs}
-        if self.bounded:
-            request = getattr(self._local, "request", None)
-            if request is None:
-                request = self._local.request = self.compiled.create_infer_request()
+        if not self.bounded:
+            return self._abandonable(self.request, feeds, output_names, timeout)
+        request = self._pool.get()  # waits while every request is running
+        try:
             # Inline: inputs are read in place (the run ends before this returns), outputs are copies.
             results = request.infer(feeds, share_inputs=True)
-            outputs = {name: results[self.ports[name]] for name in output_names}
-        else:
-            request = self.request
-            outputs = self._abandonable(request, feeds, output_names, timeout)
+            self._count(request)
+            return {name: results[self.ports[name]] for name in output_names}
+        finally:
+            self._pool.put(request)
+
+    def _pool_size(self) -> int:
+        try:
+            return max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        except Exception:  # a device that does not say: one request
+            return 1
+
+    def _count(self, request: Any) -> None:
         if "PERF_COUNT" in self.config:  # the counters describe the last inference only: collect each
             self.timings += [(p.node_name, p.node_type, p.real_time.total_seconds() * 1000.0)
                              for p in request.get_profiling_info()]  # fmt: skip
-        return outputs
 
     def _abandonable(self, request: Any, feeds: dict[str, np.ndarray], output_names: list[str],
                      timeout: float) -> dict[str, np.ndarray]:  # fmt: skip
@@ -121,6 +131,7 @@ class Adapter:
                 request.cancel()
                 self._abandoned = True
                 raise InferenceTimeout(f"inference exceeded the {timeout:g}s timeout")
+            self._count(request)
             return {name: np.array(request.get_tensor(self.ports[name]).data) for name in output_names}
         finally:
             self._serial.release()

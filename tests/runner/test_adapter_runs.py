@@ -1,6 +1,6 @@
 """The adapters' cheap run paths keep the timeout: ONNX Runtime reuses a RunOptions per thread but never
 one a watchdog terminated; OpenVINO runs bounded graphs inline, keeps the abandonable async run for
-graphs with a Loop, and gives each calling thread its own infer request. Each case runs the bundle's
+graphs with a Loop, and lends concurrent calls infer requests from a pool. Each case runs the bundle's
 own runner in a child process."""
 
 from __future__ import annotations
