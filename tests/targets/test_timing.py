@@ -17,6 +17,7 @@ from gpuxc_cpu.target import CpuTarget
 from fixtures import models
 from gpuxc.build import search
 from gpuxc.build.pipeline import compile_project
+from gpuxc.build.policy import load_policy
 from gpuxc.targets import Artifact
 from gpuxc.targets.timing import adapter_module, open_adapter
 from tests.integration.conftest import write_project
@@ -124,6 +125,17 @@ def test_auto_records_the_faster_settings_and_the_runner_applies_them(
                           timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"threads": 1}
+    if target == "cpu":  # a policy replays the tuned settings without timing (docs/policy.md)
+        manifest = json.loads((result.path / "gpux-bundle.json").read_text())
+        assert manifest["build"]["variant_settings"]["runtime"] == {"intra_op_threads": 1}
+        policy = tmp_path / "policy.yml"
+        done = subprocess.run([sys.executable, "-m", "gpuxc", "policy", "export", str(result.path), "-o", str(policy)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        timed.clear()
+        [again] = compile_project(project, ["cpu"], tmp_path / "replay", use_cache=False, policy=load_policy(policy))
+        replayed = json.loads((again.path / "gpux-bundle.json").read_text())["artifact"]["settings"]
+        assert replayed["intra_op_threads"] == 1 and timed == []
 
 
 def test_a_reproducible_build_does_not_tune(tmp_path: Path) -> None:
