@@ -65,6 +65,7 @@ CASES = {
     "ppocrv4-rec": Case("ppocrv4-rec", {"x": [1, 3, 48, 320]}),
     "ppocr-cls": Case("ppocr-cls", {"x": [1, 3, 48, 192]}),
     "silero-vad": Case("silero-vad", {"input": [1, 512], "state": [2, 1, 128]}, _silero_calibration(), False),
+    "minilm": Case("minilm", {name: [1, 128] for name in ("input_ids", "attention_mask", "token_type_ids")}),
 }
 
 
@@ -240,9 +241,9 @@ def main() -> int:
                     failures.append(f"{key} / {target}: {exc}")
                     print(f"  FAILED: {exc}", file=sys.stderr)
     text = render(rows, machine_facts(), args.runs, args.rounds, failures)
-    # Keep the sections benchmarks/serve_load.py and benchmarks/cache.py wrote.
+    # Keep the sections benchmarks/serve_load.py, cache.py and runner_overhead.py wrote.
     old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
-    for script in ("serve_load.py", "cache.py"):
+    for script in ("serve_load.py", "cache.py", "runner_overhead.py"):
         start, end = f"<!-- {script}: start -->", f"<!-- {script}: end -->"
         if start in old and end in old:
             text += "\n" + old[old.index(start) : old.index(end) + len(end)] + "\n"

@@ -29,7 +29,7 @@ def open_session(
     *,
     providers: Sequence[str] | None = None,
     level: str = "all",
-    log_level: int = 3,
+    log_level: int = 4,
     settings: dict[str, Any] | None = None,
 ) -> onnxruntime.InferenceSession:
     """A session on ``model`` (a file path or serialized bytes). ``settings`` are the thread and
@@ -61,7 +61,7 @@ def run_onnxruntime(
     level: str = "all",
     on_stage: Callable[[str], None] | None = None,
     *,
-    log_level: int = 3,
+    log_level: int = 4,
     load_error: type[GpuxcError] = ModelError,
     run_error: Callable[[str], GpuxcError] | None = None,
     what: str = "the reference inputs",

@@ -25,6 +25,7 @@ from gpuxc.bundle.manifest import (
     Verification,
 )
 from gpuxc.bundle.requirements import SERVE_DISTS, pinned, version_of
+from gpuxc.host import host_isa, openvino_capabilities
 from gpuxc.project.config import GpuxConfig
 from gpuxc.project.model import describe
 from gpuxc.project.signature import bundle_io
@@ -79,7 +80,8 @@ def assemble_manifest(project: Project, target: Target, build: BuildInfo, artifa
         outputs=bundle_io(config, passed.outputs, "outputs"),
         metadata=config.metadata,
         build=build,
-        artifact=ArtifactInfo(entry=artifact.entry, format=artifact.format, settings=artifact.settings),
+        artifact=ArtifactInfo(entry=artifact.entry, format=artifact.format, settings=artifact.settings,
+                              requires_isa=list(artifact.settings.get("requires_isa") or [])),
         runtime=RuntimeInfo(
             adapter=runtime.adapter,
             requirements=runtime.requirements,
@@ -115,6 +117,8 @@ def assemble_manifest(project: Project, target: Target, build: BuildInfo, artifa
             machine=platform.machine(),
             python=".".join(map(str, sys.version_info[:3])),
             libraries={d: v for d in ("onnx", "onnxruntime", "numpy") if (v := version_of(d))},
+            isa=host_isa(),
+            openvino_capabilities=openvino_capabilities() if target.name == "openvino" else None,
         ),
         files=file_entries(stage),
     )

@@ -24,10 +24,11 @@ from gpuxc.targets import Artifact, CompileContext, Target, Variant
 Progress = Callable[[str], None]
 
 # Passes that change the numbers: a variant is "lossy" by them, and a failure names them.
-LOSSY_PASSES = {"fp16", "quantize-dynamic", "quantize-static"}
+LOSSY_PASSES = {"fp16", "quantize-dynamic", "quantize-static", "quantize-int4"}
 # The parameter of each lossy pass that leaves named nodes in float (the precision repair's lever,
 # gpuxc/build/repair.py), and the variant setting that names those nodes.
-KEEP_PARAMS = {"quantize-static": "nodes_to_exclude", "quantize-dynamic": "nodes_to_exclude", "fp16": "node_block_list"}
+KEEP_PARAMS = {"quantize-static": "nodes_to_exclude", "quantize-dynamic": "nodes_to_exclude", "fp16": "node_block_list",
+               "quantize-int4": "nodes_to_exclude"}
 KEEP_SETTING = "keep_float"
 
 
@@ -82,6 +83,15 @@ class Candidate:
             "memory_bytes": self.memory.total_bytes if self.memory else None,
             "passes": [r.name for r in self.records if r.status == "applied"],
         } | self._repair_summary()
+
+    def numerics_passed(self) -> bool:
+        """Passed verification, or passed it on a stand-in runtime (a TensorRT graph on ONNX Runtime
+        CPU: "unverified" on its own runtime, yet inside tolerance). A precision repair accepts
+        either; a candidate that never ran (no runtime here) passed nothing."""
+        if self.status == "passed":
+            return True
+        v = self.verification
+        return self.status == "unverified" and v is not None and v.runtime is not None and not v.failures
 
     def _repair_summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

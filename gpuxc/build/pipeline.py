@@ -11,6 +11,7 @@ gpux.yml (+ CLI overrides)                          cache.restore.load_build_con
                 reference data, runner, manifest    bundle.npz, bundle.writer, build.assemble
                 store in the cache, then publish    cache.restore.store, bundle.writer.publish
   --archive: <bundle>.tar.gz beside each            bundle.archive
+  --policy: one variant, the policy's, checked against the project and verified; no search   build.policy
 """
 
 from __future__ import annotations
@@ -23,19 +24,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import to_jsonable_python
+
 from gpuxc.build.assemble import assemble_manifest, runner_context
 from gpuxc.build.budget import check_budget
 from gpuxc.build.candidate import Candidate, build_candidate, failure_hint, failure_message, try_candidate
 from gpuxc.build.options import check_option_targets, target_options
+from gpuxc.build.policy import Policy, check_fits
 from gpuxc.build.project import Project, project_for
 from gpuxc.build.repair import ranking_json, repair, repairable
 from gpuxc.build.report import print_verification
-from gpuxc.build.search import choose_candidate
+from gpuxc.build.search import choose_candidate, tune_runtime
 from gpuxc.bundle import layout, npz, writer
 from gpuxc.bundle.archive import write_archives
 from gpuxc.bundle.manifest import BuildInfo
 from gpuxc.bundle.writer import BundleResult
 from gpuxc.cache import restore as warm
+from gpuxc.cache.key import calibration_digest
 from gpuxc.cache.store import BuildCache
 from gpuxc.errors import TargetUnavailable, VerificationFailed, did_you_mean
 from gpuxc.passes.plans import has_calibration
@@ -64,19 +69,23 @@ def compile_project(
     archive: bool = False,
     cache_dir: Path | None = None,
     use_cache: bool = True,
+    policy: Policy | None = None,
 ) -> list[BundleResult]:
     """Compile the project at ``path`` for each target; returns one result per bundle written.
 
     ``precision`` and ``optimize`` override build.precision and build.optimize (CLI flags).
+    A ``policy`` (gpuxc/build/policy.py) builds its target's recorded variant, and sets both itself.
     With the build cache (``use_cache``, not ``$GPUXC_NO_CACHE``), a target whose key is cached
     is restored from the cache (digest-checked) without loading the model; the others are built
     and stored.
     """
     say = progress or (lambda _msg: None)
+    if policy is not None:
+        precision, optimize = policy.overrides(precision, optimize)
     config = warm.load_build_config(path, config_path, precision, optimize)
     say(f"config {config.path.name}: {config.name} {config.version}")
     cache = warm.open_cache(cache_dir, use_cache, say)
-    return compile_config(config, targets, out, say, archive=archive, cache=cache)
+    return compile_config(config, targets, out, say, archive=archive, cache=cache, policy=policy)
 
 
 def compile_config(
@@ -87,19 +96,24 @@ def compile_config(
     *,
     archive: bool = False,
     cache: BuildCache | None = None,
+    policy: Policy | None = None,
 ) -> list[BundleResult]:
     """:func:`compile_project` for a loaded config (overrides applied) and an opened cache (or None)."""
     registry = get_registry()
     check_option_targets(config, registry.targets)
-    names = targets or config.build.targets
-    _check_target_names(config, names, registry.targets, from_command_line=bool(targets))
+    if policy is not None:
+        policy.check_target_known(registry.targets)
+        names = policy.select_targets(targets)
+    else:
+        names = targets or config.build.targets
+        _check_target_names(config, names, registry.targets, from_command_line=bool(targets))
     out_dir = (out or Path("dist")).resolve()
     project: Project | None = None
     results = []
     for name in names:
         target = registry.targets[name]()
         target_options(config, target)  # a bad option is an error, cached or not
-        key = warm.build_key(config, name, archive) if cache else None
+        key = warm.build_key(config, name, archive, policy.digest if policy else None) if cache else None
         if cache and key and (hit := warm.lookup(cache, key, config, name, out_dir, say)):
             results.append(hit)
             continue
@@ -107,7 +121,7 @@ def compile_config(
         store = None
         if cache and key:
             store = functools.partial(warm.store, cache, key, config, project.model.signature.external_data)
-        results.append(compile_target(project, target, out_dir, say, reproducible=archive, store=store))
+        results.append(compile_target(project, target, out_dir, say, reproducible=archive, store=store, policy=policy))
     if archive:
         write_archives(results, say)
     return results
@@ -120,9 +134,11 @@ def compile_target(
     say: Progress,
     reproducible: bool = False,
     store: Store | None = None,
+    policy: Policy | None = None,
 ) -> BundleResult:
     """Build, verify and publish one target's bundle. ``store(stage, variant, verification)`` sees
-    the finished staging folder just before it is published (the build cache keeps a copy)."""
+    the finished staging folder just before it is published (the build cache keeps a copy). With a
+    ``policy``, its variant alone is built (no search, no repair) and its search record is kept."""
     config = project.config
     availability = target.check_available()
     if not availability.available:
@@ -130,14 +146,19 @@ def compile_target(
         raise TargetUnavailable(f"target '{target.name}' is not available here: {availability.reason}", hint=hint)
     options = target_options(config, target)
     auto = config.build.optimize == "auto" or config.build.precision == "auto"
-    variants = target.variants(config, options, auto)
+    variants = [policy.variant()] if policy else target.variants(config, options, auto)
     final = out_dir / layout.bundle_name(config.name, config.version, target.name)
 
     def tsay(message: str) -> None:
         say(f"[{target.name}] {message}")
 
     with tempfile.TemporaryDirectory(prefix="gpuxc-work-") as work, writer.staging_dir(final) as stage:
-        chosen, summaries = _build_variants(project, target, options, variants, stage, Path(work), tsay)
+        if policy is not None:  # a replay carries its runtime settings (variant.settings["runtime"]): no timing
+            chosen, summaries = _replay(project, target, options, policy, stage, Path(work), tsay)
+        else:
+            chosen, summaries = _build_variants(project, target, options, variants, stage, Path(work), tsay)
+            if auto and not reproducible:  # timings are noisy: a reproducible build keeps the settings as built
+                tune_runtime(target, chosen, project.reference_inputs, tsay)
         assert chosen.artifact is not None and chosen.verification is not None and chosen.model is not None
         print_verification(chosen.verification, tsay)
         npz.write_reference(stage, project.reference_inputs, project.reference_outputs)
@@ -153,10 +174,12 @@ def compile_target(
             optimization_level=config.build.optimization_level,
             target_options=options.model_dump(mode="json"),
             passes=chosen.records,
-            optimize="auto" if len(variants) > 1 else "fixed",
+            optimize=policy.document.search.optimize if policy else ("auto" if len(variants) > 1 else "fixed"),
             variant=chosen.variant.name,
             candidates=summaries,
             memory=chosen.memory.model_dump() if chosen.memory else None,
+            variant_settings=to_jsonable_python(chosen.variant.settings),
+            calibration_sha256=calibration_digest(config),
         )
         manifest = assemble_manifest(project, target, build, chosen.artifact, runtime, chosen.verification,
                                      chosen.model, stage)  # fmt: skip
@@ -207,6 +230,20 @@ def _build_variants(project: Project, target: Target, options: Any, variants: li
     shutil.rmtree(stage / layout.CANDIDATES_DIR)
     chosen.root = stage
     return chosen, summaries
+
+
+def _replay(project: Project, target: Target, options: Any, policy: Policy, stage: Path, workdir: Path,
+            say: Progress) -> tuple[Candidate, list[dict[str, Any]]]:  # fmt: skip
+    """The policy's variant alone, after checking the policy still fits; its search record as the summaries."""
+    check_fits(policy, project, target, options)
+    variant = policy.variant()
+    say(f"policy {policy.name}: variant {variant.name}, no search")
+    chosen = build_candidate(project, target, options, variant, stage, workdir, say)
+    check_budget(project.config, [chosen], say, fixed=True)
+    if chosen.status == "failed":  # a policy never bypasses verification
+        hint = "the policy's variant no longer passes here; compile without --policy to search again"
+        raise VerificationFailed(failure_message(target, chosen, project.model.upgrade), hint=hint)
+    return chosen, policy.candidates()
 
 
 def _repaired(project: Project, target: Target, options: Any, failed: Candidate, stage: Path, workdir: Path,

@@ -29,7 +29,8 @@ Arrays = dict[str, "np.ndarray"]
 def tolerance_for(config: GpuxConfig, precision: str | None = None) -> dict[str, float]:
     """The gate for a build at ``precision``: that precision's defaults, then build.tolerance."""
     precision = precision or config.build.precision
-    key = "int8" if precision.startswith("int8") else "fp16" if precision == "fp16" else "fp32"
+    # int4-weights (weight-only) is judged like int8: elementwise error expected, overall agreement gated.
+    key = "int8" if precision.startswith(("int8", "int4")) else "fp16" if precision == "fp16" else "fp32"
     base = dict(DEFAULT_TOLERANCE[key])
     base.update({k: v for k, v in config.build.tolerance.model_dump().items() if v is not None})
     return base

@@ -64,12 +64,18 @@ class BuildInfo(_M):
     # size_bytes, memory_bytes and the passes applied.
     candidates: list[dict[str, Any]] = Field(default_factory=list)
     memory: dict[str, int] | None = None  # estimate: weights_bytes, activations_bytes (upper bound), total_bytes
+    # The shipped variant's settings (hint, keep_float, runtime...): with passes, what a policy replays.
+    variant_settings: dict[str, Any] = Field(default_factory=dict)
+    calibration_sha256: str | None = None  # of build.calibration.data, as the cache key has it (policies check it)
 
 
 class ArtifactInfo(_M):
     entry: str
     format: str
-    settings: dict[str, Any]
+    settings: dict[str, Any]  # read by the runner's adapter: threads, hints, runtime settings auto chose
+    # CPU capabilities the artifact was specialised for on the build host (OpenVINO's names: "BF16",
+    # "FP16", "INT8"), from settings["requires_isa"]; the runner warns on a CPU without them.
+    requires_isa: list[str] = Field(default_factory=list)
 
 
 class RuntimeInfo(_M):
@@ -122,6 +128,11 @@ class HostInfo(_M):
     machine: str
     python: str
     libraries: dict[str, str]
+    # The build host's CPU extensions (avx2, avx512f, avx512_vnni, avx512_bf16, amx_bf16, amx_int8,
+    # asimddp, ...; gpuxc/host.py), None where the platform does not say; and OpenVINO's
+    # OPTIMIZATION_CAPABILITIES of it when OpenVINO is installed.
+    isa: list[str] | None = None
+    openvino_capabilities: list[str] | None = None
 
 
 class Manifest(_M):

@@ -6,6 +6,8 @@ everything that decides a bundle.
 - the canonical config after CLI overrides (the same dict the manifest records), the target
   and whether the build is reproducible (``--archive``);
 - the model file's sha256, the calibration data's digest;
+- the policy replayed (``compile --policy``), by its digest: a replay never restores a searched
+  bundle, nor a search a replayed one;
 - the host facts that change a result: OS, machine, Python, CPU model and flags (OpenVINO's
   precision hints and ``--optimize auto``'s timings depend on them) and the versions of every
   library a pass, target or the bundle's pinned requirements come from.
@@ -20,11 +22,14 @@ import platform
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuxc import __version__
 from gpuxc.cache.store import CACHE_FORMAT
 from gpuxc.digests import sha256_file, tree_digest
+
+if TYPE_CHECKING:
+    from gpuxc.project.config import GpuxConfig
 
 # Libraries whose version can change what a build writes: passes and targets use them, and the
 # bundle's requirements.txt pins the serving ones.
@@ -87,6 +92,16 @@ def host_facts() -> dict[str, Any]:
     }
 
 
+def calibration_digest(config: GpuxConfig) -> str | None:
+    """The digest of build.calibration.data (a folder's tree digest, a file's sha256); None without
+    data. OSError when it cannot be read. Also recorded in the manifest, and checked by a policy."""
+    cal = config.build.calibration
+    if cal is None or cal.data is None:
+        return None
+    data = (config.project_dir / cal.data).resolve()
+    return tree_digest(data) if data.is_dir() else sha256_file(data)
+
+
 def key_document(
     *,
     config: dict[str, Any],
@@ -96,6 +111,7 @@ def key_document(
     calibration_digest: str | None,
     code: dict[str, str],
     host: dict[str, Any],
+    policy: str | None = None,
 ) -> dict[str, Any]:
     return {
         "cache_format": CACHE_FORMAT,
@@ -107,6 +123,7 @@ def key_document(
         "model_sha256": model_sha256,
         "calibration": calibration_digest,
         "host": host,
+        "policy": policy,
     }
 
 

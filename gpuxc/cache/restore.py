@@ -18,9 +18,9 @@ from gpuxc.bundle import layout
 from gpuxc.bundle import writer as bundle
 from gpuxc.bundle.archive import write_archives
 from gpuxc.bundle.writer import BundleResult
-from gpuxc.cache.key import code_digest, host_facts, key_document, key_of
+from gpuxc.cache.key import calibration_digest, code_digest, host_facts, key_document, key_of
 from gpuxc.cache.store import BuildCache, cache_disabled_by_env, default_cache_dir
-from gpuxc.digests import sha256_file, tree_digest
+from gpuxc.digests import sha256_file
 from gpuxc.project.config import GpuxConfig
 from gpuxc.project.config_load import find_config, load_config
 
@@ -52,8 +52,9 @@ def load_build_config(path: Path, config_path: Path | None, precision: str | Non
     return config
 
 
-def build_key(config: GpuxConfig, target: str, reproducible: bool) -> CacheKey | None:
-    """The cache key of one target's build; None when an input is missing (the build reports it)."""
+def build_key(config: GpuxConfig, target: str, reproducible: bool, policy: str | None = None) -> CacheKey | None:
+    """The cache key of one target's build (replaying the policy of digest ``policy``, if any); None
+    when an input is missing (the build reports it)."""
     from gpuxc.bundle.runner_source import template_root
     from gpuxc.plugin.manager import plugin_module_names
 
@@ -62,13 +63,7 @@ def build_key(config: GpuxConfig, target: str, reproducible: bool) -> CacheKey |
         if not model_path.is_file():
             return None
         model_sha256 = sha256_file(model_path)
-        cal = config.build.calibration
-        calibration = None
-        if cal is not None and cal.data is not None:
-            data = (config.project_dir / cal.data).resolve()
-            if not data.exists():
-                return None
-            calibration = tree_digest(data) if data.is_dir() else sha256_file(data)
+        calibration = calibration_digest(config)
     except OSError:
         return None  # unreadable inputs: the build itself reports them properly
     document = key_document(
@@ -79,6 +74,7 @@ def build_key(config: GpuxConfig, target: str, reproducible: bool) -> CacheKey |
         calibration_digest=calibration,
         code=code_digest(plugin_module_names(), [template_root()]),
         host=host_facts(),
+        policy=policy,
     )
     return CacheKey(key_of(document), document)
 
@@ -137,14 +133,16 @@ def restore_all(
     archive: bool = False,
     cache_dir: Path | None = None,
     use_cache: bool = True,
+    policy: str | None = None,
 ) -> list[BundleResult] | None:
-    """Every requested bundle from the cache, or None if any target must be built."""
+    """Every requested bundle from the cache, or None if any target must be built. ``policy``: the
+    digest of the policy replayed (its precision and optimize are passed as the overrides)."""
     cache = open_cache(cache_dir, use_cache, say)
     if cache is None:
         return None
     config = load_build_config(path, config_path, precision, optimize)
     names = targets or config.build.targets
-    keys = [build_key(config, name, archive) for name in names]
+    keys = [build_key(config, name, archive, policy) for name in names]
     if not all(k is not None and cache.has(k.key) for k in keys):
         return None
     out_dir = (out or Path("dist")).resolve()

@@ -16,7 +16,8 @@ import gpuxc.cli.cache
 import gpuxc.cli.init
 import gpuxc.cli.delegate
 import gpuxc.cli.verify
-import gpuxc.cli.bench  # noqa: F401
+import gpuxc.cli.bench
+import gpuxc.cli.policy  # noqa: F401
 
 # isort: on
 from gpuxc.cli.app import app

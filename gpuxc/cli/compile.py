@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from gpuxc.cli.app import CacheDirOpt, JsonOpt, VerboseOpt, app, err, handle_errors
+from gpuxc.errors import ExitCode
 
 
 class Precision(str, Enum):
@@ -17,6 +18,7 @@ class Precision(str, Enum):
     fp16 = "fp16"
     int8_dynamic = "int8-dynamic"
     int8_static = "int8-static"
+    int4_weights = "int4-weights"
     auto = "auto"
 
 
@@ -42,6 +44,10 @@ def compile_command(
     archive: Annotated[
         bool, typer.Option("--archive", help="Also write <bundle>.tar.gz, byte-identical across rebuilds.")
     ] = False,
+    policy: Annotated[
+        Path | None,
+        typer.Option("--policy", help="Build the variant a policy file records (gpuxc policy export): no search."),
+    ] = None,
     cache_dir: CacheDirOpt = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Build from scratch; neither read nor write the build cache.")
@@ -62,12 +68,24 @@ def compile_command(
         "cache_dir": cache_dir,
         "use_cache": not no_cache,
     }
+    loaded = None
+    warm_options = options
+    if policy is not None:
+        from gpuxc.build.policy import load_policy
+
+        if precision is not None or optimize is not None:
+            err("error: --policy sets the precision and optimize it was built with; drop --precision/--optimize")
+            raise typer.Exit(int(ExitCode.USAGE))
+        loaded = load_policy(policy)
+        target = loaded.select_targets(target)
+        fixed, searched = loaded.overrides(None, None)
+        warm_options = {**options, "precision": fixed, "optimize": searched, "policy": loaded.digest}
     # Every target cached: done without importing onnx, ONNX Runtime or the plugins.
-    results = warm.restore_all(path, target or None, out, config, progress, **options)
+    results = warm.restore_all(path, target or None, out, config, progress, **warm_options)
     if results is None:
         from gpuxc.build.pipeline import compile_project
 
-        results = compile_project(path, target or None, out, config, progress, **options)
+        results = compile_project(path, target or None, out, config, progress, **options, policy=loaded)
     if json_out:
         typer.echo(json.dumps({"bundles": [r.to_json() for r in results]}, indent=2))
     else:

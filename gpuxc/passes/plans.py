@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gpuxc.errors import ConfigError
 from gpuxc.passes import PassSpec
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 # folded away (the fold-sequences pass) when every position is known.
 SEQUENCE_OPS = frozenset({"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceAt",
                           "SequenceLength", "ConcatFromSequence"})  # fmt: skip
+# Ops every attention block has (QK^T, softmax, times V): transformer-fusion is planned for such models.
+ATTENTION_OPS = frozenset({"MatMul", "Softmax"})
 
 
 def fixed_shapes(config: GpuxConfig, signature: ModelSignature) -> dict[str, list[int]]:
@@ -58,6 +61,16 @@ def sequence_plan(signature: ModelSignature) -> list[PassSpec]:
     return [PassSpec("fold-sequences", {}, required=False)]
 
 
+def fusion_plan(signature: ModelSignature | None) -> list[PassSpec]:
+    """``transformer-fusion`` (optional; the pass itself looks for MatMul -> Softmax -> MatMul) when the
+    model has the ops of attention. Opt-in (``build.options.cpu.transformer_fusion``): measured on
+    all-MiniLM-L6-v2 (fixtures/minilm.py) on a 2-core x86-64 host, the fused model was no faster than
+    ONNX Runtime's own EXTENDED optimization, which fuses no attention on CPU (docs/passes.md)."""
+    if signature is None or not ATTENTION_OPS <= set(signature.op_types):
+        return []
+    return [PassSpec("transformer-fusion", {}, required=False)]
+
+
 def onnx_plan(
     config: GpuxConfig,
     variant: Variant,
@@ -65,17 +78,26 @@ def onnx_plan(
     providers: list[str],
     simplify: str = "off",
     signature: ModelSignature | None = None,
+    contrib_ops: bool = False,
+    fusion: bool = False,
 ) -> list[PassSpec]:
     """Passes for an ONNX artifact at ``variant``'s precision; ``level`` is the fp32 optimization level.
-    With ``signature``, declared static input shapes specialise the artifact (:func:`fixed_shapes`)."""
+    With ``signature``, declared static input shapes specialise the artifact (:func:`fixed_shapes`).
+    ``contrib_ops``: the runtime runs ONNX Runtime's ``com.microsoft`` ops (CPU), which int4 weights
+    (MatMulNBits) and transformer fusion produce; ``fusion``: plan :func:`fusion_plan` for fp32 too."""
     specs: list[PassSpec] = shapes_plan(config, signature)
     if simplify != "off":
         specs.append(PassSpec("simplify", {"backend": simplify}, required=False))
     precision = variant.precision
     if precision == "fp32":
+        if contrib_ops and fusion and level in ("extended", "all"):
+            specs += fusion_plan(signature)
         if level != "none":
             specs.append(PassSpec("ort-optimize", {"level": level, "providers": providers}))
         return specs
+    if precision == "int4-weights" and not contrib_ops:
+        raise ConfigError(f"{config.where('build', 'precision')}: int4-weights (ONNX Runtime MatMulNBits) is "
+                          "offered by the cpu and openvino targets only")  # fmt: skip
     specs.append(PassSpec("fold-constants", {}, required=False))
     specs.append(PassSpec("ort-optimize", {"level": "basic", "providers": providers}))
     if precision == "fp16":
@@ -84,6 +106,8 @@ def onnx_plan(
         specs.append(PassSpec("quantize-dynamic", {"op_types": ["MatMul", "Gemm"], "per_channel": True}))
     elif precision == "int8-static":
         specs.append(PassSpec("quantize-static", calibration_params(config)))
+    elif precision == "int4-weights":
+        specs.append(PassSpec("quantize-int4", {"block_size": 32, "symmetric": True, "accuracy_level": 4}))
     else:
         raise ValueError(f"no ONNX plan for precision {precision!r}")
     return specs

@@ -31,7 +31,9 @@ DTYPES = (
 DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64"}
 
 BACKENDS = ("auto", "tensorrt", "cuda", "rocm", "coreml", "directml", "openvino", "cpu")
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "auto")
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4-weights", "auto")
+# Variants --optimize auto tries only when asked (build.optimize_include): int4 weights pay on large MatMuls only.
+OPT_IN_VARIANTS = ("int4-weights",)
 OPT_LEVELS = ("none", "basic", "extended", "all")
 
 # Names end up in folder names and in HTTP routes: keep them boring.
@@ -242,6 +244,7 @@ class BuildSection(_Section):
     optimization_level: Literal[OPT_LEVELS] | None = None  # type: ignore[valid-type]
     precision: Literal[PRECISIONS] = "fp32"  # type: ignore[valid-type]
     optimize: Literal["fixed", "auto"] = "fixed"  # auto: build candidate variants, keep the fastest in tolerance
+    optimize_include: list[Literal[OPT_IN_VARIANTS]] = Field(default_factory=list)  # type: ignore[valid-type]
     calibration: CalibrationSection | None = None
     tolerance: ToleranceSection = Field(default_factory=ToleranceSection)
     shapes: dict[str, list[Annotated[int, Field(ge=0)]]] = Field(default_factory=dict)

@@ -107,7 +107,8 @@ class Target(Generic[OptionsT]):
     6. verification queries: ``why_unverifiable`` (not executed here at all),
        ``why_stand_in`` (executed on a stand-in runtime), ``verification_runtime`` (what executes it);
     7. ``execute``: run the artifact on the reference inputs (numerics gate), and
-       ``timer``: run it repeatedly under ``--optimize auto``.
+       ``timer``: run it repeatedly under ``--optimize auto``, which then tries
+       ``tuning_candidates`` (runtime settings) on the variant it chose.
     """
 
     name: ClassVar[str]
@@ -171,8 +172,16 @@ class Target(Generic[OptionsT]):
 
     def timer(self, bundle_dir: Path, artifact: Artifact) -> Callable[[dict[str, np.ndarray]], Any] | None:
         """A function running the artifact once with an already open session, as the runner
-        would (for ``--optimize auto`` timing); ``None`` when it cannot run here."""
+        would (for ``--optimize auto`` timing); ``None`` when it cannot run here. Built-in targets
+        run it through the bundle's own adapter (``gpuxc.targets.timing.adapter_timer``)."""
         return None
+
+    def tuning_candidates(self, artifact: Artifact) -> list[dict[str, Any]]:
+        """Runtime settings ``--optimize auto`` tries on the chosen artifact (threads, spinning, streams):
+        each is merged over ``artifact.settings`` and timed through ``timer`` against the settings as
+        they are; the fastest beating them by more than 5% is recorded in the artifact's settings (and
+        ``variant.settings["runtime"]``), which the adapter applies. Default: nothing to try."""
+        return []
 
     # -- precision repair (optional; gpuxc/build/repair.py) ----------------------------------
 

@@ -14,7 +14,9 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import model_validator
 
 from gpuxc.bundle.requirements import pinned, version_of
 from gpuxc.errors import CompileError, first_line
@@ -43,6 +45,15 @@ class CoreMLOptions(TargetOptions):
     """Oldest OS the package loads on (iOS16 = macOS13, the first with the ops used here)."""
     compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"] = "ALL"
     """Which units the runner lets CoreML use (read at run time)."""
+    keep_float: list[str] | None = None
+    """With fp16 compute: ONNX node names whose MIL ops stay fp32. null: the nodes whose own error on
+    the fp16 proxy (the fp16 converter's model on ONNX Runtime CPU) is 1% or more, at most 8; []: none."""
+
+    @model_validator(mode="after")
+    def _keep_needs_fp16(self) -> CoreMLOptions:
+        if self.keep_float and self.compute_precision != "fp16":
+            raise ValueError("keep_float applies to compute_precision: fp16 (fp32 compute keeps every op fp32)")
+        return self
 
 
 class CoreMLTarget(Target[CoreMLOptions]):
@@ -110,7 +121,10 @@ class CoreMLTarget(Target[CoreMLOptions]):
         mismatches = signature_mismatches(model, shapes, program)
         if mismatches:
             raise CompileError("coreml translation is wrong: " + "; ".join(mismatches[:3]))
-        precision = ct.precision.FLOAT32 if options.compute_precision == "fp32" else ct.precision.FLOAT16
+        precision: Any = ct.precision.FLOAT32
+        fp16: dict[str, Any] = {}
+        if options.compute_precision == "fp16":
+            precision, fp16 = self._fp16_precision(model, ctx, program)
         # ct.convert drops its weights TemporaryDirectory without cleanup() on return, which
         # warns ResourceWarning (an error under -W error); the folder is removed either way.
         with warnings.catch_warnings():
@@ -147,8 +161,27 @@ class CoreMLTarget(Target[CoreMLOptions]):
                 # null: an input the program never reads, which the package does not have (fed, ignored).
                 "input_names": input_names,
                 "output_names": output_names,
-            },
+            }
+            | ({"fp16_kept_fp32": fp16} if fp16 else {}),
         )
+
+    def _fp16_precision(self, model: ModelProto, ctx: CompileContext[CoreMLOptions], program: Any) -> tuple[Any, dict]:
+        """FP16ComputePrecision with the kept nodes' MIL ops declined, and what the manifest says of it."""
+        import coremltools as ct
+
+        from gpuxc_coreml.precision import RANKED_ON, choose_kept, kept_mil_vars, op_selector
+
+        kept = choose_kept(model, ctx, ctx.options.keep_float)
+        variables = kept_mil_vars(program, model, [k["node"] for k in kept])
+        record = {
+            "nodes": kept,
+            "mil_ops": sorted(variables),
+            "chosen_on": RANKED_ON if ctx.options.keep_float is None else "build.options.coreml.keep_float",
+            # The choice is the proxy's (or the user's); Core ML's own fp16 never ran on it here.
+            "verified": False,
+            "reason": self.why_unverifiable() or "chosen before Core ML ran; the verification judges the package",
+        }
+        return ct.transform.FP16ComputePrecision(op_selector=op_selector(variables)), record
 
     def _check_saved(self, path: Path, signature: ModelSignature) -> tuple[dict[str, str | None], dict[str, str]]:
         """The package on disk must take and give the ONNX tensors, in order. coremltools may

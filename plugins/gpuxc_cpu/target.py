@@ -22,6 +22,7 @@ from gpuxc.passes import PassSpec
 from gpuxc.passes.plans import has_calibration, onnx_plan
 from gpuxc.targets import Artifact, CompileContext, RuntimeSpec, TargetOptions, Variant
 from gpuxc.targets.onnx_file import OnnxFileTarget
+from gpuxc.targets.timing import RUNTIME_SETTINGS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from gpuxc.project.model import ModelSignature
 
 PROVIDERS = ["CPUExecutionProvider"]
+ADAPTER = "onnxruntime/runtime.py"
 
 
 class CpuOptions(TargetOptions):
@@ -48,6 +50,8 @@ class CpuOptions(TargetOptions):
     """Run the simplify pass first (optional: skipped with the reason recorded when it fails)."""
     ort_format: bool = False
     """Ship model.ort plus its required-operators config, for ONNX Runtime minimal builds on edge devices."""
+    transformer_fusion: bool = False
+    """fp32: run ONNX Runtime's transformer optimizer (Attention, SkipLayerNorm) on models with attention."""
 
 
 class CpuTarget(OnnxFileTarget[CpuOptions]):
@@ -63,6 +67,8 @@ class CpuTarget(OnnxFileTarget[CpuOptions]):
         found = [Variant("fp32", "fp32"), Variant("int8-dynamic", "int8-dynamic")]
         if has_calibration(config):
             found.append(Variant("int8-static", "int8-static"))
+        if "int4-weights" in config.build.optimize_include:
+            found.append(Variant("int4-weights", "int4-weights"))
         return found
 
     def plan(
@@ -74,7 +80,8 @@ class CpuTarget(OnnxFileTarget[CpuOptions]):
                 f"{config.where('build', 'optimization_level')}: optimization level 'all' makes the cpu bundle "
                 "specific to this host's CPU; set build.options.cpu.host_specific: true to ask for that"
             )
-        specs = onnx_plan(config, variant, level, PROVIDERS, options.simplify, signature=signature)
+        specs = onnx_plan(config, variant, level, PROVIDERS, options.simplify, signature=signature,
+                          contrib_ops=True, fusion=options.transformer_fusion)  # fmt: skip
         if options.ort_format:
             specs.append(PassSpec("ort-format", {}))
         return specs
@@ -105,19 +112,33 @@ class CpuTarget(OnnxFileTarget[CpuOptions]):
                 "inter_op_threads": options.inter_op_threads,
                 "execution_mode": options.execution_mode,
                 "host_specific": options.host_specific,
+                # Runtime settings --optimize auto chose (or a policy replays): the runner applies them.
+                **ctx.variant.settings.get(RUNTIME_SETTINGS, {}),
             },
         )
 
     def runtime(self, options: CpuOptions, artifact: Artifact) -> RuntimeSpec:
         return RuntimeSpec(
-            adapter="onnxruntime/runtime.py",
+            adapter=ADAPTER,
             requirements=pinned(["onnxruntime", "numpy"]),
             providers=PROVIDERS,
         )
 
-    def timer(self, bundle_dir: Path, artifact: Artifact) -> Callable[[dict[str, np.ndarray]], Any]:
-        from gpuxc.ort_session import open_session
+    def tuning_candidates(self, artifact: Artifact) -> list[dict[str, Any]]:
+        from gpuxc.host import physical_cores
 
-        # The session the runner opens: ALL optimizations at load, the artifact's thread settings.
-        session = open_session(bundle_dir / artifact.entry, providers=PROVIDERS, settings=artifact.settings)
-        return lambda feeds: session.run(None, feeds)
+        settings = artifact.settings
+        found: list[dict[str, Any]] = []
+        if not settings.get("intra_op_threads"):  # 0 is ONNX Runtime's choice; a count the user set is kept
+            if physical_cores() > 1:
+                found.append({"intra_op_threads": 1})  # a small model: no thread pool to wake per run
+            found.append({"allow_spinning": False})  # idle pool threads stop competing with the caller
+        if settings.get("execution_mode", "sequential") == "sequential":
+            found.append({"execution_mode": "parallel"})  # independent branches run side by side
+        return found
+
+    def timer(self, bundle_dir: Path, artifact: Artifact) -> Callable[[dict[str, np.ndarray]], Any]:
+        from gpuxc.targets.timing import adapter_timer
+
+        # The runner's own adapter and run path, with the artifact's settings: what the bundle delivers.
+        return adapter_timer(ADAPTER, bundle_dir / artifact.entry, artifact.settings, "cpu")

@@ -28,6 +28,7 @@ from gpuxc.passes.plans import sequence_plan, shapes_plan
 from gpuxc.project.model import save_model
 from gpuxc.targets import Artifact, Availability, CompileContext, RuntimeSpec, Target, TargetOptions, Variant
 from gpuxc_openvino.precision import compute_ops, keep_in_f32, name_after_onnx, with_feeders
+from gpuxc_openvino.weights import compress_int4
 
 if TYPE_CHECKING:
     import numpy as np
@@ -112,6 +113,8 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
             if "bf16" in hints:
                 # int8 where NNCF quantized, bf16 for the rest (what the CPU plugin would do unasked).
                 found.append(Variant("int8-static-bf16-hint", "int8-static", {"hint": "bf16"}))
+        if "int4-weights" in config.build.optimize_include:
+            found.append(Variant("int4-weights", "int4-weights", {"hint": "f32"}))
         return found
 
     def keeps_float(self, variant: Variant) -> bool:
@@ -144,6 +147,9 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
             raise CompileError(f"openvino: {variant.name} keeps every compute node in f32: nothing left to lower")
         if variant.precision == "int8-static":
             ov_model = self._quantize(ov_model, model, ctx, kept)
+        compressed: dict[str, Any] = {}
+        if variant.precision == "int4-weights":
+            ov_model, compressed = compress_int4(ov_model)  # NNCF, plugins/gpuxc_openvino/weights.py
         # Kept nodes need their f32 weights too: fp16 weights would round them anyway.
         compress = variant.precision == "fp16" and not kept
         if options.compress_to_fp16 is not None:
@@ -170,6 +176,8 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
                 "weights": "fp16" if compress else "fp32",
                 "requires_isa": _requires_isa(variant.precision, hint),
                 **settings,
+                **compressed,
+                **variant.settings.get("runtime", {}),  # runtime settings auto chose (tuning.py), or a policy's
             },
         )
 
@@ -259,10 +267,16 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
                 out[name] = np.asarray(results[port])
         return out
 
+    def tuning_candidates(self, artifact: Artifact) -> list[dict[str, Any]]:
+        from gpuxc_openvino.tuning import tuning_candidates
+
+        return tuning_candidates(artifact)
+
     def timer(self, bundle_dir: Path, artifact: Artifact) -> Callable[[dict[str, np.ndarray]], Any]:
-        compiled = self._compiled(bundle_dir, artifact)
-        request, names = compiled.create_infer_request(), _input_names(compiled)
-        return lambda feeds: request.infer({k: v for k, v in feeds.items() if k in names})
+        from gpuxc.targets.timing import adapter_timer
+
+        # The runner's own adapter and run path on the CPU, with the artifact's settings (gpuxc/targets/timing.py).
+        return adapter_timer("openvino/runtime.py", bundle_dir / artifact.entry, artifact.settings, "CPU")
 
 
 def _requires_isa(precision: str, hint: str) -> list[str]:

@@ -8,6 +8,8 @@
 - ``fp16``: float16 weights and compute (onnxconverter-common), fp32 inputs/outputs kept.
 - ``quantize-dynamic``: int8 MatMul/Gemm weights, activations quantized at run time.
 - ``quantize-static``: int8 QDQ, calibrated on ``build.calibration`` data.
+- ``quantize-int4``: weight-only 4-bit MatMul weights (ONNX Runtime MatMulNBits).
+- ``transformer-fusion``: ONNX Runtime's transformer optimizer (Attention, SkipLayerNorm, GELU).
 - ``ort-format``: ``model.ort`` + required-operators config for ONNX Runtime minimal builds.
 
 Each pass imports its heavy dependencies inside ``run``; importing this package imports
@@ -27,8 +29,10 @@ from gpuxc_passes.fp16 import Fp16
 from gpuxc_passes.ort_format import OrtFormat
 from gpuxc_passes.ort_optimize import OrtOptimize
 from gpuxc_passes.quantize_dynamic import QuantizeDynamic
+from gpuxc_passes.quantize_int4 import QuantizeInt4
 from gpuxc_passes.quantize_static import QuantizeStatic
 from gpuxc_passes.simplify import Simplify
+from gpuxc_passes.transformer_fusion import TransformerFusion
 
 __all__ = [
     "FixShapes",
@@ -38,8 +42,10 @@ __all__ = [
     "OrtFormat",
     "OrtOptimize",
     "QuantizeDynamic",
+    "QuantizeInt4",
     "QuantizeStatic",
     "Simplify",
+    "TransformerFusion",
 ]
 
 
@@ -53,4 +59,6 @@ def gpuxc_register_passes(register: Callable[[type[Any]], None]) -> None:
     register(Fp16)
     register(QuantizeDynamic)
     register(QuantizeStatic)
+    register(QuantizeInt4)
+    register(TransformerFusion)
     register(OrtFormat)

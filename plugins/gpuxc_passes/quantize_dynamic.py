@@ -7,6 +7,11 @@ ONNX Runtime's own default also turns ``Conv`` into ``ConvInteger``, which measu
 
 Weights must be initializers: plan ``fold-constants`` first for exports that keep them in
 ``Constant`` nodes. A model with no such node is skipped before anything runs.
+
+A node kept in float (``nodes_to_exclude``) takes the other quantizable nodes that read the same
+activation with it (a transformer's Q, K and V projections): ONNX Runtime 1.32 quantizes a shared
+activation once, and leaving one of its readers in float made a model ONNX Runtime could not load
+("AddInitializedOrtValue Attempt to replace the existing tensor", seen on MiniLM with fixed shapes).
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ class QuantizeDynamic(Pass[QuantizeDynamicConfig]):
     Config = QuantizeDynamicConfig
 
     def run(self, model: ModelProto, ctx: PassContext) -> PassResult:
-        candidates = quantizable_nodes(model, self.config.op_types, self.config.nodes_to_exclude)
+        excluded = with_siblings(model, self.config.op_types, self.config.nodes_to_exclude)
+        candidates = quantizable_nodes(model, self.config.op_types, excluded)
         if not candidates:
             raise PassSkipped(f"no {'/'.join(self.config.op_types)} with initializer weights to quantize")
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -65,7 +71,7 @@ class QuantizeDynamic(Pass[QuantizeDynamicConfig]):
                 per_channel=self.config.per_channel,
                 reduce_range=self.config.reduce_range,
                 weight_type=QuantType.QInt8 if self.config.weight_type == "qint8" else QuantType.QUInt8,
-                nodes_to_exclude=list(self.config.nodes_to_exclude),
+                nodes_to_exclude=excluded,
                 use_external_data_format=large,
                 extra_options=dict(self.config.extra_options),
             )
@@ -80,9 +86,30 @@ class QuantizeDynamic(Pass[QuantizeDynamicConfig]):
             **op_diff(model, quantized),
             **upgrade,
         }
+        if len(excluded) > len(self.config.nodes_to_exclude):
+            stats["excluded_with_siblings"] = [n for n in excluded if n not in self.config.nodes_to_exclude]
         if messages:
             stats["quantizer_messages"] = messages[:20]
         return PassResult(model=quantized, modified=True, stats=stats)
+
+
+def with_siblings(model: ModelProto, op_types: list[str], exclude: list[str]) -> list[str]:
+    """``exclude`` plus the top-level ``op_types`` nodes that share a non-weight input with an excluded one."""
+    if not exclude:
+        return []
+    weights = {t.name for t in model.graph.initializer}
+    readers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.op_type in op_types and node.name:
+            for name in node.input:
+                if name and name not in weights:
+                    readers.setdefault(name, []).append(node.name)
+    out = list(dict.fromkeys(exclude))
+    for node in model.graph.node:
+        if node.name in exclude:
+            for name in node.input:
+                out += [n for n in readers.get(name, []) if n not in out]
+    return out
 
 
 def quantizable_nodes(model: ModelProto, op_types: list[str], exclude: list[str]) -> list[str]:

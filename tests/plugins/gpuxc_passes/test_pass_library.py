@@ -31,7 +31,8 @@ from tests.plugins.gpuxc_passes.conftest import (
 )
 
 REPO = Path(__file__).resolve().parents[3]
-NEW_PASSES = ["simplify", "fold-constants", "fp16", "quantize-dynamic", "quantize-static", "ort-format"]
+NEW_PASSES = ["simplify", "fold-constants", "fp16", "quantize-dynamic", "quantize-static", "ort-format",
+              "transformer-fusion", "quantize-int4"]  # fmt: skip
 
 
 def dynamic_rank_model() -> onnx.ModelProto:
@@ -78,7 +79,7 @@ def test_importing_the_passes_imports_no_heavy_library() -> None:
     import subprocess
 
     code = "import sys, gpuxc_passes; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
-           "('onnxruntime', 'onnxsim', 'onnxslim', 'onnxconverter_common')))"  # fmt: skip
+           "('onnxruntime', 'onnxsim', 'onnxslim', 'onnxconverter_common', 'onnx_ir')))"  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -105,6 +106,8 @@ PASS_CASES = {
     "quantize-dynamic": ({}, "int8"),
     "quantize-static": ({"random": True, "samples": 32}, "int8"),
     "ort-format": ({}, "fp32"),
+    "transformer-fusion": ({}, "fp32"),
+    "quantize-int4": ({}, "int8"),  # small weights: skipped (accuracy on tiny weights is the build gate's job)
 }
 
 

@@ -63,3 +63,23 @@ def test_per_channel_quantization_upgrades_an_old_opset_to_13(manager, ctx) -> N
     out, record = apply(manager, ctx, models.legacy_initializer_inputs(), "quantize-dynamic")
     assert record.stats["opset_upgraded"] == "9 -> 13"
     assert next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx")) == 13
+
+
+def test_a_node_kept_in_float_takes_its_siblings_so_onnx_runtime_can_load_the_model(manager, ctx) -> None:
+    # Q, K and V read one LayerNorm output. Keeping only V in float (with shapes fixed and basic
+    # optimization first) made ONNX Runtime 1.32 refuse the model: "Attempt to replace the existing tensor".
+    from fixtures.minilm import TINY, bert_inputs, tiny_bert
+    from gpuxc.ort_session import run_onnxruntime
+    from gpuxc.passes import PassSpec
+
+    shapes = {name: [1, 16] for name in ("input_ids", "attention_mask", "token_type_ids")}
+    prepared, _ = manager.run(tiny_bert(), [PassSpec("fix-shapes", {"shapes": shapes}),
+                                             PassSpec("ort-optimize", {"level": "basic"})], ctx)  # fmt: skip
+    first = next(n for n in prepared.graph.node if n.op_type == "LayerNormalization").output[0]
+    qkv = [n.name for n in prepared.graph.node if n.op_type == "MatMul" and first in n.input]
+    assert len(qkv) == 3
+    quantized, records = manager.run(prepared, [PassSpec("quantize-dynamic", {"nodes_to_exclude": qkv[-1:]})], ctx)
+    assert records[0].stats["excluded_with_siblings"] == qkv[:-1]
+    assert {n.name for n in quantized.graph.node if n.op_type == "MatMul"} >= set(qkv)  # all three stay float
+    feeds = bert_inputs(1, 16, TINY.vocab)
+    assert run_onnxruntime(quantized.SerializeToString(), feeds, level="basic")  # loads and runs
