@@ -191,12 +191,15 @@ def quiet_optimizer() -> Iterator[list[str]]:
     saved = []
     for name in names:
         logger = logging.getLogger(name)
-        saved.append((logger, logger.propagate))
+        saved.append((logger, logger.propagate, logger.level))
         logger.propagate = False
         logger.addHandler(handler)
+        if logger.getEffectiveLevel() > logging.WARNING:  # another library raised the root's level
+            logger.setLevel(logging.WARNING)
     try:
         yield messages
     finally:
-        for logger, propagate in saved:
+        for logger, propagate, level in saved:
             logger.removeHandler(handler)
             logger.propagate = propagate
+            logger.setLevel(level)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,16 @@ def test_real_minilm_fuses_every_layer(manager: PassManager, ctx: PassContext, m
     assert record.stats["fused"] == {"EmbedLayerNormalization": 1, "Attention": 6, "SkipLayerNormalization": 12,
                                      "BiasGelu": 6}  # fmt: skip
     assert_close(source, out, bert_inputs(2, 24, 30522, seed=5, pad=6), "fp32")
+
+
+def test_optimizer_warnings_are_recorded_when_another_library_raised_the_root_level(
+        manager: PassManager, ctx: PassContext, capfd) -> None:  # fmt: skip
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # as some libraries do on import
+    try:
+        _, record = apply(manager, ctx, tiny_bert(), "transformer-fusion")
+    finally:
+        root.setLevel(level)
+    assert capfd.readouterr().err == ""
+    assert any("producer" in m for m in record.stats.get("optimizer_messages", []))
