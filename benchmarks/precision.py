@@ -182,7 +182,11 @@ def run_model(key: str, targets: list[str], work: Path, runs: int, rounds: int, 
         "raw": [sys.executable, __file__, "--child", "onnxruntime", str(model), str(project / "timing.npz"), str(runs)]
     }
     for hint in ["f32", *(["bf16"] if bf16 else [])]:
-        cosine = _openvino_cosine(model, val, hint)
+        try:
+            cosine = _openvino_cosine(model, val, hint)
+        except RuntimeError as exc:  # raw OpenVINO cannot take every model (silero's If with dynamic rank)
+            row["by_hand"][f"openvino-{hint}"] = {"error": " ".join(str(exc).split())[:160]}
+            continue
         row["by_hand"][f"openvino-{hint}"] = {"cosine": cosine}
         contenders[f"openvino-{hint}"] = [sys.executable, __file__, "--child", "openvino", str(model),
                                           str(project / "timing.npz"), str(runs), hint]  # fmt: skip
@@ -234,7 +238,7 @@ def summarise(row: dict[str, Any]) -> dict[str, Any]:
     """The user's pick by hand (fastest of ORT / OpenVINO f32 / bf16 inside the gate), the best plain lossy
     candidate (compile-time), and gpuxc's best bundle."""
     hand = [("onnxruntime", 1.0, 1.0)] + [(name, e["speedup"], e["cosine"]) for name, e in row["by_hand"].items()
-                                           if e.get("speedup") and e["cosine"] >= GATE]  # fmt: skip
+                                           if e.get("speedup") and e.get("cosine", 0.0) >= GATE]  # fmt: skip
     row["hand"] = max(hand, key=lambda h: h[1])
     bundles = [(t, b) for t, b in row["bundles"].items() if b.get("speedup")]
     row["best"] = max(bundles, key=lambda tb: tb[1]["speedup"]) if bundles else None

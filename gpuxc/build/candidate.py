@@ -9,6 +9,7 @@ from typing import Any
 
 import onnx
 
+from gpuxc.build.layer_precision import precision_counts
 from gpuxc.build.memory import MemoryEstimate
 from gpuxc.build.memory import estimate as memory_estimate
 from gpuxc.build.project import Project
@@ -61,6 +62,8 @@ class Candidate:
     # Precision repair (gpuxc/build/repair.py): the ranking of a variant that missed tolerance.
     sensitivity: list[dict[str, Any]] = field(default_factory=list)
     repair_note: str | None = None  # what the repair tried, when nothing it built passed
+    # Layer name -> precision as it runs ("int8", "bf16", "fp32"...): Target.layer_precisions.
+    layer_precisions: dict[str, str] | None = None
 
     def summary(self, baseline_ms: float | None) -> dict[str, Any]:
         """What the manifest's ``build.candidates`` records of this candidate."""
@@ -95,6 +98,8 @@ class Candidate:
 
     def _repair_summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        if self.layer_precisions:
+            out["layer_precisions"] = precision_counts(self.layer_precisions)
         if KEEP_SETTING in self.variant.settings:
             out["kept_float"] = list(self.variant.settings[KEEP_SETTING])
         if self.sensitivity:
@@ -142,6 +147,8 @@ def build_candidate(
     candidate.verification = verify_artifact(project, target, root, candidate.artifact, variant, say)
     candidate.status = candidate.verification.status
     candidate.reason = candidate.verification.reason
+    if search or variant.settings.get(KEEP_SETTING):
+        candidate.layer_precisions = _layer_precisions(target, model, root, candidate.artifact, say)
     candidate.memory = memory_estimate(model, project.activation_bytes, variant.precision)
     return candidate
 
@@ -175,6 +182,16 @@ def try_candidate(
             raise
         say(f"{variant.name}: failed ({exc})")
         return Candidate(variant, root, status="error", reason=str(exc))
+
+
+def _layer_precisions(target: Target, model: onnx.ModelProto, root: Path, artifact: Artifact,
+                      say: Progress) -> dict[str, str] | None:  # fmt: skip
+    """The candidate summary's layer precisions; a summary, so a failure to read them is said, not fatal."""
+    try:
+        return target.layer_precisions(model, root, artifact)
+    except Exception as exc:
+        say(f"layer precisions not read: {type(exc).__name__}: {first_line(exc)}")
+        return None
 
 
 def _skipped_precision_pass(records: list[PassRecord]) -> str | None:

@@ -196,3 +196,8 @@ class Target(Generic[OptionsT]):
         own runtime (``model``: what ``compile`` received; ``artifact``: what it wrote under
         ``bundle_dir``); None: gpuxc ranks on the ONNX models before and after the lossy pass."""
         return None
+
+    def layer_precisions(self, model: ModelProto, bundle_dir: Path, artifact: Artifact) -> dict[str, str] | None:
+        """Each layer's precision as it runs ("int8", "bf16", "fp32", ...), for the candidate summary;
+        ``model`` is what ``compile`` received. None: not known here (the summary leaves it out)."""
+        return None

@@ -40,6 +40,12 @@ class OnnxFileTarget(Target[OptionsT]):
     def verification_runtime(self) -> str:
         return f"onnxruntime {version_of('onnxruntime')} CPUExecutionProvider"
 
+    def layer_precisions(self, model: ModelProto, bundle_dir: Path, artifact: Artifact) -> dict[str, str] | None:
+        """The shipped graph is what runs: its precision is read off it (gpuxc/build/layer_precision.py)."""
+        from gpuxc.build.layer_precision import node_precisions
+
+        return node_precisions(model)
+
     def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from gpuxc.ort_session import run_onnxruntime
 

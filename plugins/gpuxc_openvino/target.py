@@ -207,6 +207,20 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
         lossy = ov.Core().read_model(str(bundle_dir / artifact.entry))
         return rank_ir(reference, "f32", lossy, artifact.settings.get("inference_precision", "f32"), feeds)
 
+    def layer_precisions(self, model: ModelProto, bundle_dir: Path, artifact: Artifact) -> dict[str, str] | None:
+        """The compute layers' precision as the CPU plugin runs them (``runtimePrecision``): the hint,
+        NNCF's int8 and the kept nodes, as they came out, not as they were asked for."""
+        import openvino as ov
+
+        from gpuxc_openvino.precision import compute_ops, runtime_precisions
+
+        if "CPU" not in ov.Core().available_devices:
+            return None
+        ran = runtime_precisions(self._compiled(bundle_dir, artifact))
+        ir = ov.Core().read_model(str(bundle_dir / artifact.entry))
+        return {op.get_friendly_name(): ran[op.get_friendly_name()].lower()
+                for op in compute_ops(ir) if op.get_friendly_name() in ran}  # fmt: skip
+
     def _quantize(self, ov_model: Any, model: ModelProto, ctx: CompileContext[OpenVinoOptions],
                   kept: list[str]) -> Any:  # fmt: skip
         try:
@@ -234,8 +248,11 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
         if {"MatMul", "Softmax"} <= ops:
             # Attention: NNCF's transformer scheme (FIELD_NOTES: cosine 0.06 on BERT without it).
             extra["model_type"] = nncf.ModelType.TRANSFORMER
+        from gpuxc_openvino.weights import quiet_nncf
+
         try:
-            return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples), **extra)
+            with quiet_nncf():  # its progress bars and tables are not gpuxc's console output
+                return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples), **extra)
         except Exception as exc:
             raise CompileError(f"openvino: NNCF quantization failed: {first_line(exc)}") from None
 

@@ -34,7 +34,7 @@ def compress_int4(ov_model: Any, group_size: int = GROUP_SIZE, ratio: float = RA
     except ImportError:
         raise CompileError("int4-weights for openvino needs NNCF: pip install nncf") from None
     try:
-        with _quiet_nncf():
+        with quiet_nncf():
             compressed = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_SYM,
                                                group_size=group_size, ratio=ratio)  # fmt: skip
     except Exception as exc:
@@ -43,7 +43,7 @@ def compress_int4(ov_model: Any, group_size: int = GROUP_SIZE, ratio: float = RA
 
 
 @contextlib.contextmanager
-def _quiet_nncf() -> Iterator[None]:
+def quiet_nncf() -> Iterator[None]:
     """NNCF prints a bit-width table (its logger, INFO) and a rich progress bar (stdout): neither belongs
     on gpuxc's console, where stderr carries the build's own progress."""
     logger = logging.getLogger("nncf")

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from gpuxc.build.layer_precision import node_precisions, precision_counts
 from gpuxc.bundle import layout
 from gpuxc.bundle.requirements import pinned, version_of
 from gpuxc.digests import sha256_file
@@ -26,7 +27,6 @@ from gpuxc.passes.plans import onnx_plan
 from gpuxc.targets import Artifact, CompileContext, RuntimeSpec, TargetOptions, Variant
 from gpuxc.targets.onnx_file import OnnxFileTarget
 from gpuxc_tensorrt.builder import network_flags
-from gpuxc_tensorrt.precision import node_precisions, precision_counts
 
 if TYPE_CHECKING:
     from onnx import ModelProto

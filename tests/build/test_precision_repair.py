@@ -69,6 +69,8 @@ def test_a_fixed_int8_build_that_misses_tolerance_ships_repaired(tmp_path: Path)
     failed, repaired = build["candidates"]
     assert failed["status"] == "failed" and failed["sensitive_nodes"][0]["node"] == "mm3"
     assert repaired["status"] == "passed" and repaired["kept_float"] == ["mm3"]
+    # The per-variant summary, read off the shipped graph: mm3 in float, the others behind Q/DQ.
+    assert repaired["layer_precisions"]["int8"] >= 2 and repaired["layer_precisions"]["fp32"] >= 1
 
 
 def test_auto_times_the_repaired_variant_beside_the_others(tmp_path: Path) -> None:

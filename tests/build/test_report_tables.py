@@ -34,5 +34,15 @@ def test_candidates_table_one_line_per_candidate() -> None:
     skipped = {**summary, "name": "fp16", "status": "skipped", "reason": "why", "latency_ms": None,
                "speedup_vs_fp32": None, "min_cosine": None}  # fmt: skip
     _, row, other = candidates_table([summary, skipped])
-    assert row.split() == ["int8-dynamic", "passed", "2.000", "1.50x", "0.999100"]
-    assert other.split() == ["fp16", "skipped", "-", "-", "-", "why"]
+    assert row.split() == ["int8-dynamic", "passed", "2.000", "1.50x", "0.999100", "-"]
+    assert other.split() == ["fp16", "skipped", "-", "-", "-", "-", "why"]
+
+
+def test_candidates_table_shows_layers_by_precision_and_why_nodes_were_kept() -> None:
+    repaired = {"name": "int8-static+keep2", "status": "passed", "reason": None, "latency_ms": 1.0,
+                "speedup_vs_fp32": 2.0, "min_cosine": 0.9995, "layer_precisions": {"fp32": 2, "int8": 30},
+                "kept_float": ["mm3", "mm9"], "sensitive_nodes": [
+                    {"node": "mm3", "op_type": "MatMul", "error": 0.9, "contribution": 0.8}]}  # fmt: skip
+    _, row, kept = candidates_table([repaired])
+    assert "fp32 2, int8 30" in row
+    assert kept.split(":", 1)[1].strip() == "mm3 (MatMul, own error 0.8), mm9"

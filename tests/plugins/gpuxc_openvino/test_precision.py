@@ -132,6 +132,8 @@ def test_a_fixed_bf16_build_that_misses_tolerance_ships_repaired(tmp_path: Path)
     failed, repaired = data["build"]["candidates"]
     assert failed["status"] == "failed" and failed["sensitive_nodes"][0]["node"] == "mm_s"
     assert repaired["kept_float"] == ["mm_s"]
+    # As the CPU plugin runs it (runtimePrecision): the kept MatMul in f32, the other two in bf16.
+    assert repaired["layer_precisions"] == {"bf16": 2, "f32": 1}
     settings = data["artifact"]["settings"]
     assert settings["inference_precision"] == "bf16" and settings["requires_isa"] == ["BF16"]
     # The precision is in the IR: the bundle's own runner reproduces it with no setting.
@@ -152,7 +154,7 @@ def test_the_int8_variants_follow_the_host(tmp_path: Path) -> None:
     assert not target.keeps_float(Variant("fp32", "fp32", {"hint": "f32"}))
 
 
-def test_nncf_int8_is_repaired_by_its_ignored_scope(tmp_path: Path) -> None:
+def test_nncf_int8_is_repaired_by_its_ignored_scope(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "p"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -166,6 +168,9 @@ def test_nncf_int8_is_repaired_by_its_ignored_scope(tmp_path: Path) -> None:
     # mm3 produces the graph output y, and OpenVINO's ONNX frontend names such a node after its output.
     assert failed["sensitive_nodes"][0]["node"] == "y" and repaired["kept_float"] == ["y"]
     assert data["artifact"]["settings"]["requires_isa"] == ["INT8"]
+    # NNCF's progress bars ("Statistics collection", "Applying Fast Bias correction") stay off the console.
+    printed = capfd.readouterr()
+    assert "Statistics collection" not in printed.out + printed.err
 
 
 @needs_bf16

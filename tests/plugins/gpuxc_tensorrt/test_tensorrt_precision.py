@@ -13,10 +13,10 @@ import numpy as np
 import onnx
 import pytest
 from gpuxc_tensorrt.builder import network_flags
-from gpuxc_tensorrt.precision import node_precisions
 from onnx import TensorProto, numpy_helper
 
 from fixtures import models
+from gpuxc.build.layer_precision import node_precisions
 from gpuxc.build.pipeline import compile_project
 from tests.integration.conftest import write_project
 
