@@ -104,6 +104,8 @@ class Candidate:
             out["kept_float"] = list(self.variant.settings[KEEP_SETTING])
         if self.sensitivity:
             out["sensitive_nodes"] = self.sensitivity
+        if self.repair_note:
+            out["repair"] = self.repair_note
         return out
 
 

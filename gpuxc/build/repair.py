@@ -61,8 +61,11 @@ def repair(project: Project, target: Target, options: Any, failed: Candidate, ro
         return None, []
     top = ", ".join(f"{s.node} ({s.op_type}, {s.contribution:.3g})" for s in ranking[:5])
     say(f"{variant.name}: most sensitive nodes: {top or 'none found'}")
-    count, builds, kept = 1, 0, []
-    while ranking and builds < MAX_BUILDS and time.monotonic() - started < MAX_SECONDS:
+    count, builds, kept, out_of_time = 1, 0, [], False
+    while ranking and builds < MAX_BUILDS:
+        if builds and time.monotonic() - started >= MAX_SECONDS:  # the first build always runs
+            out_of_time = True
+            break
         kept = [s.node for s in ranking[:count]]
         repaired = _variant(variant, kept)
         say(f"{repaired.name}: keeping {len(kept)} node(s) in float")
@@ -80,6 +83,10 @@ def repair(project: Project, target: Target, options: Any, failed: Candidate, ro
     if kept:
         failed.repair_note = (f"keeping up to the {len(kept)} most sensitive of {len(ranking)} ranked nodes in float "
                               f"({builds} build(s)) did not pass either")  # fmt: skip
+        if out_of_time:
+            # Auto still ships the best variant that passed; the record says the search was cut short.
+            failed.repair_note += f"; the repair's time budget ({MAX_SECONDS:g} s) ran out"
+            say(f"{variant.name}: repair stopped: its time budget ({MAX_SECONDS:g} s) ran out after {builds} build(s)")
     return None, ranking
 
 

@@ -99,6 +99,22 @@ def test_a_repair_that_does_not_pass_says_what_it_tried(tmp_path: Path, monkeypa
     )
 
 
+def test_a_repair_out_of_time_stops_and_auto_ships_the_best_variant_that_passed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    # Ranked by name, keeping mm1 does not help; with no time left after that first build the repair
+    # stops there, auto ships the best passing candidate and the record says why the search ended.
+    real_rank = repair_module.rank_nodes
+    monkeypatch.setattr(repair_module, "MAX_SECONDS", 0.0)
+    monkeypatch.setattr(repair_module, "rank_nodes", lambda *a: sorted(real_rank(*a), key=lambda s: s.node))
+    [result] = compile_project(calibrated_project(tmp_path / "p", optimize="auto"), ["cpu"], tmp_path / "dist")
+    assert result.verification["status"] == "passed" and "+keep" not in result.variant
+    names = {c["name"]: c for c in manifest(result.path)["build"]["candidates"]}
+    assert not [n for n in names if "+keep" in n]  # no repaired variant passed in the time given
+    note = names["int8-static"]["repair"]
+    assert note == ("keeping up to the 1 most sensitive of 3 ranked nodes in float (1 build(s)) did not pass "
+                    "either; the repair's time budget (0 s) ran out")
+
+
 def test_keeping_every_node_is_never_shipped_as_a_lossy_variant(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     # Ranked by name, mm3 comes last: keeping all three leaves the quantizer nothing to do, and that
