@@ -39,7 +39,9 @@ def load_input_samples(path: Path, names: list[str], ranks: dict[str, int]) -> l
     if not batched:
         return [{n: arrays[n] for n in names}]
     count = min(arrays[n].shape[0] for n in names)
-    return [{n: arrays[n][i] for n in names} for i in range(count)]
+    # np.asarray: a scalar input's sample (silero-vad's `sr`) must stay a 0-d array, not a NumPy
+    # scalar, which ONNX Runtime refuses ("Unable to handle object of type numpy.int64").
+    return [{n: np.asarray(arrays[n][i]) for n in names} for i in range(count)]
 
 
 def verify_against(bundle: Path, model_path: Path, inputs: Path | None = None, samples: int = 4) -> dict[str, Any]:

@@ -64,6 +64,20 @@ def test_verify_against_with_supplied_inputs(cnn_bundle: tuple[Path, Path], tmp_
     assert json.loads(done.stdout)["samples"] == 2
 
 
+def test_verify_against_with_a_sample_axis_over_a_scalar_input(tmp_path: Path) -> None:
+    # A scalar input stacked as [N] (silero-vad's `sr`): each sample is a 0-d array ONNX Runtime takes.
+    project = tmp_path / "proj"
+    project.mkdir()
+    onnx.save(models.scalar_input(), project / "model.onnx")
+    (project / "gpux.yml").write_text("name: sc\nmodel:\n  source: ./model.onnx\n", encoding="utf-8")
+    [result] = compile_project(project, ["cpu"], tmp_path / "dist")
+    np.savez(tmp_path / "in.npz", scale=np.array([2.0, 3.0], np.float32), x=np.ones((2, 4), np.float32))
+    done = gpuxc("verify", str(result.path), "--against", str(project / "model.onnx"), "--inputs",
+                 str(tmp_path / "in.npz"), "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["samples"] == 2
+
+
 def test_bench_reports_percentiles_throughput_and_peak_rss(cnn_bundle: tuple[Path, Path]) -> None:
     bundle, _ = cnn_bundle
     done = gpuxc("bench", str(bundle), "--runs", "20", "--warmup", "2", "--threads", "1", "--json")

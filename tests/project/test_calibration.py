@@ -256,3 +256,16 @@ def test_resolve_model_shapes_takes_given_shapes_then_defaults() -> None:
     assert resolve_model_shapes(TEXT, defaults=(5, 32)) == {"input_ids": [1, 5], "attention_mask": [1, 5]}
     cnn = signature(models.tiny_cnn(dynamic_spatial=True))
     assert resolve_model_shapes(cnn, defaults=(4, 32)) == {"image": [1, 3, 32, 32]}
+
+
+def test_a_scalar_input_with_a_sample_axis_gives_0d_arrays_onnx_runtime_takes(tmp_path: Path) -> None:
+    # silero-vad's `sr`: stacked as [N], each sample must be a 0-d array, not a NumPy scalar
+    # (ONNX Runtime refuses "object of type numpy.float32").
+    from gpuxc.ort_session import run_onnxruntime
+
+    data = tmp_path / "cal.npz"
+    np.savez(data, scale=np.array([2.0, 3.0], np.float32), x=np.ones((2, 4), np.float32))
+    samples = load_samples(data, signature(models.scalar_input()), 2)
+    assert [type(s["scale"]) for s in samples] == [np.ndarray, np.ndarray] and samples[1]["scale"].shape == ()
+    out = run_onnxruntime(models.scalar_input().SerializeToString(), samples[1])
+    assert out["y"].tolist() == [3.0] * 4
