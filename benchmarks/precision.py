@@ -200,6 +200,11 @@ def run_model(key: str, targets: list[str], work: Path, runs: int, rounds: int, 
             row["bundles"][target] = {"error": str(exc).splitlines()[0]}
             continue
         manifest = json.loads((result.path / "gpux-bundle.json").read_text())
+        try:
+            cosine = _bundle_cosine(result.path, model, project / "validation.npz")
+        except Exception as exc:  # reported in the table, never hidden
+            row["bundles"][target] = {"error": f"verify --against: {str(exc).splitlines()[0]}"}
+            continue
         chosen = next((c for c in manifest["build"]["candidates"] if c["name"] == manifest["build"]["variant"]), {})
         row["bundles"][target] = {
             "promised_ms": chosen.get("latency_ms"),  # what auto timed at compile time
@@ -207,7 +212,7 @@ def run_model(key: str, targets: list[str], work: Path, runs: int, rounds: int, 
             "variant": manifest["build"]["variant"],
             "candidates": manifest["build"]["candidates"],
             "compile_s": time.perf_counter() - started,
-            "cosine": _bundle_cosine(result.path, model, project / "validation.npz"),
+            "cosine": cosine,
         }
         contenders[f"gpuxc-{target}"] = [sys.executable, str(result.path), "bench", "--json", "--runs", str(runs),
                                          "--warmup", str(max(3, runs // 10))]  # fmt: skip
