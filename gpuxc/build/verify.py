@@ -26,11 +26,14 @@ if TYPE_CHECKING:
 Arrays = dict[str, "np.ndarray"]
 
 
-def tolerance_for(config: GpuxConfig, precision: str | None = None) -> dict[str, float]:
-    """The gate for a build at ``precision``: that precision's defaults, then build.tolerance."""
+def tolerance_for(config: GpuxConfig, precision: str | None = None, hint: str | None = None) -> dict[str, float]:
+    """The gate for a build at ``precision`` (computed under the inference precision ``hint``, for
+    targets whose runtime has one): that precision's defaults, then build.tolerance."""
     precision = precision or config.build.precision
     # int4-weights (weight-only) is judged like int8: elementwise error expected, overall agreement gated.
     key = "int8" if precision.startswith(("int8", "int4")) else "fp16" if precision == "fp16" else "fp32"
+    if key == "fp16" and hint == "bf16":
+        key = "bf16"
     base = dict(DEFAULT_TOLERANCE[key])
     base.update({k: v for k, v in config.build.tolerance.model_dump().items() if v is not None})
     return base
@@ -74,7 +77,7 @@ def verify_artifact(
 ) -> Verification:
     """Run ``artifact`` (in the bundle-shaped folder ``root``) on the reference input, and on more
     inputs for a lossy variant, and judge it against the source model by ``variant``'s tolerance."""
-    tolerance = tolerance_for(project.config, variant.precision)
+    tolerance = tolerance_for(project.config, variant.precision, variant.settings.get("hint"))
     reason = target.why_unverifiable()
     if reason is not None:
         say(f"{variant.name}: verify skipped ({reason})")

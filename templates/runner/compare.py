@@ -22,6 +22,9 @@ DEFAULT_TOLERANCE: dict[str, dict[str, float]] = {
     "fp16": {"atol": 1e-2, "rtol": 1e-2, "min_cosine": 0.999, "min_top1": 0.98, "max_mismatch_ratio": 0.01},
     # int8: elementwise error is expected; the gate is the overall agreement (cosine, top-1).
     "int8": {"atol": 5e-2, "rtol": 5e-2, "min_cosine": 0.999, "min_top1": 0.98, "max_mismatch_ratio": 0.1},
+    # bf16 compute (OpenVINO's bf16 hint) keeps 8 mantissa bits, 8x fp16's step: judged like int8. Under
+    # fp16's 1% gate YOLOv8n's box coordinates failed at cosine 0.999997 while int8 passed at 0.9997.
+    "bf16": {"atol": 5e-2, "rtol": 5e-2, "min_cosine": 0.999, "min_top1": 0.98, "max_mismatch_ratio": 0.1},
 }
 
 
