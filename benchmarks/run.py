@@ -241,10 +241,12 @@ def main() -> int:
                     failures.append(f"{key} / {target}: {exc}")
                     print(f"  FAILED: {exc}", file=sys.stderr)
     text = render(rows, machine_facts(), args.runs, args.rounds, failures)
-    # Keep the sections benchmarks/serve_load.py, cache.py and runner_overhead.py wrote.
+    # Keep the sections the other scripts wrote (serve_load, cache, bundle_equivalence, runner_overhead, precision).
     old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
-    for script in ("serve_load.py", "cache.py", "runner_overhead.py"):
-        start, end = f"<!-- {script}: start -->", f"<!-- {script}: end -->"
+    markers = [(f"<!-- {s}: start -->", f"<!-- {s}: end -->")
+               for s in ("serve_load.py", "cache.py", "runner_overhead.py", "precision.py")]  # fmt: skip
+    markers.insert(2, ("<!-- bundle-equivalence:start -->", "<!-- bundle-equivalence:end -->"))
+    for start, end in markers:
         if start in old and end in old:
             text += "\n" + old[old.index(start) : old.index(end) + len(end)] + "\n"
     args.out.write_text(text, encoding="utf-8")
