@@ -28,7 +28,7 @@ from gpuxc import __version__
 from gpuxc.errors import BundleError, ConfigError, did_you_mean
 from gpuxc.project.config import PRECISIONS
 from gpuxc.project.config_errors import kind_of, validation_error
-from gpuxc.project.yamlsource import SourceMap, parse_yaml
+from gpuxc.project.yamlsource import SourceMap, load_yaml
 
 if TYPE_CHECKING:
     from gpuxc.build.project import Project
@@ -160,20 +160,8 @@ class Policy:
 
 def load_policy(path: Path) -> Policy:
     """Read and validate a policy file; every error is a ConfigError naming file:line:column."""
-    name = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{name}: policy file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{name}: is a directory, expected a policy file (gpuxc policy export BUNDLE)") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot read ({exc.strerror})") from None
-    if not text.strip():
-        raise ConfigError(f"{name}:1:1: the policy file is empty (write one with gpuxc policy export BUNDLE)")
-    data, smap = parse_yaml(text, name)
+    data, smap = load_yaml(path, kind=("a policy file (gpuxc policy export BUNDLE)",
+                                       "write one with gpuxc policy export BUNDLE"))  # fmt: skip
     return parse_policy(data, smap)
 
 

@@ -73,23 +73,28 @@ class SourceMap:
                 table[new + path[len(old) :]] = table.pop(path)
 
 
-def load_yaml(path: Path, display_name: str | None = None) -> tuple[Any, SourceMap]:
-    """Parse ``path`` with the safe loader; return plain Python data and its source map."""
+GPUX_YML = ("a gpux.yml file", "expected a mapping with at least 'name' and 'model'")
+
+
+def load_yaml(path: Path, display_name: str | None = None,
+              kind: tuple[str, str] = GPUX_YML) -> tuple[Any, SourceMap]:  # fmt: skip
+    """Parse ``path`` with the safe loader; return plain Python data and its source map. ``kind``: what
+    the file should be (said when it is a directory) and what to say when it is empty."""
     name = display_name or str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{name}: file not found") from None
     except IsADirectoryError:
-        raise ConfigError(f"{name}: is a directory, expected a gpux.yml file") from None
+        raise ConfigError(f"{name}: is a directory, expected {kind[0]}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read ({exc.strerror})") from None
-    return parse_yaml(text, name)
+    return parse_yaml(text, name, kind[1])
 
 
-def parse_yaml(text: str, name: str) -> tuple[Any, SourceMap]:
+def parse_yaml(text: str, name: str, if_empty: str = GPUX_YML[1]) -> tuple[Any, SourceMap]:
     smap = SourceMap(name)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -111,7 +116,7 @@ def parse_yaml(text: str, name: str) -> tuple[Any, SourceMap]:
     except RecursionError:
         raise ConfigError(f"{name}:1:1: invalid YAML: the document nests too deeply") from None
     if node is None:
-        raise ConfigError(f"{name}:1:1: the file is empty; expected a mapping with at least 'name' and 'model'")
+        raise ConfigError(f"{name}:1:1: the file is empty; {if_empty}")
     builder = _Builder(smap)
     data = builder.build(node, ())
     return data, smap

@@ -227,7 +227,7 @@ def test_the_command_line_may_not_override_the_policys_precision(repaired: tuple
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", r":1:1: the policy file is empty"),
+        ("", r":1:1: the file is empty; write one with gpuxc policy export BUNDLE"),
         ("policy: 1\ntarget: [cpu\n", r":3:1: invalid YAML"),
         ("- 1\n", r":1:1: expected a mapping at the top level, got a list"),
         ("target: cpu\n", r":1:1: not a gpuxc policy \(no 'policy: 1' key\)"),
