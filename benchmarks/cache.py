@@ -31,6 +31,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
+import doc_section  # noqa: E402
 from run import CASES, machine_facts, write_project  # noqa: E402
 
 from fixtures.real_models import CATALOG, fetch  # noqa: E402
@@ -104,15 +105,6 @@ def render(rows: list[dict[str, Any]], facts: dict[str, str], repeats: int) -> s
     return "\n".join(lines) + "\n"
 
 
-def replace_section(path: Path, text: str) -> None:
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if START in old and END in old:
-        new = old[: old.index(START)] + text.rstrip("\n") + old[old.index(END) + len(END) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="ppocrv4-rec,ppocrv4-det")
@@ -126,7 +118,7 @@ def main() -> int:
             for optimize in args.optimize.split(","):
                 rows.append(measure(key, optimize, args.repeats, Path(tmp)))
     facts = {**machine_facts(), "cores": str(os.cpu_count())}
-    replace_section(args.out, render(rows, facts, args.repeats))
+    doc_section.replace_section(args.out, render(rows, facts, args.repeats), START, END)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

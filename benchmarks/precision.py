@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import doc_section  # noqa: E402
 import realistic_data  # noqa: E402
 
 from fixtures.real_models import CATALOG, fetch  # noqa: E402
@@ -310,12 +311,7 @@ def render(rows: list[dict[str, Any]], facts: str, runs: int, rounds: int) -> st
 
 
 def write_section(path: Path, text: str) -> None:
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if SECTION[0] in old and SECTION[1] in old:
-        new = old[: old.index(SECTION[0])] + text.rstrip("\n") + old[old.index(SECTION[1]) + len(SECTION[1]) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new, encoding="utf-8")
+    doc_section.replace_section(path, text, *SECTION)
 
 
 def main() -> int:

@@ -35,6 +35,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
+import doc_section  # noqa: E402
 from run import machine_facts  # noqa: E402
 
 from fixtures import models  # noqa: E402
@@ -146,15 +147,6 @@ def render(rows: list[dict[str, Any]], facts: dict[str, str], rounds: int) -> st
     return "\n".join(lines) + "\n"
 
 
-def replace_section(path: Path, text: str) -> None:
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if START in old and END in old:
-        new = old[: old.index(START)] + text.rstrip("\n") + old[old.index(END) + len(END) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
@@ -179,7 +171,7 @@ def main() -> int:
     text = render(rows, {**machine_facts(), "cores": str(os.cpu_count())}, args.rounds)
     print(text)
     if not args.no_doc:
-        replace_section(args.out, text)
+        doc_section.replace_section(args.out, text, START, END)
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
