@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
-from fixtures import models
+from fixtures import has_module, models
 from gpuxc.build.pipeline import compile_project
 from gpuxc.errors import CompileError, VerificationFailed
 from tests.integration.conftest import assert_one_error_line, load_npz, write_project
@@ -90,7 +90,7 @@ def test_ir3_constant_of_shape_weights_bundle_takes_only_the_real_input(tmp_path
 @pytest.mark.parametrize("name", ["light_shufflenet", "light_inception_v1"])
 def test_onnx_zoo_light_models_compile_for_cpu_openvino_and_coreml(tmp_path: Path, name: str) -> None:
     """Real IR 3 networks from the onnx wheel (weights built by ConstantOfShape)."""
-    targets = ["cpu", "openvino"] + (["coreml"] if _has("coremltools") else [])
+    targets = ["cpu", "openvino"] + (["coreml"] if has_module("coremltools") else [])
     source = onnx.load(str(LIGHT / f"{name}.onnx"))
     project = write_project(tmp_path / name, source, name=name.replace("_", "-"))
     results = {r.target: r for r in compile_project(project, targets, tmp_path / "dist")}
@@ -118,8 +118,3 @@ def test_cli_refuses_a_model_no_runtime_can_upgrade_in_one_line(tmp_path: Path) 
     assert proc.returncode == 4, proc.stderr  # ModelError
     assert_one_error_line(proc.stderr, contains=["cannot upgrade opset 6 to 17", "ImageScaler"])
 
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None

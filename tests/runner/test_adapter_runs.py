@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import models
+from fixtures import has_module, models
 from gpuxc.build.pipeline import compile_project
 from tests.integration.conftest import endless_loop_model, write_project
 
@@ -66,13 +66,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
-
 
 def _run(bundle: Path, mode: str = "once") -> dict[str, object]:
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(bundle), mode], capture_output=True, text=True,
@@ -86,7 +79,7 @@ def _run(bundle: Path, mode: str = "once") -> dict[str, object]:
 def endless(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("endless")
     project = write_project(root / "p", endless_loop_model(), {"runtime": {"timeout": 0.5}}, name="endless")
-    targets = ["cpu"] + (["openvino"] if _has("openvino") else [])
+    targets = ["cpu"] + (["openvino"] if has_module("openvino") else [])
     return {r.target: r.path for r in compile_project(project, targets, root / "dist")}
 
 
@@ -109,7 +102,7 @@ def test_openvino_keeps_the_timeout_for_a_loop(endless: dict[str, Path]) -> None
 
 
 def test_openvino_runs_a_bounded_graph_inline(tmp_path: Path) -> None:
-    if not _has("openvino"):
+    if not has_module("openvino"):
         pytest.skip("openvino is not installed")
     project = write_project(tmp_path / "p", models.mlp(batch=1), name="mlp")
     [result] = compile_project(project, ["openvino"], tmp_path / "dist")
@@ -119,7 +112,7 @@ def test_openvino_runs_a_bounded_graph_inline(tmp_path: Path) -> None:
 
 def test_openvino_serves_concurrent_calls(tmp_path: Path) -> None:
     # The server calls infer from a thread pool; one shared infer request would answer "busy".
-    if not _has("openvino"):
+    if not has_module("openvino"):
         pytest.skip("openvino is not installed")
     project = write_project(tmp_path / "p", models.mlp(batch=1), name="mlp")
     [result] = compile_project(project, ["openvino"], tmp_path / "dist")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import models
+from fixtures import has_module, models
 from gpuxc.build.pipeline import compile_project
 from gpuxc.bundle.runner_source import runner_module
 from tests.integration.conftest import write_project
@@ -27,7 +27,7 @@ def test_op_table_sums_by_op_type_most_time_first() -> None:
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("profile")
-    targets = ["cpu"] + (["openvino"] if _has("openvino") else [])
+    targets = ["cpu"] + (["openvino"] if has_module("openvino") else [])
     project = write_project(root / "p", models.outlier_mlp(), name="prof")
     return {r.target: r.path for r in compile_project(project, targets, root / "dist")}
 
@@ -59,8 +59,3 @@ def test_profile_and_compare_do_not_mix(bundles: dict[str, Path], tmp_path: Path
                            str(tmp_path / "model.onnx")], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and "--profile measures bundles on their own" in proc.stderr
 
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None

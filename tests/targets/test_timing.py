@@ -14,21 +14,13 @@ import numpy as np
 import pytest
 from gpuxc_cpu.target import CpuTarget
 
-from fixtures import models
+from fixtures import has_module, models
 from gpuxc.build import search
 from gpuxc.build.pipeline import compile_project
 from gpuxc.build.policy import load_policy
 from gpuxc.targets import Artifact
 from gpuxc.targets.timing import adapter_module, open_adapter
 from tests.integration.conftest import write_project
-
-
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +63,7 @@ def test_cpu_tuning_candidates_leave_a_users_thread_count_alone() -> None:
 
 
 def test_openvino_timing_writes_no_cache_into_the_candidate(tmp_path: Path) -> None:
-    if not _has("openvino"):
+    if not has_module("openvino"):
         pytest.skip("openvino is not installed")
     from gpuxc_openvino.target import OpenVinoTarget
 
@@ -104,7 +96,7 @@ RUNNER = textwrap.dedent(
 def test_auto_records_the_faster_settings_and_the_runner_applies_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
 ) -> None:
-    if target == "openvino" and not _has("openvino"):
+    if target == "openvino" and not has_module("openvino"):
         pytest.skip("openvino is not installed")
     monkeypatch.setattr("gpuxc.host.physical_cores", lambda: 8)  # so the one-thread trial is offered here too
     # The choice is given (which setting is faster is this host's business); the recording is tested.
