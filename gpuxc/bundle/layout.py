@@ -15,11 +15,13 @@ if TYPE_CHECKING:  # the runner's file, as mypy sees it (mypy_path has templates
         MAIN,
         MANIFEST_NAME,
         MODEL_DIR,
+        PREPROCESSING_DIR,
         REFERENCE_DIR,
         REFERENCE_INPUTS,
         REFERENCE_OUTPUTS,
         RUNNER_DIR,
         RUNNER_RUNTIME,
+        TOKENIZER,
     )
 else:
     from gpuxc.bundle.runner_source import runner_module
@@ -33,6 +35,8 @@ else:
     REFERENCE_OUTPUTS = _runner_layout.REFERENCE_OUTPUTS
     RUNNER_DIR = _runner_layout.RUNNER_DIR
     RUNNER_RUNTIME = _runner_layout.RUNNER_RUNTIME
+    PREPROCESSING_DIR = _runner_layout.PREPROCESSING_DIR
+    TOKENIZER = _runner_layout.TOKENIZER
 
 CANDIDATES_DIR = ".candidates"  # --optimize auto builds each variant here inside the staging folder
 
@@ -41,11 +45,13 @@ __all__ = [
     "MAIN",
     "MANIFEST_NAME",
     "MODEL_DIR",
+    "PREPROCESSING_DIR",
     "REFERENCE_DIR",
     "REFERENCE_INPUTS",
     "REFERENCE_OUTPUTS",
     "RUNNER_DIR",
     "RUNNER_RUNTIME",
+    "TOKENIZER",
     "bundle_name",
 ]
 

@@ -19,3 +19,5 @@ REFERENCE_INPUTS = f"{REFERENCE_DIR}/inputs.npz"  # the reference inputs, as ver
 REFERENCE_OUTPUTS = f"{REFERENCE_DIR}/outputs.npz"  # ONNX Runtime's outputs on the source model
 RUNNER_DIR = "runner"  # the Python package that runs the bundle
 RUNNER_RUNTIME = f"{RUNNER_DIR}/runtime.py"  # the target's runtime adapter
+PREPROCESSING_DIR = "preprocessing"  # files the runner's preprocessing reads (a tokenizer.json)
+TOKENIZER = f"{PREPROCESSING_DIR}/tokenizer.json"
