@@ -17,6 +17,7 @@ from pydantic_core import to_jsonable_python
 from gpuxc.bundle.layout import MANIFEST_NAME
 from gpuxc.passes import PassRecord
 from gpuxc.project.model import ModelSignature
+from gpuxc.project.preprocessing import ImagePreprocessing, TextPreprocessing
 from gpuxc.project.upgrade import ModelUpgrade
 
 FORMAT: Final = "gpux-bundle"
@@ -41,6 +42,7 @@ class TensorSpecOut(_M):
     shape: list[int | str | None] | None
     description: str | None = None
     labels: list[str] | None = None
+    top_k: int | None = None  # with labels: the runner returns this many ranked {label, score} (default 5)
     max_length: int | None = None
 
 
@@ -148,6 +150,9 @@ class Manifest(_M):
     signature: ModelSignature  # of the source model
     inputs: list[TensorSpecOut]
     outputs: list[TensorSpecOut]
+    # gpux.yml's preprocessing settled against the model: images compiled into the graph, text
+    # tokenised by the runner (gpuxc/project/preprocessing.py; docs/preprocessing.md).
+    preprocessing: ImagePreprocessing | TextPreprocessing | None = Field(default=None, discriminator="kind")
     metadata: dict[str, Any]
     build: BuildInfo
     artifact: ArtifactInfo

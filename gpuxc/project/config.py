@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from gpuxc.errors import did_you_mean
 from gpuxc.project.config_errors import clip, kind_of
+from gpuxc.project.config_preprocessing import PreprocessingSection
 from gpuxc.project.yamlsource import SourceMap
 from gpuxc.sizes import is_size, parse_size
 
@@ -187,121 +188,6 @@ class ServingSection(_Section):
     @property
     def batch_limit(self) -> int:
         return self.max_batch_size or self.batch_size
-
-
-# Named normalisations (GPUX's names plus the usual ones): (pixel scale, mean, std) in RGB order,
-# applied as ((pixel / scale) - mean) / std. docs/preprocessing.md has the table.
-NORMALIZE_METHODS: dict[str, tuple[float, tuple[float, float, float], tuple[float, float, float]]] = {
-    "imagenet": (255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "0-1": (255.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-    "-1-1": (127.5, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0)),
-    "none": (1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-}
-RESIZE_MODES = ("stretch", "letterbox", "center-crop")
-CHANNEL_ORDERS = ("rgb", "bgr", "gray")
-LAYOUTS = ("nchw", "nhwc")
-PADDINGS = ("max_length", "longest")
-# A bundle input name the runner routes and the server exposes: a plain identifier.
-INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
-
-
-class NormalizeSpec(_Section):
-    """``normalize: {mean: [...], std: [...]}``: per-channel, in the model's channel order, on pixel / scale."""
-
-    mean: list[float]
-    std: list[float]
-    scale: Annotated[float, Field(gt=0)] = 255.0
-
-    @model_validator(mode="after")
-    def _lengths(self) -> NormalizeSpec:
-        if len(self.mean) not in (1, 3) or len(self.std) not in (1, 3):
-            raise ValueError("normalize.mean and normalize.std take 1 or 3 values (one per channel)")
-        if any(v == 0 for v in self.std):
-            raise ValueError("normalize.std must not contain 0")
-        return self
-
-
-_IMAGE_FIELDS = {"resize", "normalize", "image_input", "channels", "layout", "resize_mode", "pad_value"}
-_TEXT_FIELDS = {"tokenizer", "max_length", "padding", "truncation", "ids_input", "mask_input", "type_ids_input"}
-
-
-class PreprocessingSection(_Section):
-    """GPUX's preprocessing block, acted on: images become ONNX operators prepended to the model
-    (gpuxc/project/preprocess_graph.py); text goes through a real tokenizer in the runner.
-
-    GPUX's fields are ``resize``, ``normalize``, ``tokenizer`` and ``max_length``; the rest are
-    gpuxc's, for what a real model needs and GPUX left implicit (docs/preprocessing.md).
-    Which fields apply is settled against the model by gpuxc/project/preprocessing.py.
-    """
-
-    # GPUX's fields
-    tokenizer: str | None = None  # a tokenizer.json in the project, or a folder holding one
-    max_length: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    resize: list[Annotated[int, Field(ge=1, le=16384)]] | None = None  # [width, height], GPUX's order
-    normalize: Literal["imagenet", "0-1", "-1-1", "none"] | NormalizeSpec | None = None
-    # gpuxc's: which model input the block feeds (default: the only one that fits)
-    input: str | None = None
-    # images
-    image_input: str = "image"  # the bundle's new uint8 input, [N, H, W, C] pixels
-    channels: Literal[CHANNEL_ORDERS] | None = None  # type: ignore[valid-type]  # order the model expects
-    layout: Literal[LAYOUTS] | None = None  # type: ignore[valid-type]  # default: read off the model input's shape
-    resize_mode: Literal[RESIZE_MODES] = "stretch"  # type: ignore[valid-type]
-    pad_value: Annotated[int, Field(ge=0, le=255)] = 0  # letterbox fill, as a pixel value
-    # text
-    padding: Literal[PADDINGS] = "max_length"  # type: ignore[valid-type]
-    truncation: bool = True
-    ids_input: str | None = None  # default: the model input named like input_ids
-    mask_input: str | None = None  # default: attention_mask, when the model has it
-    type_ids_input: str | None = None  # default: token_type_ids, when the model has it
-
-    @field_validator("resize")
-    @classmethod
-    def _resize(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and len(value) != 2:
-            raise ValueError(f"resize takes [width, height], got {len(value)} values")
-        return value
-
-    @field_validator("tokenizer")
-    @classmethod
-    def _tokenizer(cls, value: str | None) -> str | None:
-        if value is not None and (not value.strip() or "\x00" in value):
-            raise ValueError("tokenizer must be a path to a tokenizer.json (non-empty, no NUL character)")
-        return value
-
-    @field_validator("image_input")
-    @classmethod
-    def _image_input(cls, value: str) -> str:
-        if not INPUT_NAME_RE.match(value):
-            raise ValueError(f"'{clip(value)}' is not an input name: use letters, digits, '_', '.' or '-'")
-        return value
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> PreprocessingSection:
-        image = self.resize is not None or self.normalize is not None
-        text = self.tokenizer is not None
-        if image and text:
-            raise ValueError("preprocessing is either for an image (resize, normalize) or for text (tokenizer), "
-                             "not both")  # fmt: skip
-        if self.max_length is not None and not text:
-            raise ValueError("preprocessing.max_length needs preprocessing.tokenizer (it bounds the token count)")
-        # Nothing silently ignored: a field of the other kind (or of no kind) is a mistake.
-        own = _IMAGE_FIELDS if image else _TEXT_FIELDS if text else set()
-        stray = sorted((self.model_fields_set - own - {"input"}) & (_IMAGE_FIELDS | _TEXT_FIELDS))
-        if stray:
-            needs = "resize or normalize (an image block)" if stray[0] in _IMAGE_FIELDS else "tokenizer (a text block)"
-            raise ValueError(f"preprocessing.{stray[0]} needs {needs}")
-        if self.input is not None and not (image or text):
-            raise ValueError("preprocessing.input needs resize/normalize (an image) or tokenizer (text)")
-        return self
-
-    @property
-    def kind(self) -> Literal["image", "text"] | None:
-        """What the block preprocesses, or None for an empty block."""
-        if self.tokenizer is not None:
-            return "text"
-        if self.resize is not None or self.normalize is not None:
-            return "image"
-        return None
 
 
 class CalibrationSection(_Section):

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict
 
 from gpuxc.bundle import layout
 from gpuxc.errors import ConfigError, SignatureMismatch, did_you_mean, first_line
-from gpuxc.project.config import NORMALIZE_METHODS, GpuxConfig, NormalizeSpec
+from gpuxc.project.config import GpuxConfig
+from gpuxc.project.config_preprocessing import NORMALIZE_METHODS, NormalizeSpec
 from gpuxc.project.reference import MASK_RE, TYPE_IDS_RE
 
 if TYPE_CHECKING:
