@@ -17,6 +17,8 @@ from gpuxc.project.calibration import load_validation_samples
 from gpuxc.project.config import GpuxConfig
 from gpuxc.project.config_load import find_config, load_config
 from gpuxc.project.model import LoadedModel, ModelSignature
+from gpuxc.project.preprocess_graph import with_image_preprocessing
+from gpuxc.project.preprocessing import ImagePreprocessing, Preprocessing, resolve_preprocessing
 from gpuxc.project.reference import (
     DEFAULT_DIM,
     DEFAULT_SPATIAL,
@@ -52,6 +54,10 @@ class Project:
     # the reference) are among the samples the quantizers calibrate on (the data held no more).
     validation_feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
     calibration_overlap: bool = False
+    # gpux.yml's preprocessing settled against the model; with images, ``model`` is the source with
+    # the preprocessing nodes prepended (written under ``workdir``, which lives as long as the project).
+    preprocessing: Preprocessing | None = None
+    workdir: Any = None
 
     @functools.cached_property
     def extra_references(self) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
@@ -102,13 +108,22 @@ def project_for(config: GpuxConfig, say: Progress) -> Project:
     check_signature(config, sig)
     if loaded.upgrade is not None:
         say(f"model: {loaded.upgrade.summary()}")
+    preprocessing = resolve_preprocessing(config, sig)
+    workdir = None
+    if isinstance(preprocessing, ImagePreprocessing):
+        loaded, workdir = with_image_preprocessing(loaded, preprocessing, config.where("preprocessing"))
+        sig = loaded.signature
+        say(f"preprocessing: {preprocessing.summary()}")
+    elif preprocessing is not None:
+        say(f"preprocessing: text through {config.preprocessing.tokenizer} (max_length {preprocessing.max_length}, "
+            f"padding {preprocessing.padding}); the runner tokenises")  # fmt: skip
     validation: list[dict[str, np.ndarray]] = []
     overlap = False
     cal = config.build.calibration
     if cal is not None and cal.data is not None:
         validation, overlap = load_validation_samples(config, sig, EXTRA_SAMPLES + 1)
         inputs = validation[0]
-        run = run_reference(model_path, inputs, io_dtypes(sig))
+        run = run_reference(loaded.path, inputs, io_dtypes(sig))
         shapes = {k: list(v.shape) for k, v in inputs.items()}
         origin: Literal["generated", "calibration"] = "calibration"
         if overlap:
@@ -120,7 +135,7 @@ def project_for(config: GpuxConfig, say: Progress) -> Project:
     notes = [*run.fallbacks, *([run.cross_check] if run.cross_check else [])]
     say(f"reference: {run.runtime} on the source model" + (f" ({'; '.join(notes)})" if notes else ""))
     return Project(config, loaded, inputs, run.outputs, origin, shapes, run.runtime, run.fallbacks, run.cross_check,
-                   validation[1:], overlap)  # fmt: skip
+                   validation[1:], overlap, preprocessing, workdir)  # fmt: skip
 
 
 def io_dtypes(signature: ModelSignature) -> set[str]:
