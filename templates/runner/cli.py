@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,14 @@ def _write_outputs(outputs: dict[str, np.ndarray], target: str | None,
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `python . run ... | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _main(argv: list[str] | None = None) -> int:
     # --provider is accepted before or after the command:
     # `python . --provider cpu run` or `python . run --provider cpu`.
     common = argparse.ArgumentParser(add_help=False)

@@ -578,6 +578,7 @@ def runner_context(config: GpuxConfig, target: Target, runtime: RuntimeSpec) -> 
         "verification_reason": None,
         "requirements": runtime.requirements,
         "serve_requirements": serve_requirements(),
+        "preprocessing": None,
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "port": config.serving.port,
         "image": f"{config.name}-{target.name}",
