@@ -23,8 +23,9 @@ def rank(value: Any, labels: list[str], top_k: int) -> list[list[dict[str, Any]]
         return None
     rows = array.reshape(-1, array.shape[-1]).astype(np.float64, copy=False)
     count = min(max(int(top_k), 1), len(labels))
-    # NaN sorts last; ties keep the label order (a stable sort on the negated scores).
-    order = np.argsort(np.where(np.isnan(rows), np.inf, -rows), axis=-1, kind="stable")[:, :count]
+    # Highest first, NaN after everything (-inf included); ties keep the label order (lexsort is stable).
+    nan = np.isnan(rows)
+    order = np.lexsort((np.where(nan, 0.0, -rows), nan), axis=-1)[:, :count]
     ranked = []
     for row, indices in zip(rows, order, strict=True):
         ranked.append([{"label": labels[i], "score": _score(row[i])} for i in indices.tolist()])

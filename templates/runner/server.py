@@ -140,7 +140,9 @@ def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
     specs_in = dict(rt.inputs)
     specs_out = dict(rt.outputs)
     kind = rt.preprocessing  # "image"/"text": /predict and v2 take encoded images or text too
-    media_types = ("application/json", "multipart/form-data") if kind else ("application/json",)
+    media_types = {"image": ("application/json", "multipart/form-data"),
+                   "text": ("application/json", "multipart/form-data", "application/x-www-form-urlencoded")
+                   }.get(kind or "", ("application/json",))  # fmt: skip
     encoded = {rt.preprocessed_input: kind} if kind and rt.preprocessed_input else {}
     metrics = Metrics()
     slots = {"busy": 0}

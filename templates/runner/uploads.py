@@ -4,7 +4,8 @@
   image input may be a base64 string (or ``data:image/...;base64,`` URL) or a list of them, for one
   with text preprocessing ``{"text": str | [str, ...]}``;
 - ``multipart/form-data`` (image bundles): the image as a file field named like the image input,
-  or as the only file (several files under that name: a batch); text bundles: a ``text`` field;
+  or as the only file (several files under that name: a batch); text bundles: a ``text`` field
+  (``application/x-www-form-urlencoded`` too);
 - ``image/*``: the request body is the encoded image.
 
 Strings are never read as file paths here: the server passes bytes to the runtime, with
@@ -36,7 +37,7 @@ def accepted(kind: str | None) -> str:
     if kind == "image":
         return "application/json, multipart/form-data or image/*"
     if kind == "text":
-        return "application/json or multipart/form-data"
+        return "application/json, multipart/form-data or application/x-www-form-urlencoded"
     return "application/json"
 
 
@@ -51,6 +52,8 @@ async def predict_inputs(content_type: str, headers: Any, body: bytes, kind: str
         return {key: body}
     if kind is not None and content_type == "multipart/form-data":
         return await _form_inputs(headers, body, kind, key)
+    if kind == "text" and content_type == "application/x-www-form-urlencoded":
+        return _urlencoded_inputs(body, key)
     raise UploadError(415, "unsupported_media_type", f"send inputs as {accepted(kind)}")
 
 
@@ -104,6 +107,25 @@ async def _form_inputs(headers: Any, body: bytes, kind: str, key: str) -> dict[s
                 fields.setdefault(name, []).append(value)
     finally:
         await form.close()
+    return _form_fields(files, fields, kind, key)
+
+
+def _urlencoded_inputs(body: bytes, key: str) -> dict[str, Any]:
+    """A plain HTML form (``text=...``), for text bundles."""
+    from urllib.parse import parse_qsl
+
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body),
+                          max_num_fields=MAX_FIELDS)  # fmt: skip
+    except (UnicodeDecodeError, ValueError):
+        raise UploadError(400, "invalid_input", "unreadable form body (UTF-8 name=value pairs expected)") from None
+    fields: dict[str, list[str]] = {}
+    for name, value in pairs:
+        fields.setdefault(name, []).append(value)
+    return _form_fields({}, fields, "text", key)
+
+
+def _form_fields(files: dict[str, list[bytes]], fields: dict[str, list[str]], kind: str, key: str) -> dict[str, Any]:
     if kind == "text":
         if files or set(fields) - {key}:
             extra = sorted([*files, *fields])
