@@ -485,3 +485,27 @@ def test_real_minilm_serves_sentences(runner_pkg: Any, tmp_path: Path) -> None:
     # Real sentences mean something: the two about eating are the closest pair.
     similarity = served @ served.T
     assert similarity[0, 1] > max(similarity[0, 2], similarity[1, 2])
+
+
+# -- requirements ---------------------------------------------------------------------------------------
+
+
+def _requirement_names(bundle: Path) -> tuple[set[str], set[str]]:
+    """Distribution names in requirements.txt: (to run, for serve)."""
+    run, serve, current = set(), set(), None
+    for line in (bundle / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            current = serve if "serve" in line else run
+        elif line.strip():
+            (current if current is not None else run).add(line.split("==")[0].split(">=")[0].strip())
+    return run, serve
+
+
+def test_requirements_carry_only_what_the_preprocessing_needs(image_bundle: Path, text_bundle: Path,
+                                                              shared_bundle: Path) -> None:  # fmt: skip
+    image_run, image_serve = _requirement_names(image_bundle)
+    text_run, text_serve = _requirement_names(text_bundle)
+    plain_run, plain_serve = _requirement_names(shared_bundle)
+    assert "pillow" in image_run and "tokenizers" not in image_run and "python-multipart" in image_serve
+    assert "tokenizers" in text_run and "pillow" not in text_run and "python-multipart" in text_serve
+    assert not {"pillow", "tokenizers", "python-multipart"} & (plain_run | plain_serve)
