@@ -96,9 +96,12 @@ def image_array(value: Any, channel_count: int, label: str = "image") -> np.ndar
     return array
 
 
-def resize_pixels(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 ``[N, H, W, C]`` resized to ``size`` (width, height) with Pillow's bilinear filter: for
-    targets whose image input has a fixed height and width (static shapes)."""
+def resize_pixels(pixels: np.ndarray, size: tuple[int, int], mode: str = "stretch", pad_value: int = 0) -> np.ndarray:
+    """uint8 ``[N, H, W, C]`` brought to ``size`` (width, height) with Pillow's bilinear filter, for
+    targets whose image input has a fixed height and width (static shapes). ``mode`` as gpux.yml's
+    ``resize_mode``, with the compiled graph's geometry (gpuxc/project/preprocess_graph.py):
+    ``letterbox`` scales to fit and centres on ``pad_value``, ``center-crop`` scales to cover and
+    keeps the centre, so the graph's own resize to the same size changes nothing."""
     try:
         from PIL import Image
     except ImportError:
@@ -108,8 +111,24 @@ def resize_pixels(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     for image in pixels:
         gray = image.shape[-1] == 1
         img = Image.fromarray(np.ascontiguousarray(image[:, :, 0] if gray else image), "L" if gray else "RGB")
-        out = np.asarray(img.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
-        rows.append(out[:, :, None] if gray else out)
+        scaled = (width, height)
+        if mode in ("letterbox", "center-crop"):
+            ratio = np.array([height, width], np.float32) / np.array(image.shape[:2], np.float32)
+            scale = ratio.min() if mode == "letterbox" else ratio.max()
+            hw = np.round(np.array(image.shape[:2], np.float32) * scale).astype(np.int64)  # half to even, as Round
+            hw = np.minimum(hw, [height, width]) if mode == "letterbox" else np.maximum(hw, [height, width])
+            scaled = (max(int(hw[1]), 1), max(int(hw[0]), 1))
+        out = np.asarray(img.resize(scaled, Image.Resampling.BILINEAR), dtype=np.uint8)
+        out = out[:, :, None] if gray else out
+        if mode == "letterbox":
+            canvas = np.full((height, width, out.shape[-1]), pad_value, np.uint8)
+            top, left = (height - out.shape[0]) // 2, (width - out.shape[1]) // 2
+            canvas[top:top + out.shape[0], left:left + out.shape[1]] = out
+            out = canvas
+        elif mode == "center-crop":
+            top, left = (out.shape[0] - height) // 2, (out.shape[1] - width) // 2
+            out = out[top:top + height, left:left + width]
+        rows.append(out)
     return np.stack(rows)
 
 
@@ -227,6 +246,8 @@ class Preprocessor:
         self.encoder = TextEncoder(record, bundle_dir) if self.kind == "text" else None
         self.token_inputs = [record[k] for k in ("ids", "mask", "type_ids") if record.get(k)]
         self.channel_count = int(record.get("channel_count") or 3)
+        self.resize_mode = str(record.get("resize_mode") or "stretch")
+        self.pad_value = int(record.get("pad_value") or 0)
         self.gray = record.get("channels") == "gray"
         self.fixed_size: tuple[int, int] | None = None  # (width, height) the runner resizes to
         spec = next((s for s in inputs if s["name"] == self.key), None)
@@ -242,8 +263,8 @@ class Preprocessor:
         if self.kind == "image":
             runner = {"accepts": ["encoded image (JPEG, PNG, WebP, BMP, GIF, TIFF)", "uint8 pixels [N, H, W, C]"],
                       "resize": None if self.fixed_size is None else
-                      {"size": list(self.fixed_size), "filter": "bilinear", "by": "runner (Pillow)",
-                       "why": "the image input has a fixed height and width on this target"}}  # fmt: skip
+                      {"size": list(self.fixed_size), "filter": "bilinear", "mode": self.resize_mode,
+                       "by": "runner (Pillow)", "why": "the image input has a fixed height and width on this target"}}
         else:
             runner = {"accepts": ["text", "list of texts"], "tokenizer": self.record["tokenizer"]}
         return {**self.record, "runner": runner}
@@ -271,7 +292,7 @@ class Preprocessor:
         encoded = _encoded_items(value)
         if encoded is None:
             pixels = image_array(value, self.channel_count, self.key)
-            return pixels if self._sized(pixels) else resize_pixels(pixels, self.fixed_size)  # type: ignore[arg-type]
+            return pixels if self._sized(pixels) else self._fit(pixels)
         images = []
         for i, item in enumerate(encoded):
             where = self.key if len(encoded) == 1 else f"{self.key}[{i}]"
@@ -283,7 +304,7 @@ class Preprocessor:
                     raise PreprocessError(f"{where}: empty file name")
             pixels = decode_image(bytes(item) if isinstance(item, memoryview) else item,
                                   "gray" if self.gray else "rgb", where)  # fmt: skip
-            images.append(pixels if self._sized(pixels) else resize_pixels(pixels, self.fixed_size))  # type: ignore[arg-type]
+            images.append(pixels if self._sized(pixels) else self._fit(pixels))
         if not images:
             raise PreprocessError(f"{self.key}: no image given")
         sizes = {img.shape[1:3] for img in images}
@@ -292,6 +313,10 @@ class Preprocessor:
             raise PreprocessError(f"{self.key}: images in one batch must have the same size (got {listed}); "
                                   "send them in separate requests")  # fmt: skip
         return np.concatenate(images) if len(images) > 1 else images[0]
+
+    def _fit(self, pixels: np.ndarray) -> np.ndarray:
+        assert self.fixed_size is not None
+        return resize_pixels(pixels, self.fixed_size, self.resize_mode, self.pad_value)
 
     def _sized(self, pixels: np.ndarray) -> bool:
         return self.fixed_size is None or (pixels.shape[2], pixels.shape[1]) == self.fixed_size

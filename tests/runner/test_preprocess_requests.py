@@ -122,6 +122,22 @@ def test_a_fixed_size_input_gets_images_resized_by_pillow_first(astronaut: np.nd
     assert image_pre().describe()["runner"]["resize"] is None
 
 
+@pytest.mark.parametrize("gray", [False, True])
+def test_fixed_size_letterbox_and_center_crop_keep_the_aspect_ratio(astronaut: np.ndarray, gray: bool) -> None:
+    """The graph's geometry (scale, round, centre), done by the runner before a fixed-size input."""
+    channels = {"channels": "gray", "channel_count": 1} if gray else {}
+    photo = np.asarray(PIL.fromarray(astronaut).convert("L"))[:, :, None] if gray else astronaut
+    pil = PIL.fromarray(photo[:, :, 0] if gray else photo)
+    boxed = image_pre(FIXED, resize_mode="letterbox", pad_value=114, **channels).apply({"image": photo})["image"][0]
+    inner = np.asarray(pil.resize((24, 24), PIL.Resampling.BILINEAR)).reshape(24, 24, -1)
+    assert boxed.shape == (24, 40, photo.shape[-1])  # 128x128 scaled by min(24/128, 40/128): 24x24, centred
+    assert (boxed[:, :8] == 114).all() and (boxed[:, 32:] == 114).all()
+    np.testing.assert_array_equal(boxed[:, 8:32], inner)
+    cropped = image_pre(FIXED, resize_mode="center-crop", **channels).apply({"image": photo})["image"][0]
+    cover = np.asarray(pil.resize((40, 40), PIL.Resampling.BILINEAR)).reshape(40, 40, -1)
+    np.testing.assert_array_equal(cropped, cover[8:32])  # scaled by max(...): 40x40, the middle 24 rows
+
+
 def test_base64_and_data_urls(astronaut: np.ndarray) -> None:
     import base64
 
