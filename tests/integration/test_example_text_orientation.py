@@ -50,3 +50,15 @@ def test_the_bundle_ranks_orientations_of_jpeg_files(example: Path) -> None:
         ranked = json.loads(proc.stdout)["ranked"]["save_infer_model/scale_0.tmp_1"][0]
         assert [r["label"] for r in ranked] == [expected, "180" if expected == "0" else "0"]
         assert ranked[0]["score"] > 0.8, ranked
+
+
+def test_inspect_shows_what_the_graph_does_to_the_pixels(example: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gpuxc.cli.app import app
+
+    [result] = compile_project(example, ["cpu"], example / "dist")
+    out = CliRunner().invoke(app, ["inspect", str(result.path)])
+    assert out.exit_code == 0, out.output
+    assert "preprocessing: uint8 'image' [N, H, W, 3] -> resize stretch to 192x48, bgr" in out.output
+    assert "input image: uint8" in out.output
