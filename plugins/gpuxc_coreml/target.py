@@ -102,6 +102,7 @@ class CoreMLTarget(Target[CoreMLOptions]):
             describe_unsupported,
             signature_mismatches,
             unsupported_ops,
+            widened_inputs,
         )
 
         options = ctx.options
@@ -161,6 +162,9 @@ class CoreMLTarget(Target[CoreMLOptions]):
                 # null: an input the program never reads, which the package does not have (fed, ignored).
                 "input_names": input_names,
                 "output_names": output_names,
+                # ML Program inputs cannot be uint8 (image preprocessing's pixels): ONNX input ->
+                # the dtype the package takes, which the adapter casts the feed to (exact).
+                "input_dtypes": widened_inputs(model),
             }
             | ({"fp16_kept_fp32": fp16} if fp16 else {}),
         )
@@ -224,8 +228,12 @@ class CoreMLTarget(Target[CoreMLOptions]):
         model = ct.models.MLModel(str(bundle_dir / artifact.entry), compute_units=ct.ComputeUnit.CPU_ONLY)
         names_in = artifact.settings.get("input_names", {})
         names_out = {v: k for k, v in artifact.settings.get("output_names", {}).items()}
-        feeds = {names_in.get(k, k): v.astype(np.int32) if v.dtype == np.int64 else v for k, v in inputs.items()
-                 if names_in.get(k, k) is not None}  # fmt: skip
+        casts = artifact.settings.get("input_dtypes", {})
+
+        def fed(name: str, value: np.ndarray) -> np.ndarray:  # as the bundle's adapter feeds it
+            return value.astype(casts.get(name, np.int32 if value.dtype == np.int64 else value.dtype))
+
+        feeds = {names_in.get(k, k): fed(k, v) for k, v in inputs.items() if names_in.get(k, k) is not None}
         return {names_out.get(k, k): np.asarray(v) for k, v in model.predict(feeds).items()}
 
 
