@@ -14,7 +14,7 @@ contradiction. The result is recorded in the manifest (``preprocessing``), where
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -126,6 +126,15 @@ def load_tokenizer(path: Path, where: str) -> object:
     except Exception as exc:
         reason = first_line(exc, 200)
         raise ConfigError(f"{where}: '{path.name}' is not a tokenizers tokenizer.json ({reason})") from None
+
+
+def text_encoder(config: GpuxConfig, record: TextPreprocessing) -> Any:
+    """The runner's own ``TextEncoder`` on the project's tokenizer.json: compile-time text (reference
+    sentences, calibration lines) is tokenised exactly as the bundle will tokenise it."""
+    from gpuxc.bundle.runner_source import runner_module
+
+    spec = {**record.model_dump(), "tokenizer": str(tokenizer_path(config))}  # absolute: wins over the join
+    return runner_module("preprocess").TextEncoder(spec, config.project_dir)
 
 
 # -- images -----------------------------------------------------------------------------------
