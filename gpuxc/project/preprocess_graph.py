@@ -66,6 +66,10 @@ def prepend_image_preprocessing(model: ModelProto, record: ImagePreprocessing) -
     out.CopyFrom(model)
     graph = out.graph
     position, fed = next((i, v) for i, v in enumerate(graph.input) if v.name == record.feeds)
+    if record.input == record.feeds and any(o.name == record.feeds for o in graph.output):
+        # The output would become the uint8 pixels (a graph input's name cannot be produced by a node).
+        raise ModelError(f"model input '{record.feeds}' is also a model output: the uint8 pixels cannot take its name",
+                         hint="set preprocessing.image_input to another name")  # fmt: skip
     builder = _Builder(opset, record)
     if record.input == record.feeds:  # pixels take the input's name: the model reads the result under another
         _rename_uses(graph, record.feeds, builder.output)

@@ -174,6 +174,29 @@ def test_pixel_input_named_like_the_replaced_input() -> None:
     np.testing.assert_allclose(run(model, x), preprocess_numpy(x, r), atol=1e-4, rtol=0)
 
 
+def passthrough_model() -> onnx.ModelProto:
+    """The image input is also returned as an output (some exports echo their input)."""
+    shape = ["N", 3, 6, 8]
+    graph = helper.make_graph([helper.make_node("Relu", ["image"], ["y"])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape),
+                               helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)])  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_replaced_input_that_is_also_an_output() -> None:
+    """Under its own name the output would be the uint8 pixels: refused; under another, it is the tensors."""
+    with pytest.raises(ModelError, match="'image' is also a model output") as info:
+        prepend_image_preprocessing(passthrough_model(), record(feeds="image"))
+    assert info.value.hint and "image_input" in info.value.hint
+    r = record(feeds="image", input="pixels")
+    model = prepend_image_preprocessing(passthrough_model(), r)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = pixels(7, 9)
+    _, echoed = session.run(None, {"pixels": x})
+    np.testing.assert_allclose(echoed, preprocess_numpy(x, r), atol=1e-4, rtol=0)
+
+
 def if_model(name: str) -> onnx.ModelProto:
     """The image input read inside both branches of an If (outer-scope reads) and by the main graph."""
     shape = ["N", 3, 6, 8]
