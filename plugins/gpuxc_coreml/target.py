@@ -13,6 +13,7 @@ import io
 import re
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -87,7 +88,8 @@ class CoreMLTarget(Target[CoreMLOptions]):
         # The translators read shapes, axes and slice bounds as constants: fold first, then
         # BASIC optimization (no ORT-only fused ops such as FusedConv, which have no translator).
         specs = sequence_plan(signature)  # MIL has no tensor-sequence type
-        specs += onnx_plan(config, Variant("fp32", "fp32"), "none", ["CPUExecutionProvider"], signature=signature)
+        specs += _with_pixels_fixed(onnx_plan(config, Variant("fp32", "fp32"), "none", ["CPUExecutionProvider"],
+                                              signature=signature), config, signature)  # fmt: skip
         specs.append(PassSpec("fold-constants", {}, required=False))
         specs.append(PassSpec("ort-optimize", {"level": "basic", "providers": ["CPUExecutionProvider"]}))
         return specs
@@ -235,6 +237,26 @@ class CoreMLTarget(Target[CoreMLOptions]):
 
         feeds = {names_in.get(k, k): fed(k, v) for k, v in inputs.items() if names_in.get(k, k) is not None}
         return {names_out.get(k, k): np.asarray(v) for k, v in model.predict(feeds).items()}
+
+
+def _with_pixels_fixed(specs: list[PassSpec], config: GpuxConfig, signature: ModelSignature) -> list[PassSpec]:
+    """``specs`` with image preprocessing's pixel input fixed at its reference shape (the package's).
+
+    The package's inputs are static, so the shipped ONNX (whose inputs the manifest lists) says so
+    too: the runner reads the fixed height and width there and brings decoded pictures to them."""
+    from gpuxc.project.reference import resolve_shapes
+
+    pre = config.preprocessing
+    tensor = signature.input(pre.image_input) if pre.kind == "image" else None
+    if tensor is None or tensor.dtype != "uint8" or all(isinstance(d, int) for d in tensor.shape or []):
+        return specs
+    shape = resolve_shapes(signature, config)[tensor.name]
+    for i, spec in enumerate(specs):
+        if spec.name == "fix-shapes":
+            shapes = {tensor.name: shape, **spec.params.get("shapes", {})}  # build.shapes wins
+            specs[i] = replace(spec, params={**spec.params, "shapes": shapes})
+            return specs
+    return [PassSpec("fix-shapes", {"shapes": {tensor.name: shape}}), *specs]
 
 
 def _input_mapping(want: list[str], got: list[str]) -> dict[str, str | None] | None:

@@ -58,6 +58,9 @@ def test_compiles_at_the_reference_size_with_int32_pixels(tmp_path: Path) -> Non
         assert record_["verification"]["status"] == "unverified"
     package = bundle / "model" / "model.mlpackage"
     assert package_input(package) == ("image", INT32, [1, 20, 24, 3])
+    # The manifest says the fixed size too: the runner brings decoded pictures to it.
+    [pixels] = record_["inputs"]
+    assert pixels["name"] == "image" and pixels["dtype"] == "uint8" and pixels["shape"] == [1, 20, 24, 3]
     ops = package_ops(package)
     assert ops[:3] == ["cast", "transpose", "gather"] and "resize_bilinear" not in ops  # then the normalisation
 
@@ -74,6 +77,7 @@ def test_compiles_at_a_declared_picture_size_with_the_whole_chain(tmp_path: Path
         assert ops[3] == MODES[mode]
     assert "gather" in ops[3:5]  # RGB -> BGR on the channel axis
     assert manifest(bundle)["artifact"]["settings"]["input_dtypes"] == {"image": "int32"}
+    assert manifest(bundle)["inputs"][0]["shape"] == [1, 31, 17, 3]
 
 
 @pytest.mark.parametrize("mode", list(MODES))
