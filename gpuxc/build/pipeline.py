@@ -111,23 +111,18 @@ def compile_config(
     out_dir = (out or Path("dist")).resolve()
     project: Project | None = None
     results = []
-    try:
-        for name in names:
-            target = registry.targets[name]()
-            target_options(config, target)  # a bad option is an error, cached or not
-            key = warm.build_key(config, name, archive, policy.digest if policy else None) if cache else None
-            if cache and key and (hit := warm.lookup(cache, key, config, name, out_dir, say)):
-                results.append(hit)
-                continue
-            project = project or project_for(config, say)
-            store = None
-            if cache and key:
-                store = functools.partial(warm.store, cache, key, config, project.model.signature.external_data)
-            results.append(compile_target(project, target, out_dir, say, reproducible=archive, store=store,
-                                          policy=policy))  # fmt: skip
-    finally:
-        if project is not None and project.workdir is not None:
-            project.workdir.cleanup()  # the preprocessed model's folder (else a ResourceWarning at exit)
+    for name in names:
+        target = registry.targets[name]()
+        target_options(config, target)  # a bad option is an error, cached or not
+        key = warm.build_key(config, name, archive, policy.digest if policy else None) if cache else None
+        if cache and key and (hit := warm.lookup(cache, key, config, name, out_dir, say)):
+            results.append(hit)
+            continue
+        project = project or project_for(config, say)
+        store = None
+        if cache and key:
+            store = functools.partial(warm.store, cache, key, config, project.model.signature.external_data)
+        results.append(compile_target(project, target, out_dir, say, reproducible=archive, store=store, policy=policy))
     if archive:
         write_archives(results, say)
     return results
