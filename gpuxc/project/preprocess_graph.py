@@ -69,6 +69,10 @@ def prepend_image_preprocessing(model: ModelProto, record: ImagePreprocessing) -
     out.CopyFrom(model)
     graph = out.graph
     position, fed = next((i, v) for i, v in enumerate(graph.input) if v.name == record.feeds)
+    if record.input == record.feeds and any(o.name == record.feeds for o in graph.output):
+        # The output would become the uint8 pixels (a graph input's name cannot be produced by a node).
+        raise ModelError(f"model input '{record.feeds}' is also a model output: the uint8 pixels cannot take its name",
+                         hint="set preprocessing.image_input to another name")  # fmt: skip
     builder = _Builder(opset, record)
     if record.input == record.feeds:  # pixels take the input's name: the model reads the result under another
         _rename_uses(graph, record.feeds, builder.output)
@@ -146,10 +150,11 @@ class _Builder:
         pick = "Min" if r.resize_mode == "letterbox" else "Max"
         scale = self.node(pick, [self.slice(ratio, 0, 1, "ratio_h"), self.slice(ratio, 1, 2, "ratio_w")], "scale")
         scaled = self.node("Round", [self.node("Mul", [hw, scale], "scaled_float")], "scaled_round")
-        scaled = self.node("Cast", [scaled], "scaled", to=TensorProto.INT64)
-        # Rounding can overshoot or undershoot the target by one pixel: clamp to it.
+        # Rounding can overshoot or undershoot the target by one pixel: clamp to it. In float:
+        # Min/Max take int64 only from opset 12.
         bound = "Min" if r.resize_mode == "letterbox" else "Max"
-        scaled = self.node(bound, [scaled, self.const("size_bound", target)], "scaled_clamped")
+        scaled = self.node(bound, [scaled, self.const("size_bound", target.astype(np.float32))], "scaled_clamped")
+        scaled = self.node("Cast", [scaled], "scaled", to=TensorProto.INT64)
         x = self.resize_to(x, self.node("Concat", [nc, scaled], "sizes", axis=0))
         if r.resize_mode == "letterbox":
             return self.pad(x, scaled, target)

@@ -13,6 +13,7 @@ import io
 import re
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -87,7 +88,8 @@ class CoreMLTarget(Target[CoreMLOptions]):
         # The translators read shapes, axes and slice bounds as constants: fold first, then
         # BASIC optimization (no ORT-only fused ops such as FusedConv, which have no translator).
         specs = sequence_plan(signature)  # MIL has no tensor-sequence type
-        specs += onnx_plan(config, Variant("fp32", "fp32"), "none", ["CPUExecutionProvider"], signature=signature)
+        specs += _with_pixels_fixed(onnx_plan(config, Variant("fp32", "fp32"), "none", ["CPUExecutionProvider"],
+                                              signature=signature), config, signature)  # fmt: skip
         specs.append(PassSpec("fold-constants", {}, required=False))
         specs.append(PassSpec("ort-optimize", {"level": "basic", "providers": ["CPUExecutionProvider"]}))
         return specs
@@ -102,6 +104,7 @@ class CoreMLTarget(Target[CoreMLOptions]):
             describe_unsupported,
             signature_mismatches,
             unsupported_ops,
+            widened_inputs,
         )
 
         options = ctx.options
@@ -161,6 +164,9 @@ class CoreMLTarget(Target[CoreMLOptions]):
                 # null: an input the program never reads, which the package does not have (fed, ignored).
                 "input_names": input_names,
                 "output_names": output_names,
+                # ML Program inputs cannot be uint8 (image preprocessing's pixels): ONNX input ->
+                # the dtype the package takes, which the adapter casts the feed to (exact).
+                "input_dtypes": widened_inputs(model),
             }
             | ({"fp16_kept_fp32": fp16} if fp16 else {}),
         )
@@ -224,9 +230,33 @@ class CoreMLTarget(Target[CoreMLOptions]):
         model = ct.models.MLModel(str(bundle_dir / artifact.entry), compute_units=ct.ComputeUnit.CPU_ONLY)
         names_in = artifact.settings.get("input_names", {})
         names_out = {v: k for k, v in artifact.settings.get("output_names", {}).items()}
-        feeds = {names_in.get(k, k): v.astype(np.int32) if v.dtype == np.int64 else v for k, v in inputs.items()
-                 if names_in.get(k, k) is not None}  # fmt: skip
+        casts = artifact.settings.get("input_dtypes", {})
+
+        def fed(name: str, value: np.ndarray) -> np.ndarray:  # as the bundle's adapter feeds it
+            return value.astype(casts.get(name, np.int32 if value.dtype == np.int64 else value.dtype))
+
+        feeds = {names_in.get(k, k): fed(k, v) for k, v in inputs.items() if names_in.get(k, k) is not None}
         return {names_out.get(k, k): np.asarray(v) for k, v in model.predict(feeds).items()}
+
+
+def _with_pixels_fixed(specs: list[PassSpec], config: GpuxConfig, signature: ModelSignature) -> list[PassSpec]:
+    """``specs`` with image preprocessing's pixel input fixed at its reference shape (the package's).
+
+    The package's inputs are static, so the shipped ONNX (whose inputs the manifest lists) says so
+    too: the runner reads the fixed height and width there and brings decoded pictures to them."""
+    from gpuxc.project.reference import resolve_shapes
+
+    pre = config.preprocessing
+    tensor = signature.input(pre.image_input) if pre.kind == "image" else None
+    if tensor is None or tensor.dtype != "uint8" or all(isinstance(d, int) for d in tensor.shape or []):
+        return specs
+    shape = resolve_shapes(signature, config)[tensor.name]
+    for i, spec in enumerate(specs):
+        if spec.name == "fix-shapes":
+            shapes = {tensor.name: shape, **spec.params.get("shapes", {})}  # build.shapes wins
+            specs[i] = replace(spec, params={**spec.params, "shapes": shapes})
+            return specs
+    return [PassSpec("fix-shapes", {"shapes": {tensor.name: shape}}), *specs]
 
 
 def _input_mapping(want: list[str], got: list[str]) -> dict[str, str | None] | None:

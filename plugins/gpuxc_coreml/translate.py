@@ -14,18 +14,23 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 import gpuxc_coreml.ops  # noqa: F401  (registers every translator)
 from gpuxc_coreml.fold import ALWAYS_STATIC, evaluate_node, is_foldable, static_names
 from gpuxc_coreml.graph import MIL_DTYPE, NOTES, TRANSLATORS, Graph, Untranslatable, narrow
 from gpuxc_coreml.signature import SAME_DTYPE, expected_outputs, output_signature, signature_mismatches
 
-__all__ = ["MIL_DTYPE", "NOTES", "SAME_DTYPE", "TRANSLATORS", "Graph", "Untranslatable", "build_program",
-           "coverage_table", "describe_unsupported", "evaluate", "expected_outputs", "op_coverage",
-           "output_signature", "signature_mismatches", "unsupported_ops"]  # fmt: skip
+__all__ = ["MIL_DTYPE", "NOTES", "SAME_DTYPE", "TRANSLATORS", "WIDENED_INPUTS", "Graph", "Untranslatable",
+           "build_program", "coverage_table", "describe_unsupported", "evaluate", "expected_outputs",
+           "input_elem_type", "op_coverage", "output_signature", "signature_mismatches", "unsupported_ops",
+           "widened_inputs"]  # fmt: skip
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
+# ML Program inputs are fp16/fp32/int32 only: narrower integer inputs (image preprocessing's uint8
+# pixels) become int32 placeholders, which hold every value exactly; the adapter widens on feed.
+WIDENED_INPUTS: dict[int, int] = {TensorProto.UINT8: TensorProto.INT32, TensorProto.INT8: TensorProto.INT32,
+                  TensorProto.UINT16: TensorProto.INT32, TensorProto.INT16: TensorProto.INT32}  # fmt: skip
 
 
 def unsupported_ops(model: onnx.ModelProto) -> dict[str, int]:
@@ -70,7 +75,7 @@ def build_program(
     placeholders = {}
     if feeds is None:
         for tensor in graph_inputs:
-            elem = tensor.type.tensor_type.elem_type
+            elem = input_elem_type(tensor)
             if elem not in MIL_DTYPE:
                 raise Untranslatable(f"input '{tensor.name}' has element type {TensorProto.DataType.Name(elem)}")
             if tensor.name not in shapes:
@@ -83,7 +88,10 @@ def build_program(
             if feeds is None:
                 g.values[tensor.name] = func.inputs[tensor.name]
             else:
-                g.values[tensor.name] = mb.const(val=narrow(np.asarray(feeds[tensor.name])), name=tensor.name)
+                value = np.asarray(feeds[tensor.name])
+                if tensor.type.tensor_type.elem_type in WIDENED_INPUTS:  # as the package's input would be
+                    value = value.astype(helper.tensor_dtype_to_np_dtype(input_elem_type(tensor)))
+                g.values[tensor.name] = mb.const(val=narrow(value), name=tensor.name)
         for node in model.graph.node:
             if node.op_type not in ALWAYS_STATIC and is_foldable(node, g.consts):
                 # Held as NumPy only: a MIL const is made when (and if) a translated op reads it.
@@ -105,6 +113,18 @@ def build_program(
     program = Program()
     program.add_function("main", func)
     return program
+
+
+def input_elem_type(tensor: onnx.ValueInfoProto) -> int:
+    """The ONNX element type the package's input for ``tensor`` has (see WIDENED_INPUTS)."""
+    elem = int(tensor.type.tensor_type.elem_type)
+    return WIDENED_INPUTS.get(elem, elem)
+
+
+def widened_inputs(model: onnx.ModelProto) -> dict[str, str]:
+    """Input name -> the NumPy dtype its feed is cast to, for every input the package widens."""
+    return {t.name: helper.tensor_dtype_to_np_dtype(input_elem_type(t)).name for t in model.graph.input
+            if t.type.tensor_type.elem_type in WIDENED_INPUTS}  # fmt: skip
 
 
 def evaluate(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:

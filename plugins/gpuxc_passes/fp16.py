@@ -33,6 +33,7 @@ from gpuxc.errors import PassError
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSkipped
 from gpuxc.project.graph import iter_tensors
 from gpuxc.project.model import infer_shapes, save_model
+from gpuxc.project.preprocess_graph import PREFIX as PREPROCESSING_PREFIX
 from gpuxc_passes._common import (
     check_inputs,
     check_outputs,
@@ -72,6 +73,9 @@ class Fp16Config(PassConfig):
     """Finite float32 constants larger in magnitude than this are clamped to it (float16 overflows at 65504)."""
     block_control_flow: bool = True
     """Keep If/Loop/Scan nodes and their subgraphs in float32 (the converter misses their outer-scope reads)."""
+    block_preprocessing: bool = True
+    """Keep image preprocessing's ``gpuxc_pre/`` nodes in float32: pixel arithmetic stays exact, and the
+    converter mistypes their size computation (a Cast-to-float32 meeting a converted constant)."""
     check: bool = True
     """Run the result in ONNX Runtime CPU on generated inputs and record its agreement with the input model."""
     check_shapes: dict[str, list[int]] = {}
@@ -101,6 +105,8 @@ class Fp16(Pass[Fp16Config]):
         blocked_nodes = list(self.config.node_block_list)
         if self.config.block_control_flow:
             blocked_nodes += [n.name for n in work.graph.node if n.op_type in CONTROL_FLOW and n.name]
+        if self.config.block_preprocessing:
+            blocked_nodes += [n.name for n in work.graph.node if n.name.startswith(PREPROCESSING_PREFIX)]
         with warnings.catch_warnings(record=True) as caught:
             warnings.filterwarnings("always", message=TRUNCATION_WARNING, category=UserWarning)
             converted = float16.convert_float_to_float16(

@@ -45,6 +45,11 @@ PRECISION_CHECKED_ON = "the prepared ONNX graph on ONNX Runtime CPU (stand-in), 
 MIN_TENSORRT = "10"
 # When a dynamic batch dim has no larger value configured, profiles allow up to this.
 DEFAULT_MAX_BATCH = 8
+# Image preprocessing's pixel input: its profile allows heights and widths from 1/PIXEL_RANGE to
+# PIXEL_RANGE times the reference (the size the graph resizes to). 2: the engine's own bilinear
+# resize stays within a 2x downscale (no antialias needed) and a 1024x1024 detector's max batch of
+# float pixels stays ~400 MB; larger pictures are scaled into the band by the adapter.
+PIXEL_RANGE = 2
 
 
 class TensorRTOptions(TargetOptions):
@@ -141,6 +146,14 @@ class TensorRTTarget(OnnxFileTarget[TensorRTOptions]):
             high = list(opt)
             if shape and not isinstance(shape[0], int):
                 high[0] = max(opt[0], ctx.config.serving.batch_limit, DEFAULT_MAX_BATCH)
+            if _is_pixel_input(ctx.config, value.name, info.dtype, shape):
+                # Image preprocessing's uint8 pixels: any height and width in ONNX, but an engine
+                # allocates for the profile's max. A band around the size the graph resizes to;
+                # the adapter scales other pictures into it (fit_to_profile).
+                for axis in (1, 2):
+                    if not isinstance(shape[axis], int):
+                        low[axis] = max(1, opt[axis] // PIXEL_RANGE)
+                        high[axis] = opt[axis] * PIXEL_RANGE
             out[value.name] = {"min": low, "opt": list(opt), "max": high}
         unknown = set(options.profiles) - {v.name for v in model.graph.input}
         if unknown:
@@ -154,9 +167,13 @@ class TensorRTTarget(OnnxFileTarget[TensorRTOptions]):
         runner_dir = ctx.bundle_dir / layout.RUNNER_DIR
         runner_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(BUILDER, runner_dir / "trt_builder.py")  # the same builder, on the device
+        profiles = self.profiles(ctx, model)
         settings: dict[str, Any] = {
             "engine": "deferred",
-            "profiles": self.profiles(ctx, model),
+            "profiles": profiles,
+            # Pixel inputs the adapter scales into their profile's height/width band (aspect kept).
+            "fit_to_profile": sorted(name for name in profiles
+                                     if _is_pixel_input(ctx.config, name, "uint8", profiles[name]["opt"])),
             "workspace_bytes": ctx.config.runtime.gpu.memory_bytes,
             "hardware_compatibility": options.hardware_compatibility,
             "precision": ctx.variant.precision,
@@ -207,6 +224,13 @@ class TensorRTTarget(OnnxFileTarget[TensorRTOptions]):
         # TensorRT itself is installed per CUDA version from NVIDIA's index on the device.
         requirements = [f"tensorrt>={MIN_TENSORRT},<12", "cuda-python>=12", *pinned(["numpy"])]
         return RuntimeSpec(adapter="tensorrt/runtime.py", requirements=requirements, providers=["tensorrt"])
+
+
+def _is_pixel_input(config: GpuxConfig, name: str, dtype: str, shape: list[Any]) -> bool:
+    """Whether ``name`` is image preprocessing's uint8 [N, H, W, C] input."""
+    pre = config.preprocessing
+    return (pre.kind == "image" and name == pre.image_input and dtype == "uint8" and len(shape) == 4
+            and shape[3] in (1, 3))  # fmt: skip
 
 
 def layer_precision(model: ModelProto, variant: Variant) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 The compute units come from --provider / $GPUXC_PROVIDER (ALL, CPU_ONLY, CPU_AND_GPU,
 CPU_AND_NE), else the manifest. Build-time verification pins CPU_ONLY. CoreML has no
-int64 tensors, so int64 feeds are narrowed to int32.
+int64 tensors, so int64 feeds are narrowed to int32; ML Program inputs cannot be uint8 either, so
+the inputs the manifest lists in ``input_dtypes`` (image preprocessing's pixels) are widened to
+the package's type (int32: exact).
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ class Adapter:
         # The package may name tensors differently (coremltools makes them identifiers).
         names_in = self.settings.get("input_names", {})
         names_out = self.settings.get("output_names", {})
+        casts = self.settings.get("input_dtypes", {})
         # An input mapped to None is one the package does not have (the program never read it).
-        narrowed = {names_in.get(k, k): v.astype(np.int32) if v.dtype == np.int64 else v for k, v in feeds.items()
+        narrowed = {names_in.get(k, k): _as_package_dtype(v, casts.get(k)) for k, v in feeds.items()
                     if names_in.get(k, k) is not None}  # fmt: skip
         future = self.pool.submit(self.model.predict, narrowed)
         try:
@@ -75,3 +78,10 @@ class Adapter:
     def close(self) -> None:
         self.pool.shutdown(wait=False)
         self.model = None
+
+
+def _as_package_dtype(value: np.ndarray, dtype: str | None) -> np.ndarray:
+    """``value`` in the dtype the package's input takes: the recorded one, else int64 as int32."""
+    if dtype is not None:
+        return value.astype(dtype, copy=False)
+    return value.astype(np.int32) if value.dtype == np.int64 else value

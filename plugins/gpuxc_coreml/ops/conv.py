@@ -105,7 +105,12 @@ def resize_scales(node: onnx.NodeProto, g: Graph, shape: list[int]) -> list[floa
     return None
 
 
-@translates("Resize", note="4-D NCHW, constant scales or sizes on H/W only; nearest or linear")
+# ONNX coordinate_transformation_mode -> resize_bilinear's sampling_mode (the same grid points;
+# pytorch_half_pixel differs from half_pixel only for an output of size 1).
+LINEAR_SAMPLING = {"half_pixel": "UNALIGN_CORNERS", "align_corners": "STRICT_ALIGN_CORNERS", "asymmetric": "DEFAULT"}
+
+
+@translates("Resize", note="4-D NCHW, constant scales or sizes on H/W only; nearest or linear (sizes: exact)")
 @translates("Upsample", note="as Resize")
 def resize(node: onnx.NodeProto, g: Graph) -> list[Var]:
     shape = g.shape(node.input[0])
@@ -121,7 +126,18 @@ def resize(node: onnx.NodeProto, g: Graph) -> list[Var]:
         return [g.mb.upsample_nearest_neighbor(x=x, scale_factor_height=scales[2], scale_factor_width=scales[3],
                                                name=node.output[0])]  # fmt: skip
     if mode == "linear":
-        align = text(a.get("coordinate_transformation_mode", b"half_pixel")) == "align_corners"
+        transform = text(a.get("coordinate_transformation_mode", b"half_pixel"))
+        given = g.const(node.input[2]) if node.op_type == "Resize" and opt(node, 2) else None
+        if node.op_type == "Resize" and opt(node, 3) and (given is None or not given.size):
+            # Target sizes (image preprocessing's resize): exact output sizes. upsample_bilinear's
+            # floor(in * (out / in)) can land one pixel short for sizes like 13 -> 8.
+            sizes = g.need_ints(node, 3, "sizes")
+            sampling = LINEAR_SAMPLING.get(transform)
+            if sampling is None:
+                raise Untranslatable(f"Resize '{node.name}': coordinate_transformation_mode '{transform}' with sizes")
+            return [g.mb.resize_bilinear(x=x, target_size_height=sizes[2], target_size_width=sizes[3],
+                                         sampling_mode=sampling, name=node.output[0])]  # fmt: skip
+        align = transform == "align_corners"
         return [g.mb.upsample_bilinear(x=x, scale_factor_height=scales[2], scale_factor_width=scales[3],
                                        align_corners=align, name=node.output[0])]  # fmt: skip
     raise Untranslatable(f"{node.op_type} '{node.name}': mode '{mode}' is not supported")
