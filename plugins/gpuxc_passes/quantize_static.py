@@ -115,7 +115,8 @@ class QuantizeStatic(Pass[QuantizeStaticConfig]):
             path = Path(self.config.data)
             if not path.is_absolute():
                 path = (ctx.project_dir or ctx.model_dir) / path
-            samples = load_samples(path, signature, self.config.samples)
+            samples = load_samples(path, signature, self.config.samples, preprocessing=ctx.preprocessing,
+                                   tokenizer=ctx.tokenizer)  # fmt: skip
             source = f"data: {self.config.data}"
             needed = MIN_SAMPLES[self.config.method]
             if len(samples) < needed:
