@@ -78,6 +78,7 @@ def assemble_manifest(project: Project, target: Target, build: BuildInfo, artifa
         signature=sig,
         inputs=bundle_io(config, passed.inputs, "inputs"),
         outputs=bundle_io(config, passed.outputs, "outputs"),
+        preprocessing=project.preprocessing,
         metadata=config.metadata,
         build=build,
         artifact=ArtifactInfo(entry=artifact.entry, format=artifact.format, settings=artifact.settings,

@@ -46,6 +46,7 @@ from gpuxc.errors import TargetUnavailable, VerificationFailed, did_you_mean
 from gpuxc.passes.plans import has_calibration
 from gpuxc.plugin import get_registry
 from gpuxc.project.config import GpuxConfig
+from gpuxc.project.preprocessing import TextPreprocessing, tokenizer_path
 from gpuxc.targets import Target, Variant
 
 Progress = Callable[[str], None]
@@ -162,6 +163,9 @@ def compile_target(
         assert chosen.artifact is not None and chosen.verification is not None and chosen.model is not None
         print_verification(chosen.verification, tsay)
         npz.write_reference(stage, project.reference_inputs, project.reference_outputs)
+        if isinstance(project.preprocessing, TextPreprocessing):  # the runner tokenises with the project's file
+            (stage / layout.TOKENIZER).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(tokenizer_path(config), stage / layout.TOKENIZER)
         runtime = target.runtime(options, chosen.artifact)
         extra = (target.template_dir,) if target.template_dir else ()
         writer.write_runner(stage, runner_context(config, target, runtime, chosen.verification), runtime.adapter, extra)

@@ -17,6 +17,14 @@ from gpuxc.project.calibration import load_validation_samples
 from gpuxc.project.config import GpuxConfig
 from gpuxc.project.config_load import find_config, load_config
 from gpuxc.project.model import LoadedModel, ModelSignature
+from gpuxc.project.preprocess_graph import with_image_preprocessing
+from gpuxc.project.preprocessing import (
+    ImagePreprocessing,
+    Preprocessing,
+    TextPreprocessing,
+    resolve_preprocessing,
+    text_encoder,
+)
 from gpuxc.project.reference import (
     DEFAULT_DIM,
     DEFAULT_SPATIAL,
@@ -32,6 +40,16 @@ from gpuxc.project.signature import check_signature
 Progress = Callable[[str], None]
 # Lossy variants are verified on the reference input plus this many more.
 EXTRA_SAMPLES = 4
+# Text models without calibration data are verified on real sentences (of several lengths and
+# scripts) through the project's tokenizer, not on random token ids.
+REFERENCE_TEXTS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "A compiled model is only as good as the numbers it gives on the device it lands on.",
+    "short",
+    "Où est la gare ? Die Straße ist nass. 東京は雨です。",
+    "Beautiful is better than ugly. Explicit is better than implicit. Simple is better than complex. Complex is "
+    "better than complicated. Flat is better than nested. Sparse is better than dense. Readability counts.",
+)
 
 
 @dataclass
@@ -42,7 +60,7 @@ class Project:
     model: LoadedModel
     reference_inputs: dict[str, np.ndarray]
     reference_outputs: dict[str, np.ndarray]
-    reference_origin: Literal["generated", "calibration"]
+    reference_origin: Literal["generated", "calibration", "sentences"]
     reference_shapes: dict[str, list[int]] = field(default_factory=dict)
     # What computed reference_outputs from the source file, and why the runtimes before it could not.
     reference_runtime: str = ONNXRUNTIME
@@ -52,14 +70,17 @@ class Project:
     # the reference) are among the samples the quantizers calibrate on (the data held no more).
     validation_feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
     calibration_overlap: bool = False
+    # gpux.yml's preprocessing settled against the model; with images, ``model`` is the source with
+    # the preprocessing nodes prepended (written under ``workdir``, which lives as long as the project).
+    preprocessing: Preprocessing | None = None
+    workdir: Any = None
 
     @functools.cached_property
     def extra_references(self) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
         """(inputs, source outputs) beyond the reference, for judging lossy variants: later
         calibration samples when the project has calibration data, else generated inputs (other
         seeds, the reference's shapes). Computed once, shared by every candidate and target."""
-        cal = self.config.build.calibration
-        if cal is not None and cal.data is not None:
+        if self.reference_origin != "generated":  # calibration samples or sentences after the reference
             feeds = self.validation_feeds
         else:
             bounds = index_bounds(self.model.proto)
@@ -102,29 +123,60 @@ def project_for(config: GpuxConfig, say: Progress) -> Project:
     check_signature(config, sig)
     if loaded.upgrade is not None:
         say(f"model: {loaded.upgrade.summary()}")
+    preprocessing = resolve_preprocessing(config, sig)
+    workdir = None
+    if isinstance(preprocessing, ImagePreprocessing):
+        loaded, workdir = with_image_preprocessing(loaded, preprocessing, config.where("preprocessing"))
+        sig = loaded.signature
+        say(f"preprocessing: {preprocessing.summary()}")
+    elif preprocessing is not None:
+        say(f"preprocessing: text through {config.preprocessing.tokenizer} (max_length {preprocessing.max_length}, "
+            f"padding {preprocessing.padding}); the runner tokenises")  # fmt: skip
     validation: list[dict[str, np.ndarray]] = []
     overlap = False
     cal = config.build.calibration
     if cal is not None and cal.data is not None:
         validation, overlap = load_validation_samples(config, sig, EXTRA_SAMPLES + 1)
         inputs = validation[0]
-        run = run_reference(model_path, inputs, io_dtypes(sig))
+        run = run_reference(loaded.path, inputs, io_dtypes(sig))
         shapes = {k: list(v.shape) for k, v in inputs.items()}
-        origin: Literal["generated", "calibration"] = "calibration"
+        origin: Literal["generated", "calibration", "sentences"] = "calibration"
         if overlap:
             say(f"reference: build.calibration.data holds no sample beyond the {cal.samples} used to calibrate: lossy "
                 "variants are judged on calibration samples (give more to judge them on unseen ones)")  # fmt: skip
+    elif isinstance(preprocessing, TextPreprocessing) and (sentences := _sentence_feeds(config, loaded, preprocessing)):
+        validation = sentences
+        inputs = validation[0]
+        run = run_reference(loaded.path, inputs, io_dtypes(sig))
+        shapes = {k: list(v.shape) for k, v in inputs.items()}
+        origin = "sentences"
     else:
         inputs, run, shapes = _generated_reference(config, loaded, say)
         origin = "generated"
     notes = [*run.fallbacks, *([run.cross_check] if run.cross_check else [])]
     say(f"reference: {run.runtime} on the source model" + (f" ({'; '.join(notes)})" if notes else ""))
     return Project(config, loaded, inputs, run.outputs, origin, shapes, run.runtime, run.fallbacks, run.cross_check,
-                   validation[1:], overlap)  # fmt: skip
+                   validation[1:], overlap, preprocessing, workdir)  # fmt: skip
 
 
 def io_dtypes(signature: ModelSignature) -> set[str]:
     return {t.dtype for t in [*signature.inputs, *signature.outputs]}
+
+
+def _sentence_feeds(config: GpuxConfig, loaded: LoadedModel, record: TextPreprocessing) -> list[dict[str, Any]]:
+    """REFERENCE_TEXTS through the bundle's own tokenisation; the model's other inputs generated.
+    Sentences the settings refuse (over max_length without truncation) are left out."""
+    encoder = text_encoder(config, record)
+    feeds: list[dict[str, Any]] = []
+    for text in REFERENCE_TEXTS:
+        try:
+            tokens = encoder.encode(text)
+        except ValueError:  # PreprocessError: too long for a bundle that does not truncate
+            continue
+        shapes = resolve_shapes(loaded.signature, config)
+        shapes.update({k: list(v.shape) for k, v in tokens.items()})
+        feeds.append({**make_inputs(loaded.signature, config, loaded.proto, shapes), **tokens})
+    return feeds[: EXTRA_SAMPLES + 1]
 
 
 def _generated_reference(config: GpuxConfig, loaded: LoadedModel, say: Progress) -> tuple[Any, ReferenceRun, Any]:

@@ -102,7 +102,7 @@ class ServingInfo(_M):
 class ReferenceInfo(_M):
     inputs: str
     outputs: str
-    origin: Literal["generated", "calibration"]
+    origin: Literal["generated", "calibration", "sentences"]  # sentences: text preprocessing without calibration data
     seed: int
     shapes: dict[str, list[int]]
     # What ran the source model to compute the outputs: onnxruntime, else openvino, else onnx.reference

@@ -112,8 +112,10 @@ def key_document(
     code: dict[str, str],
     host: dict[str, Any],
     policy: str | None = None,
+    tokenizer_sha256: str | None = None,
 ) -> dict[str, Any]:
     return {
+        "tokenizer": tokenizer_sha256,
         "cache_format": CACHE_FORMAT,
         "gpuxc": __version__,
         "code": code,

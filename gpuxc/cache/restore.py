@@ -21,6 +21,7 @@ from gpuxc.bundle.writer import BundleResult
 from gpuxc.cache.key import calibration_digest, code_digest, host_facts, key_document, key_of
 from gpuxc.cache.store import BuildCache, cache_disabled_by_env, default_cache_dir
 from gpuxc.digests import sha256_file
+from gpuxc.errors import ConfigError
 from gpuxc.project.config import GpuxConfig
 from gpuxc.project.config_load import find_config, load_config
 
@@ -64,7 +65,13 @@ def build_key(config: GpuxConfig, target: str, reproducible: bool, policy: str |
             return None
         model_sha256 = sha256_file(model_path)
         calibration = calibration_digest(config)
-    except OSError:
+        # The tokenizer is copied into text bundles: its content is an input of the build.
+        tokenizer = None
+        if config.preprocessing.kind == "text":
+            from gpuxc.project.preprocessing import tokenizer_path  # pydantic records: not on every warm build
+
+            tokenizer = sha256_file(tokenizer_path(config))
+    except (OSError, ConfigError):
         return None  # unreadable inputs: the build itself reports them properly
     document = key_document(
         config=config.canonical(),
@@ -75,6 +82,7 @@ def build_key(config: GpuxConfig, target: str, reproducible: bool, policy: str |
         code=code_digest(plugin_module_names(), [template_root()]),
         host=host_facts(),
         policy=policy,
+        tokenizer_sha256=tokenizer,
     )
     return CacheKey(key_of(document), document)
 

@@ -37,7 +37,7 @@ def fixed_shapes(config: GpuxConfig, signature: ModelSignature) -> dict[str, lis
     shapes = dict(config.build.shapes)
     if config.serving.batch_limit > 1:
         return shapes
-    for spec in config.inputs:
+    for spec in config.declared_inputs().values():
         tensor = signature.input(spec.name)
         if spec.name in shapes or tensor is None or tensor.shape is None or not spec.shape:
             continue

@@ -318,6 +318,15 @@ class GpuxConfig(_Section):
                 seen.add(spec.name)
         return self
 
+    def declared_inputs(self) -> dict[str, TensorSpec]:
+        """``inputs:`` by name, as they describe the compiled model's inputs: with image
+        preprocessing, a declaration named like the pixel input describes the float tensor it
+        replaced (checked against the source model), not the uint8 pixels, so it is left out."""
+        declared = {spec.name: spec for spec in self.inputs}
+        if self.preprocessing.kind == "image":
+            declared.pop(self.preprocessing.image_input, None)
+        return declared
+
     # -- where things are -------------------------------------------------------------------
 
     @property

@@ -39,6 +39,10 @@ RESIZE_MODES = ("stretch", "letterbox", "center-crop")
 CHANNEL_ORDERS = ("rgb", "bgr", "gray")
 LAYOUTS = ("nchw", "nhwc")
 PADDINGS = ("max_length", "longest")
+# Model inputs a tokenizer feeds, told by name (reference inputs and text preprocessing alike).
+MASK_RE = re.compile(r"mask", re.IGNORECASE)
+TYPE_IDS_RE = re.compile(r"(token_type|segment)", re.IGNORECASE)
+IDS_RE = re.compile(r"(input_ids|^ids$|token_ids|^input$|tokens)", re.IGNORECASE)
 # A bundle input name the runner routes and the server exposes: a plain identifier.
 INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
 

@@ -13,17 +13,16 @@ contradiction. The result is recorded in the manifest (``preprocessing``), where
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from gpuxc.bundle import layout
 from gpuxc.errors import ConfigError, SignatureMismatch, did_you_mean, first_line
 from gpuxc.project.config import GpuxConfig
-from gpuxc.project.config_preprocessing import NORMALIZE_METHODS, NormalizeSpec
-from gpuxc.project.reference import MASK_RE, TYPE_IDS_RE
+from gpuxc.project.config_errors import clip
+from gpuxc.project.config_preprocessing import IDS_RE, MASK_RE, NORMALIZE_METHODS, TYPE_IDS_RE, NormalizeSpec
 
 if TYPE_CHECKING:
     from gpuxc.project.model import ModelSignature, TensorInfo
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["TOKENIZER_FILE", "ImagePreprocessing", "TextPreprocessing", "resolve_preprocessing", "tokenizer_path"]
 
 TOKENIZER_FILE = "tokenizer.json"
-IDS_RE = re.compile(r"(input_ids|^ids$|token_ids|^input$|tokens)", re.IGNORECASE)
 TEXT_INPUT = "text"  # the runner's key for text: {"text": "..."}
 _FLOATS = ("float32", "float16", "float64", "bfloat16")
 _INTS = ("int64", "int32")
@@ -57,6 +55,12 @@ class ImagePreprocessing(_Record):
     mean: list[float]
     std: list[float]
     dtype: str  # the model input's float type
+
+    def summary(self) -> str:
+        """One line for the build log: what the graph now does to the pixels."""
+        size = f"resize {self.resize_mode} to {self.size[0]}x{self.size[1]}, " if self.size else ""
+        return (f"uint8 '{self.input}' [N, H, W, {self.channel_count}] -> {size}{self.channels}, "
+                f"(x/{self.scale:g} - mean)/std, {self.layout} -> '{self.feeds}' (in the graph)")  # fmt: skip
 
 
 class TextPreprocessing(_Record):
@@ -99,10 +103,11 @@ def tokenizer_path(config: GpuxConfig) -> Path:
             path = path / TOKENIZER_FILE
         found = path.is_file()
     except OSError as exc:
-        raise ConfigError(f"{where}: tokenizer '{given}' cannot be opened ({exc.strerror})") from None
+        reason = exc.strerror
+        raise ConfigError(f"{where}: preprocessing.tokenizer '{clip(given)}' cannot be opened ({reason})") from None
     if not found:
         raise ConfigError(
-            f"{where}: tokenizer '{given}' is not a file in the project: gpuxc never downloads tokenizers; "
+            f"{where}: preprocessing.tokenizer '{clip(given)}' is not a file in the project: gpuxc never downloads; "
             f"save the model's {TOKENIZER_FILE} (Hugging Face tokenizers format) next to gpux.yml and set "
             f"tokenizer: {TOKENIZER_FILE}"
         )
@@ -121,6 +126,15 @@ def load_tokenizer(path: Path, where: str) -> object:
     except Exception as exc:
         reason = first_line(exc, 200)
         raise ConfigError(f"{where}: '{path.name}' is not a tokenizers tokenizer.json ({reason})") from None
+
+
+def text_encoder(config: GpuxConfig, record: TextPreprocessing) -> Any:
+    """The runner's own ``TextEncoder`` on the project's tokenizer.json: compile-time text (reference
+    sentences, calibration lines) is tokenised exactly as the bundle will tokenise it."""
+    from gpuxc.bundle.runner_source import runner_module
+
+    spec = {**record.model_dump(), "tokenizer": str(tokenizer_path(config))}  # absolute: wins over the join
+    return runner_module("preprocess").TextEncoder(spec, config.project_dir)
 
 
 # -- images -----------------------------------------------------------------------------------

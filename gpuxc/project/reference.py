@@ -11,12 +11,12 @@ ONNX Runtime when it can run it (gpuxc/project/reference_runtime.py says what el
 from __future__ import annotations
 
 import math
-import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gpuxc.errors import ReferenceError_, first_line
+from gpuxc.project.config_preprocessing import MASK_RE, TYPE_IDS_RE
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -32,12 +32,10 @@ DEFAULT_DIM = 16
 # height the architecture cannot take), these (other dim, spatial dim) pairs are tried in
 # order; user-given values are never changed. The sizes used are recorded in the manifest.
 FALLBACK_SIZES = [(64, 64), (128, 48), (512, 320), (32, 32)]
-MASK_RE = re.compile(r"mask", re.IGNORECASE)
 # Generated inputs are bounded before anything is allocated: a model declaring a dim of 2**40
 # gets a clear error, not a MemoryError or the OOM killer. Bytes over all inputs together.
 MAX_INPUT_BYTES = 4 << 30
 MAX_INPUT_RANK = 64  # NumPy's limit
-TYPE_IDS_RE = re.compile(r"(token_type|segment)", re.IGNORECASE)
 
 
 def resolve_shapes(signature: ModelSignature, config: GpuxConfig,
@@ -46,7 +44,7 @@ def resolve_shapes(signature: ModelSignature, config: GpuxConfig,
 
     Symbolic dims that share a name across inputs (``batch``, ``seq``) get one value.
     """
-    declared = {spec.name: spec for spec in config.inputs}
+    declared = config.declared_inputs()
     symbols = _given_symbols(signature, config, declared)
     shapes: dict[str, list[int]] = {}
     for tensor in signature.inputs:
@@ -97,6 +95,11 @@ def _dim_value(i: int, dim: Any, tensor: TensorInfo, shape: list[Any], explicit:
         return symbols[dim]
     elif i == 0 and len(shape) > 1:
         value = config.runtime.batch_size
+    elif i in (1, 2) and _is_pixel_input(tensor, config):
+        # Image preprocessing's uint8 input: a picture of the size the graph resizes to (what a
+        # static-shape target is then specialised to); calibration photos bring their own sizes.
+        resize = config.preprocessing.resize
+        value = (resize[1] if i == 1 else resize[0]) if resize else defaults[1]
     elif spec is not None and spec.max_length and i == len(shape) - 1:
         value = spec.max_length
     elif len(shape) == 4 and tensor.dtype.startswith("float") and i >= 2:
@@ -106,6 +109,11 @@ def _dim_value(i: int, dim: Any, tensor: TensorInfo, shape: list[Any], explicit:
     if isinstance(dim, str):
         symbols.setdefault(dim, value)
     return value
+
+
+def _is_pixel_input(tensor: TensorInfo, config: GpuxConfig) -> bool:
+    pre = config.preprocessing
+    return pre.kind == "image" and tensor.name == pre.image_input and tensor.dtype == "uint8"
 
 
 def make_inputs(signature: ModelSignature, config: GpuxConfig, model: ModelProto,

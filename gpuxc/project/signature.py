@@ -74,7 +74,7 @@ def _check_one(config: GpuxConfig, section: str, index: int, spec: TensorSpec, t
 
 def bundle_io(config: GpuxConfig, tensors: list[TensorInfo], section: str) -> list[TensorSpecOut]:
     """The runner's view of inputs/outputs: the artifact's shapes plus gpux.yml's descriptions."""
-    declared = {s.name: s for s in getattr(config, section)}
+    declared = config.declared_inputs() if section == "inputs" else {s.name: s for s in config.outputs}
     out = []
     for tensor in tensors:
         spec = declared.get(tensor.name)
@@ -85,6 +85,7 @@ def bundle_io(config: GpuxConfig, tensors: list[TensorInfo], section: str) -> li
                 shape=tensor.shape,
                 description=spec.description if spec else None,
                 labels=spec.labels if spec else None,
+                top_k=spec.top_k if spec else None,
                 max_length=spec.max_length if spec else None,
             )
         )

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from gpuxc.errors import PassError
 from gpuxc.passes import Pass, PassConfig, PassContext, PassResult, PassSkipped
-from gpuxc.project.reference import MASK_RE
+from gpuxc.project.config_preprocessing import MASK_RE
 from gpuxc_passes._common import check_inputs, check_outputs, is_large, op_diff, reason, run_model, summary
 
 # The optimizer's statistics, as op names; the ones worth a line in the manifest when non-zero.

@@ -66,6 +66,7 @@ from gpuxc.plugin import get_registry
 from gpuxc.project.config import GpuxConfig
 from gpuxc.project.config_load import load_config
 from gpuxc.project.model import load_model
+from gpuxc.project.preprocessing import resolve_preprocessing
 from gpuxc.project.scaffold import config_for
 from gpuxc.project.signature import check_signature
 from gpuxc.targets import Artifact, RuntimeSpec, Target
@@ -606,6 +607,7 @@ def generate(case: Case, folder: Path) -> tuple[Generated, dict[str, Any]]:
     config = load_config(project / "gpux.yml")
     loaded = load_model(config.model_path)
     check_signature(config, loaded.signature)
+    resolve_preprocessing(config, loaded.signature)
     target = get_registry().targets["cpu"]()
     options = target.Options.model_validate(config.build.options.get("cpu", {}))
     artifact = Artifact(entry="model/model.onnx", format="onnx")

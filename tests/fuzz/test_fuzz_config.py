@@ -73,6 +73,16 @@ wrong = st.one_of(
 )
 
 
+# Image and text blocks, mixed kinds, stray fields, bad values.
+PREPROCESSING_BLOCKS: list[dict[str, Any]] = [
+    {}, {"tokenizer": None}, {"resize": None}, {"normalize": {"mean": [0.5]}},
+    {"resize": [8, 8], "normalize": "imagenet"}, {"normalize": "-1-1", "channels": "bgr"},
+    {"resize": [8], "layout": "nhwc"}, {"tokenizer": "tokenizer.json", "max_length": 4},
+    {"tokenizer": "bert-base-uncased"}, {"resize": [8, 8], "tokenizer": "t.json"}, {"channels": "gray"},
+    {"resize": [4, 4], "resize_mode": "letterbox", "pad_value": 300},
+]  # fmt: skip
+
+
 def mostly(valid: st.SearchStrategy[Any], weight: int = 14) -> st.SearchStrategy[Any]:
     """``valid`` about weight/(weight+1) of the time, else a wrong or hostile value."""
     return st.integers(0, weight).flatmap(lambda i: wrong if i == 0 else valid)
@@ -233,10 +243,8 @@ def plausible_config(draw: st.DrawFn) -> dict[str, Any]:
         }
         keys = draw(st.lists(st.sampled_from(sorted(serving_values)), unique=True, max_size=4))
         config["serving"] = {k: draw(mostly(serving_values[k])) for k in keys}
-    if draw(st.integers(0, 7)) == 0:  # every non-null field is refused by design: rarely
-        config["preprocessing"] = draw(
-            mostly(st.sampled_from([{}, {"tokenizer": None}, {"resize": None}, {"normalize": {"mean": [0.5]}}]))
-        )
+    if draw(st.integers(0, 7)) == 0:  # image and text blocks, mixed kinds, stray fields, bad values
+        config["preprocessing"] = draw(mostly(st.sampled_from(PREPROCESSING_BLOCKS)))
     if draw(st.integers(0, 3)) == 0:
         pairs = st.lists(st.tuples(text_field(st.text(max_size=8)), json_like), max_size=4)  # keys: any value
         config["metadata"] = draw(mostly(pairs.map(lambda kv: Y("map", [(from_data(k), from_data(v)) for k, v in kv]))))

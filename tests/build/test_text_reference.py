@@ -1,0 +1,40 @@
+"""A text model without calibration data is verified on real sentences through its own tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures.text_models import write_bag_model, write_tokenizer
+from gpuxc.build.project import REFERENCE_TEXTS, load_project
+
+tokenizers = pytest.importorskip("tokenizers")
+
+def test_reference_inputs_are_sentences_through_the_project_tokenizer(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    write_tokenizer(tmp_path / "tokenizer.json")
+    write_bag_model(tmp_path / "model.onnx")
+    (tmp_path / "gpux.yml").write_text(
+        "name: bag\nmodel:\n  source: model.onnx\npreprocessing:\n  tokenizer: tokenizer.json\n  max_length: 32\n"
+    )
+    project = load_project(tmp_path)
+    assert project.reference_origin == "sentences"
+    expected = Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(REFERENCE_TEXTS[0])
+    np.testing.assert_array_equal(project.reference_inputs["input_ids"][0], expected.ids)
+    np.testing.assert_array_equal(project.reference_inputs["attention_mask"][0], np.ones(len(expected.ids)))
+    # Lossy variants are judged on the other sentences, of their own lengths.
+    lengths = {f["input_ids"].shape[1] for f, _ in project.extra_references}
+    assert len(project.extra_references) == 4 and len(lengths) > 1
+
+
+def test_sentences_over_max_length_without_truncation_are_left_out(tmp_path: Path) -> None:
+    write_tokenizer(tmp_path / "tokenizer.json")
+    write_bag_model(tmp_path / "model.onnx")
+    config = "name: bag\nmodel:\n  source: model.onnx\npreprocessing:\n  tokenizer: tokenizer.json\n  max_length: 3\n"
+    (tmp_path / "gpux.yml").write_text(config + "  truncation: false\n")
+    project = load_project(tmp_path)
+    assert project.reference_origin == "sentences"
+    assert project.reference_inputs["input_ids"].tolist() == [[2, 9, 3]]  # "short" alone fits in 3 tokens
