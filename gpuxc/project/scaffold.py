@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from gpuxc.errors import ConfigError
+from gpuxc.project.config_preprocessing import IDS_RE, MASK_RE, TYPE_IDS_RE
 from gpuxc.project.isolation import load_model
-from gpuxc.project.preprocessing import IDS_RE
-from gpuxc.project.reference import MASK_RE, TYPE_IDS_RE
 
 if TYPE_CHECKING:
     from gpuxc.project.model import ModelSignature, TensorInfo

@@ -194,11 +194,12 @@ def test_validation_and_reference_images_are_the_ones_after_the_calibration_samp
 
 @pytest.fixture
 def tokenizer(tmp_path: Path) -> Path:
-    from fixtures.text import word_tokenizer
+    from fixtures.text_models import write_tokenizer
 
     if not has_module("tokenizers"):
         pytest.skip("needs the tokenizers package")
-    return word_tokenizer(tmp_path / "tokenizer.json")
+    write_tokenizer(tmp_path / "tokenizer.json")
+    return tmp_path / "tokenizer.json"
 
 
 def text_record(**changes: object) -> TextPreprocessing:
@@ -209,24 +210,25 @@ def text_record(**changes: object) -> TextPreprocessing:
 
 def test_a_text_file_becomes_token_feeds_one_line_each(tmp_path: Path, tokenizer: Path) -> None:
     data = tmp_path / "calib.txt"
-    data.write_text("the cat sat on the mat\n\n   \na dog ran\r\nthe big red dog is fast\n", encoding="utf-8")
+    data.write_text("the quick brown fox a short model\n\n   \na fox\r\nthe short brown model\n", encoding="utf-8")
     samples = load_samples(data, TEXT, 8, preprocessing=text_record(), tokenizer=tokenizer)
     assert len(samples) == 3  # blank lines are not samples
-    # [CLS]=2 the=4 cat=6 sat=8 on=9 the=4 mat=10 [SEP]=3; padding: longest, so each keeps its own length
-    np.testing.assert_array_equal(samples[0]["input_ids"], [[2, 4, 6, 8, 9, 4, 10, 3]])
-    np.testing.assert_array_equal(samples[1]["attention_mask"], [[1, 1, 1, 1, 1]])
+    # [CLS]=2 the=4 quick=5 brown=6 fox=7 a=8 short=9 model=10 [SEP]=3; padding: longest, each its own length
+    np.testing.assert_array_equal(samples[0]["input_ids"], [[2, 4, 5, 6, 7, 8, 9, 10, 3]])
+    np.testing.assert_array_equal(samples[1]["input_ids"], [[2, 8, 7, 3]])
+    np.testing.assert_array_equal(samples[1]["attention_mask"], [[1, 1, 1, 1]])
     assert samples[1]["input_ids"].dtype == np.int64
     fixed = load_samples(data, TEXT, 1, preprocessing=text_record(padding="max_length"), tokenizer=tokenizer)
-    assert fixed[0]["input_ids"].shape == (1, 16) and int(fixed[0]["attention_mask"].sum()) == 8
+    assert fixed[0]["input_ids"].shape == (1, 16) and int(fixed[0]["attention_mask"].sum()) == 9
 
 
 def test_text_files_are_checked_line_by_line(tmp_path: Path, tokenizer: Path) -> None:
     data = tmp_path / "calib.txt"
-    data.write_text("the cat\n" + " ".join(["dog"] * 40) + "\n", encoding="utf-8")
+    data.write_text("the fox\n" + " ".join(["fox"] * 40) + "\n", encoding="utf-8")
     message = error(data, TEXT, text_record(truncation=False), tokenizer=tokenizer)
     assert "'calib.txt' line 2: 42 tokens, over max_length 16 (this bundle does not truncate)" in message
     assert len(load_samples(data, TEXT, 8, preprocessing=text_record(), tokenizer=tokenizer)) == 2  # truncated
-    data.write_bytes(b"the cat\n\xff\xfe dog\n")
+    data.write_bytes(b"the fox\n\xff\xfe fox\n")
     assert "'calib.txt' line 2 is not UTF-8 text (byte 0xff)" in error(data, TEXT, text_record(), tokenizer=tokenizer)
     data.write_text("\n  \n", encoding="utf-8")
     assert "'calib.txt' holds no text (one sample per non-blank line)" in error(data, TEXT, text_record(),
@@ -239,16 +241,16 @@ def test_an_overlong_line_is_refused_before_the_tokenizer(tmp_path: Path, tokeni
 
     monkeypatch.setattr(calibration_raw, "MAX_LINE_CHARS", 10)
     data = tmp_path / "calib.txt"
-    data.write_text("the cat\n" + "é" * 11 + "\n", encoding="utf-8")  # 11 characters, 22 bytes
+    data.write_text("the fox\n" + "é" * 11 + "\n", encoding="utf-8")  # 11 characters, 22 bytes
     message = error(data, TEXT, text_record(), tokenizer=tokenizer)
     assert "'calib.txt' line 2: over the limit of 10 characters" in message
-    data.write_text("the cat\n" + "a" * 50, encoding="utf-8")  # more bytes than 10 characters can take
+    data.write_text("the fox\n" + "a" * 50, encoding="utf-8")  # more bytes than 10 characters can take
     assert "'calib.txt' line 2: over the limit" in error(data, TEXT, text_record(), tokenizer=tokenizer)
 
 
 def test_text_needs_text_preprocessing_and_a_tokenizer_that_parses(tmp_path: Path, tokenizer: Path) -> None:
     data = tmp_path / "calib.txt"
-    data.write_text("the cat\n", encoding="utf-8")
+    data.write_text("the fox\n", encoding="utf-8")
     assert "is text: calibrating on text needs a text preprocessing block" in error(data, TEXT, None)
     broken = tmp_path / "broken.json"
     broken.write_text("{", encoding="utf-8")
@@ -256,13 +258,13 @@ def test_text_needs_text_preprocessing_and_a_tokenizer_that_parses(tmp_path: Pat
     sig = signature(("input_ids", "int64", [1, "seq"]), ("attention_mask", "int64", [1, "seq"]),
                     ("position_ids", "int64", [1, "seq"]))  # fmt: skip
     assert "the model also takes 'position_ids'" in error(data, sig, text_record(), tokenizer=tokenizer)
-    (tmp_path / "calib.csv").write_text("the cat\n", encoding="utf-8")
+    (tmp_path / "calib.csv").write_text("the fox\n", encoding="utf-8")
     assert "'calib.csv' is not an .npz file, a .txt file (one text per line) or a folder" in error(
         tmp_path / "calib.csv", TEXT, text_record(), tokenizer=tokenizer)
 
 
 def test_text_validation_samples_use_the_projects_tokenizer(tmp_path: Path, tokenizer: Path) -> None:
-    (tmp_path / "calib.txt").write_text("the cat\na dog\nthe mat is red\nthe blue dog ran\n", encoding="utf-8")
+    (tmp_path / "calib.txt").write_text("the fox\na fox\nthe model\nthe quick brown fox\n", encoding="utf-8")
     (tmp_path / "gpux.yml").write_text("name: demo\nmodel:\n  source: ./model.onnx\npreprocessing:\n"
                                        "  tokenizer: tokenizer.json\nbuild:\n  calibration:\n    data: calib.txt\n"
                                        "    samples: 3\n")  # fmt: skip
@@ -270,4 +272,4 @@ def test_text_validation_samples_use_the_projects_tokenizer(tmp_path: Path, toke
     record = resolve_preprocessing(config, TEXT)
     validation, overlap = load_validation_samples(config, TEXT, 4, preprocessing=record)
     assert not overlap and len(validation) == 1
-    np.testing.assert_array_equal(validation[0]["input_ids"], [[2, 4, 17, 7, 11, 3]])  # [CLS] the blue dog ran [SEP]
+    np.testing.assert_array_equal(validation[0]["input_ids"], [[2, 4, 5, 6, 7, 3]])  # [CLS] the quick brown fox [SEP]

@@ -243,11 +243,12 @@ def test_image_resolution_errors(in_tmp: Path, block: str, sig: ModelSignature, 
 
 @pytest.fixture
 def tokenizer(in_tmp: Path) -> Path:
-    from fixtures.text import word_tokenizer
+    from fixtures.text_models import write_tokenizer
 
     if not has_module("tokenizers"):
         pytest.skip("needs the tokenizers package")
-    return word_tokenizer(in_tmp / "tokenizer.json")
+    write_tokenizer(in_tmp / "tokenizer.json")
+    return in_tmp / "tokenizer.json"
 
 
 def test_text_defaults_are_read_off_the_model(in_tmp: Path, tokenizer: Path) -> None:
@@ -268,7 +269,7 @@ def test_tokenizer_path_takes_a_file_or_a_folder(in_tmp: Path, tokenizer: Path) 
     ("block", "sig", "kind", "where", "says"),
     [
         ("preprocessing:\n  tokenizer: bert-base-uncased\n", TEXT, ConfigError, "5:14",
-         "tokenizer 'bert-base-uncased' is not a file in the project: gpuxc never downloads tokenizers"),
+         "preprocessing.tokenizer 'bert-base-uncased' is not a file in the project: gpuxc never downloads"),
         ("preprocessing:\n  tokenizer: empty\n", TEXT, ConfigError, "5:14", "tokenizer 'empty' is not a file"),
         ("preprocessing:\n  tokenizer: " + "x" * 5000 + "\n", TEXT, ConfigError, "5:14", "cannot be opened"),
         ("preprocessing:\n  tokenizer: broken.json\n", TEXT, ConfigError, "5:14",

@@ -81,9 +81,9 @@ def test_a_text_model_gets_the_block_commented_out_until_there_is_a_tokenizer(tm
     assert load_config(written).preprocessing.kind is None  # loads (and compiles) as written: tensors in
     if not has_module("tokenizers"):
         pytest.skip("the switched-on block needs the tokenizers package")
-    from fixtures.text import word_tokenizer
+    from fixtures.text_models import write_tokenizer
 
-    word_tokenizer(tmp_path / "tokenizer.json")
+    write_tokenizer(tmp_path / "tokenizer.json")
     written.write_text(uncommented(text), encoding="utf-8")
     config = load_config(written)
     record = resolve_preprocessing(config, signature(models.int64_text_model()))
@@ -140,3 +140,23 @@ def test_gpuxc_init_writes_the_block(tmp_path: Path) -> None:
     done = CliRunner().invoke(app, ["init", str(model), "--out", str(tmp_path / "gpux.yml")])
     assert done.exit_code == 0, done.output
     assert load_config(tmp_path / "gpux.yml").preprocessing.kind == "image"
+
+
+# The project's TemporaryDirectory is left to the garbage collector: see test_calibration_compile.py.
+@pytest.mark.filterwarnings("ignore:Implicitly cleaning up:ResourceWarning")
+def test_the_image_block_compiles_as_written(tmp_path: Path) -> None:
+    import gc
+    import json
+    import warnings
+
+    from gpuxc.build.pipeline import compile_project
+
+    write_config(project(tmp_path / "project", models.tiny_cnn()))
+    [result] = compile_project(tmp_path / "project", ["cpu"], tmp_path / "dist", use_cache=False)
+    doc = json.loads((result.path / "gpux-bundle.json").read_text(encoding="utf-8"))
+    assert doc["verification"]["status"] == "passed"
+    assert [(i["name"], i["dtype"]) for i in doc["inputs"]] == [("image", "uint8")]
+    assert doc["preprocessing"]["kind"] == "image" and doc["preprocessing"]["size"] == [32, 32]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Implicitly cleaning up", ResourceWarning)
+        gc.collect()
