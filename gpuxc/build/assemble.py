@@ -24,7 +24,7 @@ from gpuxc.bundle.manifest import (
     SourceInfo,
     Verification,
 )
-from gpuxc.bundle.requirements import SERVE_DISTS, pinned, version_of
+from gpuxc.bundle.requirements import preprocessing_requirements, serve_requirements, version_of
 from gpuxc.host import host_isa, openvino_capabilities
 from gpuxc.project.config import GpuxConfig
 from gpuxc.project.model import describe
@@ -43,8 +43,9 @@ def runner_context(
         "version": config.version,
         "verification_status": verification.status,
         "verification_reason": verification.reason,
-        "requirements": runtime.requirements,
-        "serve_requirements": pinned(SERVE_DISTS),
+        "requirements": runtime.requirements + preprocessing_requirements(config.preprocessing.kind),
+        "serve_requirements": serve_requirements(config.preprocessing.kind),
+        "preprocessing": config.preprocessing.kind,
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "port": config.serving.port,
         "image": f"{config.name}-{target.name}",

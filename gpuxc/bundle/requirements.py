@@ -10,7 +10,8 @@ import importlib.metadata
 
 # Used when a serving dependency is not installed on the build host (gpuxc without [serve]):
 # the oldest versions the generated server is written against.
-FALLBACK_FLOORS = {"fastapi": ">=0.110", "uvicorn": ">=0.29", "prometheus-client": ">=0.20"}
+FALLBACK_FLOORS = {"fastapi": ">=0.110", "uvicorn": ">=0.29", "prometheus-client": ">=0.20",
+                   "pillow": ">=10", "tokenizers": ">=0.15", "python-multipart": ">=0.0.9"}  # fmt: skip
 
 
 def version_of(dist: str) -> str | None:
@@ -30,3 +31,18 @@ def pinned(dists: list[str], marker: str | None = None) -> list[str]:
 
 
 SERVE_DISTS = ["fastapi", "uvicorn", "prometheus-client"]
+# Only where the bundle's preprocessing (manifest ``preprocessing.kind``) needs them: the runner
+# decodes images with Pillow and tokenises text with tokenizers; its server reads multipart
+# uploads (an image file, a text field) with python-multipart, through Starlette's form parser.
+PREPROCESSING_DISTS = {"image": ["pillow"], "text": ["tokenizers"]}
+UPLOAD_DISTS = ["python-multipart"]
+
+
+def preprocessing_requirements(kind: str | None) -> list[str]:
+    """What running a bundle with this preprocessing (``"image"``, ``"text"``, None) needs beside its runtime."""
+    return pinned(PREPROCESSING_DISTS.get(kind or "", []))
+
+
+def serve_requirements(kind: str | None) -> list[str]:
+    """What ``python <bundle> serve`` needs: the server, and the upload parser with preprocessing."""
+    return pinned(SERVE_DISTS + (UPLOAD_DISTS if kind else []))

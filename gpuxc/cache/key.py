@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 RESULT_LIBRARIES = (
     "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "protobuf", "onnxsim", "onnxslim",
     "onnxconverter-common", "openvino", "nncf", "coremltools", "tensorrt",
-    "fastapi", "uvicorn", "prometheus-client", "jinja2", "pydantic",
+    "fastapi", "uvicorn", "prometheus-client", "jinja2", "pydantic", "pillow", "tokenizers", "python-multipart",
 )  # fmt: skip
 
 

@@ -18,6 +18,8 @@ import numpy as np
 
 from runner import compare, isa, layout
 from runner.inputs import InputChecks, InputError
+from runner.labels import DEFAULT_TOP_K, rank_outputs
+from runner.preprocess import PreprocessError, Preprocessor
 from runner.profile import op_table
 from runner.runtime import Adapter, InferenceTimeout
 
@@ -74,6 +76,14 @@ class GPUXRuntime:
         self.outputs = {spec["name"]: spec for spec in self.manifest["outputs"]}
         self._checks = InputChecks(self.manifest["inputs"])
         self._output_names = list(self.outputs)
+        # Decoding images and tokenising text (runner/preprocess.py), set up once: the tokenizer is
+        # loaded here, not per call.
+        self._pre: Preprocessor | None = None
+        if self.manifest.get("preprocessing"):
+            try:
+                self._pre = Preprocessor(self.manifest["preprocessing"], self.manifest["inputs"], self.bundle_dir)
+            except PreprocessError as exc:
+                raise BundleError(f"preprocessing: {exc}") from None
         # A tampered or truncated bundle is refused before its model or code is used.
         if os.environ.get(SKIP_INTEGRITY_ENV) != "1":
             problems = listed_file_problems(self.bundle_dir, self.manifest)
@@ -91,10 +101,23 @@ class GPUXRuntime:
 
     # -- GPUX API ----------------------------------------------------------------------------
 
-    def infer(self, input_data: dict[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
-        """Run the model; ``input_data`` maps input names to arrays (or nested lists)."""
+    def infer(self, input_data: dict[str, Any] | np.ndarray | Any) -> dict[str, np.ndarray]:
+        """Run the model; ``input_data`` maps input names to arrays (or nested lists). A bundle with
+        image preprocessing also takes, for its image input, encoded image bytes, a file path, a list
+        of either, or uint8 pixels ``[H, W, C]``/``[N, H, W, C]``; one with text preprocessing
+        ``{"text": str | list[str]}``. A bare value stands for the only (or the preprocessed) input."""
+        if self._pre is not None:
+            input_data = self._preprocess(input_data, True)
         # The hot path: one checked prepare and the adapter's run, nothing rebuilt per call.
         return self._require().run(self._checks.prepare(input_data), self._output_names, self.timeout)
+
+    def rank_labels(self, outputs: dict[str, Any], top_k: int | None = None) -> dict[str, list[list[dict[str, Any]]]]:
+        """Labelled outputs of ``infer`` ranked: ``{output: [[{"label", "score"}, ...] per row]}``,
+        best first, ``top_k`` entries (default: the output's ``top_k`` in gpux.yml, else 5)."""
+        try:
+            return rank_outputs(outputs, self.outputs, top_k)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
 
     def benchmark(self, num_runs: int = 100, warmup_runs: int = 10,
                   input_data: dict[str, Any] | None = None, profile: bool = False) -> dict[str, Any]:
@@ -141,7 +164,18 @@ class GPUXRuntime:
             "build_host_isa": m["host"].get("isa"),
             "requires_isa": list(m["artifact"].get("settings", {}).get("requires_isa") or []),
             "warnings": list(self.warnings),
+            "preprocessing": self._pre.describe() if self._pre is not None else None,
         }
+
+    @property
+    def preprocessing(self) -> str | None:
+        """``"image"``, ``"text"`` or None: what this bundle decodes or tokenises for its callers."""
+        return self._pre.kind if self._pre is not None else None
+
+    @property
+    def preprocessed_input(self) -> str | None:
+        """The name callers send images or text under (``"image"``, ``"text"``), or None."""
+        return self._pre.key if self._pre is not None else None
 
     def get_provider_info(self) -> dict[str, Any]:
         return self._require().provider_info()
@@ -182,11 +216,29 @@ class GPUXRuntime:
         """Files whose size or sha256 differ from the manifest (empty when intact)."""
         return listed_file_problems(self.bundle_dir, self.manifest)
 
-    def prepare(self, input_data: dict[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
-        """Validate names, dtypes, ranks, fixed dims and max_length; return arrays to feed."""
+    def prepare(self, input_data: dict[str, Any] | np.ndarray | Any, *, paths: bool = True) -> dict[str, np.ndarray]:
+        """Decode/tokenise (see ``infer``), then validate names, dtypes, ranks, fixed dims and
+        max_length; return arrays to feed. ``paths=False`` (the server) never reads a file a string names."""
+        if self._pre is not None:
+            input_data = self._preprocess(input_data, paths)
         return self._checks.prepare(input_data)
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _preprocess(self, input_data: Any, paths: bool) -> Any:
+        pre = self._pre
+        assert pre is not None
+        if not isinstance(input_data, dict):
+            bare_image = pre.kind == "image" and (isinstance(input_data, bytes | bytearray | str | os.PathLike) or (
+                isinstance(input_data, np.ndarray) and len(self.inputs) == 1))  # fmt: skip
+            bare_text = pre.kind == "text" and isinstance(input_data, str | list)
+            if not (bare_image or bare_text):
+                return input_data
+            input_data = {pre.key: input_data}
+        try:
+            return pre.apply(input_data, paths)
+        except PreprocessError as exc:
+            raise InputError(str(exc)) from None
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._require().run(feeds, self._output_names, self.timeout)
@@ -202,6 +254,7 @@ class GPUXRuntime:
 
     @staticmethod
     def _describe(spec: dict[str, Any]) -> dict[str, Any]:
+        ranked = {"top_k": spec.get("top_k") or DEFAULT_TOP_K} if spec.get("labels") else {}
         return {
             "name": spec["name"],
             "type": spec["dtype"],
@@ -210,6 +263,7 @@ class GPUXRuntime:
             "description": spec.get("description"),
             "labels": spec.get("labels"),
             "max_length": spec.get("max_length"),
+            **ranked,
         }
 
 

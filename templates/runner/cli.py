@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 EXIT_OK, EXIT_VERIFY, EXIT_INPUT, EXIT_BUNDLE, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+RANKED_KEY = "ranked"  # labelled outputs' rankings, beside the outputs (as in /predict)
 
 
 def _fail(code: int, message: str) -> int:
@@ -22,8 +24,9 @@ def _fail(code: int, message: str) -> int:
     return code
 
 
-def _read_inputs(spec: str) -> Any:
-    """``--input`` value: inline JSON, ``@file.json``, or a ``.npz`` file."""
+def _read_inputs(spec: str, kind: str | None = None, key: str | None = None) -> Any:
+    """``--input`` value: inline JSON, ``@file.json``, or a ``.npz`` file; for a bundle with image
+    preprocessing also an image file, for one with text preprocessing any other string (the text)."""
     if spec.endswith(".npz") and not spec.lstrip().startswith("{"):
         path = Path(spec)
         if not path.is_file():
@@ -35,13 +38,37 @@ def _read_inputs(spec: str) -> Any:
         if not path.is_file():
             raise ValueError(f"input file not found: {spec[1:]}")
         spec = path.read_text(encoding="utf-8")
+    elif kind == "image" and not spec.lstrip().startswith(("{", "[")):
+        if not Path(spec).is_file():
+            raise ValueError(f"--input: no image file '{spec}' (and not JSON)")
+        return {key: spec}
     try:
-        return json.loads(spec)
+        data = json.loads(spec)
     except ValueError as exc:
+        if kind == "text":
+            return {key: spec}
         raise ValueError(f"--input is not valid JSON ({exc})") from None
+    # A text bundle takes any string that is not a JSON object as the text itself ("42", "[1]").
+    return data if kind != "text" or isinstance(data, dict) else {key: spec}
 
 
-def _write_outputs(outputs: dict[str, np.ndarray], target: str | None) -> None:
+def _run_inputs(args: argparse.Namespace, kind: str | None, key: str | None) -> Any:
+    """What ``run`` feeds: ``--image`` files, ``--text`` strings (repeated: a batch), or ``--input``."""
+    for flag, values, wanted in (("--image", args.image, "image"), ("--text", args.text, "text")):
+        if values:
+            if kind != wanted:
+                raise ValueError(f"{flag} needs a bundle with {wanted} preprocessing; this one takes tensors "
+                                 "(--input JSON or .npz)" if kind is None else
+                                 f"{flag} needs a bundle with {wanted} preprocessing; this one takes "
+                                 f"{'--image' if kind == 'image' else '--text'}")  # fmt: skip
+            return {key: values[0] if len(values) == 1 else values}
+    if args.input is None:
+        raise ValueError("run needs --input" + {"image": " or --image", "text": " or --text"}.get(kind or "", ""))
+    return _read_inputs(args.input, kind, key)
+
+
+def _write_outputs(outputs: dict[str, np.ndarray], target: str | None,
+                   ranked: dict[str, Any] | None = None, as_json: bool = False) -> None:  # fmt: skip
     from runner.api import to_jsonable
 
     if target and target.endswith(".npz"):
@@ -53,7 +80,19 @@ def _write_outputs(outputs: dict[str, np.ndarray], target: str | None) -> None:
         np.savez(target, **storable)
         print(f"wrote {target}", file=sys.stderr)
         return
-    text = json.dumps({k: to_jsonable(v) for k, v in outputs.items()})
+    if ranked and not target and not as_json and sys.stdout.isatty():
+        from runner.labels import text_lines
+
+        # A person reads the best labels; the raw tensors of labelled outputs stay behind --json.
+        print("\n".join(text_lines(ranked)))
+        rest = {k: to_jsonable(v) for k, v in outputs.items() if k not in ranked}
+        if rest:
+            print(json.dumps(rest))
+        return
+    body = {k: to_jsonable(v) for k, v in outputs.items()}
+    if ranked and RANKED_KEY not in body:
+        body[RANKED_KEY] = ranked
+    text = json.dumps(body)
     if target:
         Path(target).write_text(text + "\n", encoding="utf-8")
         print(f"wrote {target}", file=sys.stderr)
@@ -62,6 +101,14 @@ def _write_outputs(outputs: dict[str, np.ndarray], target: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `python . run ... | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _main(argv: list[str] | None = None) -> int:
     # --provider is accepted before or after the command:
     # `python . --provider cpu run` or `python . run --provider cpu`.
     common = argparse.ArgumentParser(add_help=False)
@@ -70,7 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python <bundle>", description="Run this gpuxc bundle.", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="run one inference", parents=[common])
-    run_p.add_argument("--input", "-i", required=True, help="inline JSON, @file.json, or file.npz")
+    given = run_p.add_mutually_exclusive_group()
+    given.add_argument("--input", "-i", help="inline JSON, @file.json, or file.npz; an image file (image "
+                       "bundles) or the text itself (text bundles)")  # fmt: skip
+    given.add_argument("--image", action="append", metavar="PATH", help="an image file (repeat for a batch)")
+    given.add_argument("--text", action="append", metavar="TEXT", help="a text (repeat for a batch)")
+    run_p.add_argument("--top-k", type=int, help="ranked labels per labelled output (default: gpux.yml's, else 5)")
+    run_p.add_argument("--json", action="store_true", help="print JSON even on a terminal")
     run_p.add_argument("--output", "-o", help="write outputs to this .json or .npz file instead of stdout")
     verify_p = sub.add_parser("verify", help="re-run reference inputs and compare with reference outputs",
                               parents=[common])
@@ -114,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "info":
                 print(json.dumps(rt.get_model_info(), indent=2))
             elif args.command == "run":
-                _write_outputs(rt.infer(_read_inputs(args.input)), args.output)
+                outputs = rt.infer(_run_inputs(args, rt.preprocessing, rt.preprocessed_input))
+                _write_outputs(outputs, args.output, rt.rank_labels(outputs, args.top_k), args.json)
             elif args.command == "bench":
                 from runner.compare import peak_rss_mb
 

@@ -17,8 +17,11 @@ naming the input and what is wrong, a 400 from the server and exit code 2 from t
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +94,57 @@ def image_array(value: Any, channel_count: int, label: str = "image") -> np.ndar
             raise PreprocessError(f"{label}: pixels must be uint8 values 0..255, got {array.dtype}")
         array = array.astype(np.uint8)
     return array
+
+
+def resize_pixels(pixels: np.ndarray, size: tuple[int, int], mode: str = "stretch", pad_value: int = 0) -> np.ndarray:
+    """uint8 ``[N, H, W, C]`` brought to ``size`` (width, height) with Pillow's bilinear filter, for
+    targets whose image input has a fixed height and width (static shapes). ``mode`` as gpux.yml's
+    ``resize_mode``, with the compiled graph's geometry (gpuxc/project/preprocess_graph.py):
+    ``letterbox`` scales to fit and centres on ``pad_value``, ``center-crop`` scales to cover and
+    keeps the centre, so the graph's own resize to the same size changes nothing."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise PreprocessError("resizing images needs Pillow (pip install pillow)") from None
+    width, height = size
+    rows = []
+    for image in pixels:
+        gray = image.shape[-1] == 1
+        img = Image.fromarray(np.ascontiguousarray(image[:, :, 0] if gray else image), "L" if gray else "RGB")
+        scaled = (width, height)
+        if mode in ("letterbox", "center-crop"):
+            ratio = np.array([height, width], np.float32) / np.array(image.shape[:2], np.float32)
+            scale = ratio.min() if mode == "letterbox" else ratio.max()
+            hw = np.round(np.array(image.shape[:2], np.float32) * scale).astype(np.int64)  # half to even, as Round
+            hw = np.minimum(hw, [height, width]) if mode == "letterbox" else np.maximum(hw, [height, width])
+            scaled = (max(int(hw[1]), 1), max(int(hw[0]), 1))
+        out = np.asarray(img.resize(scaled, Image.Resampling.BILINEAR), dtype=np.uint8)
+        out = out[:, :, None] if gray else out
+        if mode == "letterbox":
+            canvas = np.full((height, width, out.shape[-1]), pad_value, np.uint8)
+            top, left = (height - out.shape[0]) // 2, (width - out.shape[1]) // 2
+            canvas[top:top + out.shape[0], left:left + out.shape[1]] = out
+            out = canvas
+        elif mode == "center-crop":
+            top, left = (out.shape[0] - height) // 2, (out.shape[1] - width) // 2
+            out = out[top:top + height, left:left + width]
+        rows.append(out)
+    return np.stack(rows)
+
+
+_DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
+
+
+def decode_base64(text: str, label: str = "image") -> bytes:
+    """An image sent as base64 text (JSON, v2 BYTES), optionally as a ``data:image/...;base64,`` URL."""
+    body = "".join(_DATA_URL.sub("", text.strip(), count=1).split())
+    try:
+        data = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise PreprocessError(f"{label}: a string must be base64-encoded image bytes (or a data: URL)") from None
+    if not data:
+        raise PreprocessError(f"{label}: the image is empty (0 bytes)")
+    return data
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -170,6 +224,133 @@ class TextEncoder:
             if token_id is not None:
                 return int(token_id)
         return 0
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+class Preprocessor:
+    """The manifest's ``preprocessing`` applied to what a caller sent, before the input checks.
+
+    Images: the image input's value may be encoded bytes, a file path (when ``paths``), a list of
+    either (a batch), or decoded uint8 pixels ``[H, W, C]`` / ``[N, H, W, C]`` (nested lists too);
+    it becomes uint8 ``[N, H, W, C]``, resized first (Pillow bilinear) when the bundle's image input
+    has a fixed height and width. Text: ``{"text": str | list[str]}`` becomes the token inputs.
+    Every other input passes unchanged, so the raw tensors keep working.
+    """
+
+    def __init__(self, record: dict[str, Any], inputs: list[dict[str, Any]], bundle_dir: Path) -> None:
+        self.record = record
+        self.kind: str = record["kind"]
+        self.key: str = record["input"]
+        self.encoder = TextEncoder(record, bundle_dir) if self.kind == "text" else None
+        self.token_inputs = [record[k] for k in ("ids", "mask", "type_ids") if record.get(k)]
+        self.channel_count = int(record.get("channel_count") or 3)
+        self.resize_mode = str(record.get("resize_mode") or "stretch")
+        self.pad_value = int(record.get("pad_value") or 0)
+        self.gray = record.get("channels") == "gray"
+        self.fixed_size: tuple[int, int] | None = None  # (width, height) the runner resizes to
+        spec = next((s for s in inputs if s["name"] == self.key), None)
+        shape = spec.get("shape") if spec else None
+        if self.kind == "image" and shape and len(shape) == 4:
+            height, width = shape[1], shape[2]
+            if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:
+                self.fixed_size = (width, height)
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest's record and what the runner itself does (for ``/info``)."""
+        runner: dict[str, Any]
+        if self.kind == "image":
+            runner = {"accepts": ["encoded image (JPEG, PNG, WebP, BMP, GIF, TIFF)", "uint8 pixels [N, H, W, C]"],
+                      "resize": None if self.fixed_size is None else
+                      {"size": list(self.fixed_size), "filter": "bilinear", "mode": self.resize_mode,
+                       "by": "runner (Pillow)", "why": "the image input has a fixed height and width on this target"}}
+        else:
+            runner = {"accepts": ["text", "list of texts"], "tokenizer": self.record["tokenizer"]}
+        return {**self.record, "runner": runner}
+
+    def apply(self, data: dict[str, Any], paths: bool = True) -> dict[str, Any]:
+        """``data`` with the image input decoded or the text tokenised; unchanged without them."""
+        if self.key not in data:
+            return data
+        out = dict(data)
+        value = out.pop(self.key)
+        if self.encoder is not None:
+            both = [name for name in self.token_inputs if name in out]
+            if both:
+                raise PreprocessError(f"send either '{self.key}' or the token inputs ({', '.join(both)}), not both")
+            out.update(self.encoder.encode(_texts(value, self.key), self.key))
+        else:
+            out[self.key] = self.image(value, paths)
+        return out
+
+    def image(self, value: Any, paths: bool = True) -> np.ndarray:
+        """The image input's value as uint8 ``[N, H, W, C]`` at the size the bundle takes."""
+        if type(value) is np.ndarray and value.dtype == np.uint8 and value.ndim == 4 and (
+                value.shape[-1] == self.channel_count and self._sized(value)):  # fmt: skip
+            return value  # already what the model takes: the hot path and re-runs of prepared feeds
+        encoded = _encoded_items(value)
+        if encoded is None:
+            pixels = image_array(value, self.channel_count, self.key)
+            return pixels if self._sized(pixels) else self._fit(pixels)
+        images = []
+        for i, item in enumerate(encoded):
+            where = self.key if len(encoded) == 1 else f"{self.key}[{i}]"
+            if not isinstance(item, bytes | bytearray | memoryview):
+                if not paths:
+                    raise PreprocessError(f"{where}: send the image's bytes (base64 in JSON); file paths are not "
+                                          "read here")  # fmt: skip
+                if isinstance(item, str) and not item:
+                    raise PreprocessError(f"{where}: empty file name")
+            pixels = decode_image(bytes(item) if isinstance(item, memoryview) else item,
+                                  "gray" if self.gray else "rgb", where)  # fmt: skip
+            images.append(pixels if self._sized(pixels) else self._fit(pixels))
+        if not images:
+            raise PreprocessError(f"{self.key}: no image given")
+        sizes = {img.shape[1:3] for img in images}
+        if len(sizes) > 1:
+            listed = ", ".join(f"{w}x{h}" for h, w in sorted(sizes))
+            raise PreprocessError(f"{self.key}: images in one batch must have the same size (got {listed}); "
+                                  "send them in separate requests")  # fmt: skip
+        return np.concatenate(images) if len(images) > 1 else images[0]
+
+    def _fit(self, pixels: np.ndarray) -> np.ndarray:
+        assert self.fixed_size is not None
+        return resize_pixels(pixels, self.fixed_size, self.resize_mode, self.pad_value)
+
+    def _sized(self, pixels: np.ndarray) -> bool:
+        return self.fixed_size is None or (pixels.shape[2], pixels.shape[1]) == self.fixed_size
+
+
+def _encoded_items(value: Any) -> list[Any] | None:
+    """The encoded images (bytes, paths) in ``value``, or None when it holds pixels."""
+    if isinstance(value, bytes | bytearray | memoryview | str | os.PathLike):
+        return [value]
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
+        value = value.reshape(-1).tolist()
+    if isinstance(value, list | tuple) and value and all(
+            isinstance(v, bytes | bytearray | memoryview | str | os.PathLike) for v in value):  # fmt: skip
+        return list(value)
+    return None
+
+
+def _texts(value: Any, label: str) -> str | list[str]:
+    """``{"text": ...}``'s value as the encoder takes it: a string, or a list of strings (v2 BYTES
+    arrive as an object array, elements as bytes that must be UTF-8)."""
+    if isinstance(value, np.ndarray):
+        value = value.reshape(-1).tolist() if value.ndim else value.item()
+    items = [value] if isinstance(value, str | bytes) else value
+    if not isinstance(items, list | tuple):
+        raise PreprocessError(f"{label}: text must be a string or a list of strings, got {type(value).__name__}")
+    texts: list[Any] = []
+    for i, item in enumerate(items):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise PreprocessError(f"{label}[{i}]: text is not valid UTF-8") from None
+        texts.append(item)
+    return texts[0] if isinstance(value, str | bytes) else texts
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,7 +9,6 @@ Client mistakes get a 4xx with a JSON body (v2: {"error"}; GPUX: {"error", "mess
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from typing import Any
@@ -18,11 +17,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from runner import v2
+from runner import uploads, v2
 from runner.api import GPUXRuntime, InferenceTimeout, InputError, load, to_jsonable
+from runner.labels import MAX_TOP_K
 from runner.metrics import Guard, Metrics
 
 API_KEY_ENV = "GPUXC_API_KEY"
+RANKED_KEY = "ranked"  # /predict: labelled outputs ranked as {label, score}, beside the raw tensors
 
 
 class _TooLarge(Exception):
@@ -138,6 +139,11 @@ def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
     model_name, model_version = str(info["name"]), str(info["version"])
     specs_in = dict(rt.inputs)
     specs_out = dict(rt.outputs)
+    kind = rt.preprocessing  # "image"/"text": /predict and v2 take encoded images or text too
+    media_types = {"image": ("application/json", "multipart/form-data"),
+                   "text": ("application/json", "multipart/form-data", "application/x-www-form-urlencoded")
+                   }.get(kind or "", ("application/json",))  # fmt: skip
+    encoded = {rt.preprocessed_input: kind} if kind and rt.preprocessed_input else {}
     metrics = Metrics()
     slots = {"busy": 0}
     max_batch = int(serving.get("max_batch_size", 1))
@@ -215,25 +221,25 @@ def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            return _gpux_error(415, "unsupported_media_type", "send inputs as application/json")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in media_types and not (kind == "image" and content_type.startswith("image/")):
+            return _gpux_error(415, "unsupported_media_type", f"send inputs as {uploads.accepted(kind)}")
+        top_k = request.query_params.get("top_k")
+        if top_k is not None and not (top_k.isdigit() and 1 <= int(top_k) <= MAX_TOP_K):
+            return _gpux_error(400, "invalid_input", f"top_k must be an integer from 1 to {MAX_TOP_K}")
         try:
             body = await read_body(request)
         except _TooLarge:
             return _gpux_error(413, "payload_too_large", f"request body over {max_body} bytes")
         try:
-            data = json.loads(body)
-        except ValueError as exc:
-            return _gpux_error(400, "invalid_json", "request body is not valid JSON",
-                               {"position": getattr(exc, "pos", None)})
-        if not isinstance(data, dict):
-            return _gpux_error(400, "invalid_input", "request body must be a JSON object mapping input names to values")
-        # GPUX clients sometimes wrap inputs as {"inputs": {...}}; accept both when unambiguous.
-        if set(data) == {"inputs"} and isinstance(data["inputs"], dict) and "inputs" not in specs_in:
-            data = data["inputs"]
-        try:
-            feeds = rt.prepare(data)
+            data = await uploads.predict_inputs(content_type, request.headers, body, kind,
+                                                  rt.preprocessed_input or "")
+            # Decoding an image or tokenising takes milliseconds: off the event loop. Strings are
+            # never read as file paths from here (paths=False).
+            feeds = (await run_in_threadpool(rt.prepare, data, paths=False) if kind else rt.prepare(data))
             outputs = await run_model(feeds)
+        except uploads.UploadError as exc:
+            return _gpux_error(exc.status, exc.error, exc.message, exc.details)
         except InputError as exc:
             return _gpux_error(400, "invalid_input", str(exc))
         except _Busy:
@@ -243,7 +249,11 @@ def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
         except Exception:
             # Runtime failures can echo file paths and internal node names: keep them out of responses.
             return _gpux_error(500, "inference_failed", "the model failed on these inputs")
-        return {name: to_jsonable(value) for name, value in outputs.items()}
+        reply = {name: to_jsonable(value) for name, value in outputs.items()}
+        ranked = rt.rank_labels(outputs, int(top_k) if top_k else None)
+        if ranked and RANKED_KEY not in reply:  # a model output of that name keeps it
+            reply[RANKED_KEY] = ranked
+        return reply
 
     # -- Open Inference Protocol v2 -------------------------------------------------------------
 
@@ -255,8 +265,11 @@ def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
             return [{"name": n, "datatype": v2.v2_datatype(s["dtype"]),
                      "shape": [d if isinstance(d, int) else -1 for d in (s.get("shape") or [])]}
                     for n, s in specs.items()]
+        inputs = tensors(specs_in)
+        if kind == "text":  # text in, as BYTES; the token tensors stay accepted as well
+            inputs.append({"name": rt.preprocessed_input, "datatype": "BYTES", "shape": [-1]})
         return {"name": model_name, "versions": [model_version], "platform": f"gpuxc_{info['target']}",
-                "inputs": tensors(specs_in), "outputs": tensors(specs_out)}
+                "inputs": inputs, "outputs": tensors(specs_out)}
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
@@ -300,8 +313,8 @@ def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
         try:
             body = await read_body(request)
             req, tail = v2.split_body(body, header_length)
-            decoded = v2.decode_inputs(req, tail, specs_in)
-            feeds = rt.prepare(decoded)
+            decoded = v2.decode_inputs(req, tail, specs_in, encoded)
+            feeds = await run_in_threadpool(rt.prepare, decoded, paths=False) if kind else rt.prepare(decoded)
             outputs = await run_model(feeds)
             payload, json_length = v2.encode_response(model_name, version, outputs, specs_out, req)
         except _TooLarge:

@@ -54,21 +54,25 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     return request, tail
 
 
-def decode_inputs(request: dict[str, Any], tail: bytes, specs: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Arrays by name; every check a server must make before running anything."""
+def decode_inputs(request: dict[str, Any], tail: bytes, specs: dict[str, dict[str, Any]],
+                  encoded: dict[str, str] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Arrays by name; every check a server must make before running anything. ``encoded`` names
+    the inputs that may also arrive as ``BYTES`` (a bundle's preprocessing): ``"image"``: encoded
+    images (raw bytes in binary data, base64 in JSON), ``"text"``: UTF-8 text."""
+    encoded = encoded or {}
     out: dict[str, np.ndarray] = {}
     offset = 0
     for item in request["inputs"]:
         if not isinstance(item, dict):
             raise ProtocolError("each input must be an object")
         name = item.get("name")
-        if not isinstance(name, str) or name not in specs:
-            raise ProtocolError(f"unexpected input '{name}'; the model takes: {', '.join(specs)}")
+        if not isinstance(name, str) or (name not in specs and name not in encoded):
+            raise ProtocolError(f"unexpected input '{name}'; the model takes: {', '.join([*specs, *encoded])}")
         if name in out:
             raise ProtocolError(f"input '{name}' given twice")
-        spec = specs[name]
         datatype = item.get("datatype")
-        want = v2_datatype(spec["dtype"])
+        kind = encoded.get(name) if datatype == "BYTES" or name not in specs else None
+        want = "BYTES" if kind else v2_datatype(specs[name]["dtype"])
         if datatype != want:
             raise ProtocolError(f"input '{name}': datatype {datatype} does not match the model's {want}")
         shape = item.get("shape")
@@ -83,15 +87,18 @@ def decode_inputs(request: dict[str, Any], tail: bytes, specs: dict[str, dict[st
                 raise ProtocolError(f"input '{name}': binary_data_size {size} exceeds the binary data sent")
             chunk = tail[offset:offset + size]
             offset += size
-            array = _from_bytes(name, chunk, datatype, count)
+            array = _from_bytes(name, chunk, datatype, count, raw=kind is not None)
         else:
             if "data" not in item:
                 raise ProtocolError(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
             array = _from_json(name, item["data"], datatype, count)
+            if kind == "image":
+                array = _base64_images(name, array)
         out[name] = array.reshape(shape)
     if offset != len(tail):
         raise ProtocolError(f"{len(tail) - offset} byte(s) of binary data belong to no input")
-    missing = [n for n in specs if n not in out]
+    # Text replaces the token inputs: the runner's input checks name any still missing after it.
+    missing = [n for n in specs if n not in out and not encoded]
     if missing:
         raise ProtocolError(f"missing input '{missing[0]}'")
     return out
@@ -104,7 +111,24 @@ def _np_type(datatype: str) -> Any:
     return object if name == "string" else np.dtype(name)
 
 
-def _from_bytes(name: str, chunk: bytes, datatype: str, count: int) -> np.ndarray:
+def _base64_images(name: str, array: np.ndarray) -> np.ndarray:
+    from runner.preprocess import PreprocessError, decode_base64
+
+    items = []
+    for i, value in enumerate(array.reshape(-1).tolist()):
+        if not isinstance(value, str):
+            raise ProtocolError(f"input '{name}': BYTES data must be base64 strings")
+        try:
+            items.append(decode_base64(value, name if array.size == 1 else f"{name}[{i}]"))
+        except PreprocessError as exc:
+            raise ProtocolError(str(exc)) from None
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+def _from_bytes(name: str, chunk: bytes, datatype: str, count: int, raw: bool = False) -> np.ndarray:
+    """``raw``: BYTES elements stay bytes (encoded images; text decoded strictly later), not str."""
     if datatype == "BYTES":
         items, pos = [], 0
         while pos < len(chunk):
@@ -114,11 +138,14 @@ def _from_bytes(name: str, chunk: bytes, datatype: str, count: int) -> np.ndarra
             pos += 4
             if pos + length > len(chunk):
                 raise ProtocolError(f"input '{name}': truncated BYTES element")
-            items.append(chunk[pos:pos + length].decode("utf-8", errors="replace"))
+            element = chunk[pos:pos + length]
+            items.append(element if raw else element.decode("utf-8", errors="replace"))
             pos += length
         if len(items) != count:
             raise ProtocolError(f"input '{name}': {len(items)} BYTES elements for shape with {count}")
-        return np.array(items, dtype=object)
+        array = np.empty(len(items), dtype=object)  # np.array would make bytes elements a bytes dtype
+        array[:] = items
+        return array
     dtype = _np_type(datatype)
     if len(chunk) != count * dtype.itemsize:
         raise ProtocolError(f"input '{name}': {len(chunk)} bytes of data, the shape needs {count * dtype.itemsize}")

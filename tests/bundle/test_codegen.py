@@ -135,6 +135,7 @@ def context(**overrides: Any) -> dict[str, Any]:
         "verification_reason": None,
         "requirements": ["onnxruntime==1.20.0", "numpy==2.1.0"],
         "serve_requirements": ["fastapi==0.110.0", "uvicorn==0.29.0", "prometheus-client==0.20.0"],
+        "preprocessing": None,
         "python": "3.11",
         "port": 8080,
         "image": "image-classifier-cpu",

@@ -578,6 +578,7 @@ def runner_context(config: GpuxConfig, target: Target, runtime: RuntimeSpec) -> 
         "verification_reason": None,
         "requirements": runtime.requirements,
         "serve_requirements": serve_requirements(),
+        "preprocessing": None,
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "port": config.serving.port,
         "image": f"{config.name}-{target.name}",
@@ -862,7 +863,9 @@ def test_kitchen_sink_compiles_and_runs_without_executing_anything(
     run = subprocess.run([sys.executable, str(bundle), "run", "--input", f"@{request}"], cwd=sandbox, env=env,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert list(json.loads(run.stdout)) == [names["out"]]
+    ran = json.loads(run.stdout)
+    assert list(ran) == [names["out"], "ranked"]  # the labelled output's ranking: hostile labels as plain data
+    assert {e["label"] for e in ran["ranked"][names["out"]][0]} == {SINK, f"b {SINK}", "c"}
     verify = subprocess.run([sys.executable, str(bundle), "verify"], cwd=sandbox, env=env, capture_output=True,
                             text=True, timeout=120)  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
@@ -909,6 +912,7 @@ def template_context() -> dict[str, Any]:
         "verification_reason": None,
         "requirements": ["onnxruntime==1.20.0", "numpy==2.1.0"],
         "serve_requirements": ["fastapi==0.110.0", "uvicorn==0.29.0"],
+        "preprocessing": None,
         "python": "3.11",
         "port": 8080,
         "image": "demo-cpu",

@@ -175,7 +175,7 @@ def expected_logits(shared_project: Path) -> np.ndarray:
 
 def _logits(text: str) -> np.ndarray:
     data = json.loads(text)
-    assert list(data) == ["logits"]
+    assert list(data) == ["logits", "ranked"]  # the labelled output's ranking beside it (tests/runner/test_labels.py)
     return np.asarray(data["logits"], dtype=np.float32)
 
 

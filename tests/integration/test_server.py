@@ -94,7 +94,12 @@ def test_predict_matches_the_runtime(
     reply = _clean(client.post("/predict", json={"image": image.tolist()}), shared_bundle)
     assert reply.status_code == 200, reply.text
     served = reply.json()
-    assert list(served) == ["logits"]
+    # The labelled output ranked beside the raw tensor: all 4 labels (top_k 5 > 4), best first.
+    assert list(served) == ["logits", "ranked"]
+    [row] = served["ranked"]["logits"]
+    order = np.argsort(-np.asarray(served["logits"][0]), kind="stable")
+    assert [entry["label"] for entry in row] == [SHARED_LABELS[i] for i in order]
+    assert [entry["score"] for entry in row] == [served["logits"][0][i] for i in order]
     # The same bundle's runtime, through its CLI: identical numbers.
     np.savez(tmp_path / "in.npz", image=image)
     proc = run_cmd([sys.executable, shared_bundle, "run", "--input", tmp_path / "in.npz"], cwd=tmp_path)
