@@ -7,8 +7,8 @@ on exactly what the deployed bundle computes:
 
 - images (JPEG, PNG, WebP, BMP, GIF, TIFF) become the uint8 pixels ``[1, H, W, C]`` of the
   preprocessing record's input; each keeps its own size (the graph resizes), except where the
-  model fixes height and width (static-shape targets), where it is resized as the runner does
-  (Pillow bilinear);
+  model fixes height and width (static-shape targets), where it is brought to that size as the
+  runner does (``resize_pixels``: Pillow bilinear, in the block's ``resize_mode``);
 - text lines become token ids, attention mask and token type ids, tokenised with the project's
   tokenizer.json, padded and truncated as the bundle will.
 
@@ -67,8 +67,8 @@ def load_images(folder: Path, record: ImagePreprocessing, signature: ModelSignat
         if pixels.shape[-1] != record.channel_count:  # decode_image converts; a mismatch is a bug, said plainly
             raise ConfigError(f"{prefix}calibration image {label} has {pixels.shape[-1]} channels, the model takes "
                               f"{record.channel_count}")  # fmt: skip
-        if fixed is not None and tuple(pixels.shape[1:3]) != fixed:
-            pixels = _resized(pixels, fixed)
+        if fixed is not None and tuple(pixels.shape[1:3]) != fixed:  # the runner's own fit, in resize_mode
+            pixels = preprocess.resize_pixels(pixels, (fixed[1], fixed[0]), record.resize_mode, record.pad_value)
         out.append({record.input: pixels})
     return out
 
@@ -142,13 +142,3 @@ def _fixed_size(shape: list[int | str | None] | None) -> tuple[int, int] | None:
     if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:
         return height, width
     return None
-
-
-def _resized(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``[1, H, W, C]`` uint8 resized to ``size`` (height, width) with Pillow bilinear, as the runner
-    does for a bundle whose image input has a fixed size."""
-    from PIL import Image
-
-    image = pixels[0, :, :, 0] if pixels.shape[-1] == 1 else pixels[0]
-    resized = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR), np.uint8)
-    return (resized[:, :, None] if resized.ndim == 2 else resized)[None]

@@ -102,12 +102,18 @@ def test_a_fixed_image_size_is_met_by_resizing_as_the_runner_does(tmp_path: Path
     # Static-shape targets (coreml) fix the uint8 input's height and width to the reference's.
     from PIL import Image
 
-    folder = photos(tmp_path / "calib", ("coffee",))
+    folder = photos(tmp_path / "calib", ("coffee",))  # 600x400
     sig = signature(("image", "uint8", [1, 64, 96, 3]))
     [sample] = load_samples(folder, sig, 8, preprocessing=RGB)
     with Image.open(folder / "0_coffee.jpg") as img:
         expected = np.asarray(img.convert("RGB").resize((96, 64), Image.Resampling.BILINEAR))
     np.testing.assert_array_equal(sample["image"][0], expected)
+    # letterbox: the aspect ratio kept (600x400 into 64x64: 64x43 centred on pad_value rows)
+    boxed = RGB.model_copy(update={"resize_mode": "letterbox", "pad_value": 114})
+    [sample] = load_samples(folder, signature(("image", "uint8", [1, 64, 64, 3])), 8, preprocessing=boxed)
+    assert sample["image"].shape == (1, 64, 64, 3)
+    assert (sample["image"][0, :10] == 114).all() and (sample["image"][0, -10:] == 114).all()
+    assert not (sample["image"][0, 30] == 114).all()
 
 
 @pytest.mark.parametrize(
