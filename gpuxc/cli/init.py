@@ -24,5 +24,5 @@ def init(
     """Write a gpux.yml from a model's signature (with a preprocessing block for image and text models)."""
     from gpuxc.project.scaffold import write_config
 
-    path = write_config(model, out, name, force)
-    err(f"wrote {path}")
+    path, note = write_config(model, out, name, force)
+    err(f"wrote {path}" + (f" ({note})" if note else ""))

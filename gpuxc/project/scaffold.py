@@ -66,7 +66,9 @@ def preprocessing_block(sig: ModelSignature) -> str:
     return ""
 
 
-def write_config(model: Path, out: Path | None = None, name: str | None = None, force: bool = False) -> Path:
+def write_config(model: Path, out: Path | None = None, name: str | None = None,
+                 force: bool = False) -> tuple[Path, str]:  # fmt: skip
+    """Write the gpux.yml; returns its path and a one-line note on its preprocessing block ("" without one)."""
     out = out or model.parent / "gpux.yml"
     if out.exists() and not force:
         raise ConfigError(f"{out}: already exists (use --force to overwrite)")
@@ -83,7 +85,12 @@ def write_config(model: Path, out: Path | None = None, name: str | None = None, 
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out)
-    return out
+    note = ""
+    if block.startswith(IMAGE_HELP):
+        note = "preprocessing: the bundle takes images; check normalize against how the model was trained"
+    elif block:
+        note = "preprocessing (commented out): save the model's tokenizer.json beside it to send text"
+    return out, note
 
 
 def _config_data(sig: ModelSignature, model: Path, name: str | None, source: str | None) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def uncommented(text: str) -> str:
 
 
 def test_an_image_model_gets_an_active_block_read_off_the_model(tmp_path: Path) -> None:
-    written = write_config(project(tmp_path, models.tiny_cnn()))  # image float32[N, 3, 32, 32]
+    written, _ = write_config(project(tmp_path, models.tiny_cnn()))  # image float32[N, 3, 32, 32]
     text = written.read_text(encoding="utf-8")
     assert "# Check normalize against how the model was trained" in text
     config = load_config(written)
@@ -56,7 +56,7 @@ def test_an_image_model_gets_an_active_block_read_off_the_model(tmp_path: Path) 
 
 
 def test_an_image_model_of_any_size_gets_no_resize(tmp_path: Path) -> None:
-    written = write_config(project(tmp_path, image_model(shape=["N", "H", "W", 1])))
+    written, _ = write_config(project(tmp_path, image_model(shape=["N", "H", "W", 1])))
     assert "takes any height and width" in written.read_text(encoding="utf-8")
     config = load_config(written)
     assert (config.preprocessing.resize, config.preprocessing.normalize) == (None, "0-1")  # gray
@@ -67,14 +67,15 @@ def test_an_image_model_of_any_size_gets_no_resize(tmp_path: Path) -> None:
 def test_the_uint8_input_name_avoids_the_models_other_inputs(tmp_path: Path) -> None:
     extra = [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1])]
     model = image_model(extra=extra)
-    config = load_config(write_config(project(tmp_path, model)))
+    config = load_config(write_config(project(tmp_path, model))[0])
     assert config.preprocessing.image_input == "pixels"
     record = resolve_preprocessing(config, signature(model))
     assert isinstance(record, ImagePreprocessing) and (record.input, record.feeds) == ("pixels", "pixel_values")
 
 
 def test_a_text_model_gets_the_block_commented_out_until_there_is_a_tokenizer(tmp_path: Path) -> None:
-    written = write_config(project(tmp_path, models.int64_text_model()))
+    written, note = write_config(project(tmp_path, models.int64_text_model()))
+    assert note == "preprocessing (commented out): save the model's tokenizer.json beside it to send text"
     text = written.read_text(encoding="utf-8")
     assert "# preprocessing:\n#   tokenizer: tokenizer.json\n#   max_length: 512\n" in text
     assert "gpuxc never downloads" in text
@@ -111,8 +112,8 @@ def test_a_fixed_sequence_length_is_the_max_length_written(tmp_path: Path) -> No
 )
 def test_models_without_one_clear_kind_get_no_block(tmp_path: Path, model: onnx.ModelProto) -> None:
     assert preprocessing_block(signature(model)) == ""
-    written = write_config(project(tmp_path, model))
-    assert "preprocessing" not in written.read_text(encoding="utf-8")
+    written, note = write_config(project(tmp_path, model))
+    assert "preprocessing" not in written.read_text(encoding="utf-8") and note == ""
 
 
 HOSTILE = "x\n# evil: 1\npreprocessing: {tokenizer: /etc/passwd} #\u2028!!python/object:os.system"
@@ -120,7 +121,7 @@ HOSTILE = "x\n# evil: 1\npreprocessing: {tokenizer: /etc/passwd} #\u2028!!python
 
 def test_a_hostile_input_name_stays_yaml_data(tmp_path: Path) -> None:
     model = image_model(name=HOSTILE)
-    written = write_config(project(tmp_path, model))
+    written, _ = write_config(project(tmp_path, model))
     text = written.read_text(encoding="utf-8")
     assert "\n# evil" not in text and "\npreprocessing: {" not in text
     config = load_config(written)
@@ -139,6 +140,7 @@ def test_gpuxc_init_writes_the_block(tmp_path: Path) -> None:
     model = project(tmp_path, models.tiny_cnn())
     done = CliRunner().invoke(app, ["init", str(model), "--out", str(tmp_path / "gpux.yml")])
     assert done.exit_code == 0, done.output
+    assert "(preprocessing: the bundle takes images; check normalize" in done.output
     assert load_config(tmp_path / "gpux.yml").preprocessing.kind == "image"
 
 
@@ -151,7 +153,7 @@ def test_the_image_block_compiles_as_written(tmp_path: Path) -> None:
 
     from gpuxc.build.pipeline import compile_project
 
-    write_config(project(tmp_path / "project", models.tiny_cnn()))
+    write_config(project(tmp_path / "project", models.tiny_cnn()))  # as written, not edited
     [result] = compile_project(tmp_path / "project", ["cpu"], tmp_path / "dist", use_cache=False)
     doc = json.loads((result.path / "gpux-bundle.json").read_text(encoding="utf-8"))
     assert doc["verification"]["status"] == "passed"
