@@ -71,9 +71,8 @@ class Project:
     validation_feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
     calibration_overlap: bool = False
     # gpux.yml's preprocessing settled against the model; with images, ``model`` is the source with
-    # the preprocessing nodes prepended (written under ``workdir``, which lives as long as the project).
+    # the preprocessing nodes prepended (gpuxc/project/preprocess_graph.py).
     preprocessing: Preprocessing | None = None
-    workdir: Any = None
 
     @functools.cached_property
     def extra_references(self) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
@@ -124,9 +123,8 @@ def project_for(config: GpuxConfig, say: Progress) -> Project:
     if loaded.upgrade is not None:
         say(f"model: {loaded.upgrade.summary()}")
     preprocessing = resolve_preprocessing(config, sig)
-    workdir = None
     if isinstance(preprocessing, ImagePreprocessing):
-        loaded, workdir = with_image_preprocessing(loaded, preprocessing, config.where("preprocessing"))
+        loaded = with_image_preprocessing(loaded, preprocessing, config.where("preprocessing"))
         sig = loaded.signature
         say(f"preprocessing: {preprocessing.summary()}")
     elif preprocessing is not None:
@@ -156,7 +154,7 @@ def project_for(config: GpuxConfig, say: Progress) -> Project:
     notes = [*run.fallbacks, *([run.cross_check] if run.cross_check else [])]
     say(f"reference: {run.runtime} on the source model" + (f" ({'; '.join(notes)})" if notes else ""))
     return Project(config, loaded, inputs, run.outputs, origin, shapes, run.runtime, run.fallbacks, run.cross_check,
-                   validation[1:], overlap, preprocessing, workdir)  # fmt: skip
+                   validation[1:], overlap, preprocessing)  # fmt: skip
 
 
 def io_dtypes(signature: ModelSignature) -> set[str]:

@@ -36,7 +36,7 @@ def _inspect_bundle(path: Path, json_out: bool) -> None:
 
     manifest = read_manifest(path)
     fields = {"name", "version", "target", "gpuxc_version", "inputs", "outputs", "verification", "artifact",
-              "runtime", "source"}  # fmt: skip
+              "runtime", "source", "preprocessing"}  # fmt: skip
     data = manifest.model_dump(mode="json", include=fields)
     data["passes"] = [{"name": p.name, "status": p.status, "seconds": p.seconds} for p in manifest.build.passes]
     if json_out:
@@ -50,6 +50,11 @@ def _inspect_bundle(path: Path, json_out: bool) -> None:
     for kind, tensors in (("input", manifest.inputs), ("output", manifest.outputs)):
         for t in tensors:
             typer.echo(f"  {kind} {t.name}: {t.dtype} {t.shape}" + (f" labels={len(t.labels)}" if t.labels else ""))
+    pre = manifest.preprocessing
+    if pre is not None:
+        text = pre.summary() if pre.kind == "image" else (f"text through {pre.tokenizer} (max_length {pre.max_length}, "
+                                                          f"padding {pre.padding}) -> {pre.ids}")  # fmt: skip
+        typer.echo(f"  preprocessing: {text}")
 
 
 def _inspect_model(path: Path, json_out: bool) -> None:

@@ -19,7 +19,9 @@ TensorRT profiles) constant folding turns them into constants. Every node is nam
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +41,22 @@ _FLOAT_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "f
                 "bfloat16": TensorProto.BFLOAT16}  # fmt: skip
 
 
-def with_image_preprocessing(loaded: LoadedModel, record: ImagePreprocessing,
-                             where: str) -> tuple[LoadedModel, tempfile.TemporaryDirectory[str]]:  # fmt: skip
-    """``loaded`` with the preprocessing prepended, saved to a temporary folder the caller keeps
-    alive (the reference runs it from a file). The signature keeps the source file's digest, size
-    and name: the model is a function of the source and gpux.yml, both recorded."""
+def with_image_preprocessing(loaded: LoadedModel, record: ImagePreprocessing, where: str) -> LoadedModel:
+    """``loaded`` with the preprocessing prepended, saved to a temporary folder that lives as long as
+    the returned model (the reference runs it from a file). The signature keeps the source file's
+    digest, size and name: the model is a function of the source and gpux.yml, both recorded."""
     try:
         proto = infer_shapes(prepend_image_preprocessing(loaded.proto, record))
     except ModelError as exc:
         raise type(exc)(f"{where}: {exc.message}", hint=exc.hint) from None
-    workdir = tempfile.TemporaryDirectory(prefix="gpuxc-pre-")
-    path = Path(workdir.name) / loaded.path.name
+    workdir = tempfile.mkdtemp(prefix="gpuxc-pre-")
+    path = Path(workdir) / loaded.path.name
     external = save_model(proto, path)
     source = loaded.signature
     signature = describe(proto, sha256=source.sha256, size_bytes=source.size_bytes, external=external)
-    return LoadedModel(proto=proto, path=path, signature=signature, upgrade=loaded.upgrade), workdir
+    prepended = LoadedModel(proto=proto, path=path, signature=signature, upgrade=loaded.upgrade)
+    weakref.finalize(prepended, shutil.rmtree, workdir, True)  # also at exit; no ResourceWarning
+    return prepended
 
 
 def prepend_image_preprocessing(model: ModelProto, record: ImagePreprocessing) -> ModelProto:

@@ -95,6 +95,9 @@ def _dim_value(i: int, dim: Any, tensor: TensorInfo, shape: list[Any], explicit:
         return symbols[dim]
     elif i == 0 and len(shape) > 1:
         value = config.runtime.batch_size
+    elif i == 1 and len(shape) == 2 and config.preprocessing.max_length and tensor.dtype in ("int64", "int32"):
+        # Token inputs of a text block: a static-shape target is specialised to max_length tokens.
+        value = config.preprocessing.max_length
     elif i in (1, 2) and _is_pixel_input(tensor, config):
         # Image preprocessing's uint8 input: a picture of the size the graph resizes to (what a
         # static-shape target is then specialised to); calibration photos bring their own sizes.

@@ -179,6 +179,8 @@ class TextEncoder:
         else:
             self.tokenizer.no_truncation()
         self.dtype = np.dtype(spec.get("dtype", "int64"))
+        # A static-shape artifact (CoreML, a TensorRT engine) fixes the sequence length: pad to it.
+        self.fixed_length: int | None = None
 
     def encode(self, texts: str | list[str], label: str = "text") -> dict[str, np.ndarray]:
         """Model inputs for one text or a batch: ids, and attention mask / token type ids when the model has them."""
@@ -201,6 +203,11 @@ class TextEncoder:
                                       "bundle does not truncate)")  # fmt: skip
             rows.append((ids, types))
         length = self.max_length if self.spec.get("padding") == "max_length" else max(len(r[0]) for r in rows)
+        if self.fixed_length is not None:
+            if max(len(r[0]) for r in rows) > self.fixed_length:
+                raise PreprocessError(f"{label}: over {self.fixed_length} tokens, the length this bundle's model is "
+                                      "fixed to")  # fmt: skip
+            length = self.fixed_length
         ids_out = np.full((len(rows), length), self.pad_id, dtype=self.dtype)
         mask_out = np.zeros((len(rows), length), dtype=self.dtype)
         types_out = np.zeros((len(rows), length), dtype=self.dtype)
@@ -252,6 +259,10 @@ class Preprocessor:
         self.fixed_size: tuple[int, int] | None = None  # (width, height) the runner resizes to
         spec = next((s for s in inputs if s["name"] == self.key), None)
         shape = spec.get("shape") if spec else None
+        ids_spec = next((s for s in inputs if s["name"] == record.get("ids")), None)
+        ids_shape = ids_spec.get("shape") if ids_spec else None
+        if self.encoder is not None and ids_shape and len(ids_shape) == 2 and isinstance(ids_shape[1], int):
+            self.encoder.fixed_length = ids_shape[1] if ids_shape[1] > 0 else None
         if self.kind == "image" and shape and len(shape) == 4:
             height, width = shape[1], shape[2]
             if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:

@@ -38,3 +38,16 @@ def test_sentences_over_max_length_without_truncation_are_left_out(tmp_path: Pat
     project = load_project(tmp_path)
     assert project.reference_origin == "sentences"
     assert project.reference_inputs["input_ids"].tolist() == [[2, 9, 3]]  # "short" alone fits in 3 tokens
+
+
+def test_static_shape_targets_are_specialised_to_max_length_tokens(tmp_path: Path) -> None:
+    from gpuxc.project.reference import resolve_shapes
+
+    write_tokenizer(tmp_path / "tokenizer.json")
+    write_bag_model(tmp_path / "model.onnx")
+    (tmp_path / "gpux.yml").write_text(
+        "name: bag\nmodel:\n  source: model.onnx\npreprocessing:\n  tokenizer: tokenizer.json\n  max_length: 24\n"
+    )
+    project = load_project(tmp_path)
+    shapes = resolve_shapes(project.model.signature, project.config)
+    assert shapes == {"input_ids": [1, 24], "attention_mask": [1, 24]}

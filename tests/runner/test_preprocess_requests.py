@@ -209,3 +209,17 @@ def test_over_long_text_is_refused_without_truncation_and_cut_with_it(bundle_wit
 def test_text_and_token_inputs_together_are_refused(bundle_with_tokenizer: Path) -> None:
     with pytest.raises(pre.PreprocessError, match="either 'text' or the token inputs"):
         text_pre(bundle_with_tokenizer).apply({"text": "hi", "input_ids": [[1, 2]]})
+
+
+def test_a_fixed_sequence_length_pads_to_it(bundle_with_tokenizer: Path) -> None:
+    """A static-shape artifact (CoreML, a TensorRT engine) fixes the token inputs' length: text is
+    padded to it whatever the padding setting, and text longer than it is refused."""
+    fixed = [{"name": "input_ids", "dtype": "int64", "shape": [1, 12]}]
+    p = pre.Preprocessor({"kind": "text", "input": "text", "tokenizer": "preprocessing/tokenizer.json",
+                          "max_length": 16, "padding": "longest", "truncation": False, "ids": "input_ids",
+                          "mask": "attention_mask", "type_ids": None, "dtype": "int64"}, fixed,
+                         bundle_with_tokenizer)  # fmt: skip
+    feeds = p.apply({"text": "hello"})
+    assert feeds["input_ids"].shape == (1, 12) and feeds["attention_mask"].sum() == 3  # [CLS] hello [SEP]
+    with pytest.raises(pre.PreprocessError, match="over 12 tokens"):
+        p.apply({"text": "word " * 13})
