@@ -19,6 +19,7 @@ from gpuxc.bundle.manifest import Verification
 from gpuxc.errors import CompileError, GpuxcError, first_line
 from gpuxc.passes import PassContext, PassManager, PassRecord, PassSpec
 from gpuxc.plugin import get_registry
+from gpuxc.project.preprocessing import TextPreprocessing, tokenizer_path
 from gpuxc.project.upgrade import ModelUpgrade
 from gpuxc.targets import Artifact, CompileContext, Target, Variant
 
@@ -139,7 +140,8 @@ def build_candidate(
         say(f"{variant.name}: skipped ({skipped})")
         return candidate
     say(f"{variant.name}: compile")
-    cctx = CompileContext(config, project.model.signature, options, root, scratch, variant, dict(manager.artifacts))
+    cctx = CompileContext(config, project.model.signature, options, root, scratch, variant, dict(manager.artifacts),
+                          preprocessing=project.preprocessing)  # fmt: skip
     try:
         candidate.artifact = target.compile(model, cctx)
     except GpuxcError:
@@ -161,8 +163,11 @@ def run_passes(project: Project, target: Target, specs: list[PassSpec], scratch:
     but the project's model is shared by every candidate and target)."""
     proto = onnx.ModelProto()
     proto.CopyFrom(project.model.proto)
+    pre = project.preprocessing
+    tokenizer = tokenizer_path(project.config) if isinstance(pre, TextPreprocessing) else None
     ctx = PassContext(workdir=scratch, target=target.name, model_dir=project.model.path.parent,
-                      project_dir=project.config.project_dir, reference_shapes=project.reference_shapes)  # fmt: skip
+                      project_dir=project.config.project_dir, reference_shapes=project.reference_shapes,
+                      preprocessing=pre, tokenizer=tokenizer)  # fmt: skip
     return manager.run(proto, specs, ctx, progress=say)
 
 

@@ -1,4 +1,4 @@
-"""``gpuxc init``: a gpux.yml written from a model's signature."""
+"""``gpuxc init``: a gpux.yml written from a model's signature (and a preprocessing block for image and text models)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing gpux.yml.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Write a gpux.yml from a model's signature."""
+    """Write a gpux.yml from a model's signature (with a preprocessing block for image and text models)."""
     from gpuxc.project.scaffold import write_config
 
-    path = write_config(model, out, name, force)
-    err(f"wrote {path}")
+    path, note = write_config(model, out, name, force)
+    err(f"wrote {path}" + (f" ({note})" if note else ""))

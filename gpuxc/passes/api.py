@@ -12,12 +12,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from onnx import ModelProto
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gpuxc.errors import GpuxcError, PassError, PluginError, first_line
+
+if TYPE_CHECKING:
+    from gpuxc.project.preprocessing import Preprocessing
 
 __all__ = ["PassConfig", "PassResult", "PassContext", "PassSpec", "PassRecord", "PassSkipped", "Pass", "PassManager"]
 
@@ -51,6 +54,10 @@ class PassContext:
     # Concrete input shapes the source model verified at: what checks and generated samples use
     # when a pass's own shape parameters are not given.
     reference_shapes: dict[str, list[int]] = field(default_factory=dict)
+    # gpux.yml's preprocessing block settled against the model, and the project's tokenizer.json
+    # for text: calibration data may then be images or text (gpuxc/project/calibration_raw.py).
+    preprocessing: Preprocessing | None = None
+    tokenizer: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,13 @@
 """Calibration samples: representative inputs read from files, or generated ones.
 
-``build.calibration.data`` names one of three layouts (``load_samples`` reads all three):
+``build.calibration.data`` names one of these layouts (``load_samples`` reads them all):
 
 - a folder of ``.npz`` files, one sample each, arrays named like the model inputs;
 - a folder of ``.npy`` files, one array each: only for a model with a single input;
 - one ``.npz`` whose arrays carry a leading sample axis (``N`` samples), or exactly the
-  input's rank (one sample).
+  input's rank (one sample);
+- with a ``preprocessing`` block, raw data through the bundle's own preprocessing
+  (gpuxc/project/calibration_raw.py): a folder of images, or a ``.txt`` file with one text per line.
 
 Files are read in sorted name order, at most ``samples`` of them, always with
 ``allow_pickle=False``. Every sample is checked against the model's signature (names,
@@ -27,7 +29,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gpuxc.errors import ConfigError, first_line
+from gpuxc.project import calibration_raw
 from gpuxc.project.config import GpuxConfig
+from gpuxc.project.preprocessing import ImagePreprocessing, Preprocessing, TextPreprocessing, tokenizer_path
 from gpuxc.project.reference import DEFAULT_DIM, DEFAULT_SPATIAL, generate, index_bounds, resolve_shapes
 
 if TYPE_CHECKING:
@@ -51,10 +55,16 @@ _KINDS = {
 }
 
 
-def load_samples(data: Path, signature: ModelSignature, samples: int, *, where: str | None = None) -> list[Sample]:
+def load_samples(data: Path, signature: ModelSignature, samples: int, *, where: str | None = None,
+                 preprocessing: Preprocessing | None = None,
+                 tokenizer: Path | None = None) -> list[Sample]:  # fmt: skip
     """At most ``samples`` checked samples from ``data`` (see the module doc for the layouts).
 
-    ``where`` (``file:line:col`` of the setting) prefixes every error message.
+    ``where`` (``file:line:col`` of the setting) prefixes every error message. With image
+    ``preprocessing``, ``data`` may be a folder of images; with text ``preprocessing`` (and the
+    project's ``tokenizer`` file: :func:`gpuxc.project.preprocessing.tokenizer_path`), a .txt
+    file with one text per line (gpuxc/project/calibration_raw.py). ``signature`` is the model the
+    samples feed: with image preprocessing, the one with the uint8 image input.
     """
     prefix = f"{where}: " if where else ""
     data = Path(data)
@@ -64,13 +74,35 @@ def load_samples(data: Path, signature: ModelSignature, samples: int, *, where: 
         is_dir, is_file = data.is_dir(), data.is_file()
     except OSError as exc:  # a name too long for the file system, a permission denied on the way
         raise ConfigError(f"{prefix}calibration data '{data.name[:80]}' cannot be opened ({exc.strerror})") from None
+    kind = preprocessing.kind if preprocessing is not None else None
     if is_dir:
+        if calibration_raw.has_images(data):
+            if kind != "image":
+                raise ConfigError(f"{prefix}calibration folder '{data.name}' holds images: calibrating on images "
+                                  "needs an image preprocessing block (preprocessing.resize or normalize); "
+                                  "without one, give .npz/.npy samples")  # fmt: skip
+            assert isinstance(preprocessing, ImagePreprocessing)
+            _no_tensors_beside_images(data, prefix)
+            return calibration_raw.load_images(data, preprocessing, signature, samples, prefix)
+        if kind is not None and not any(p.suffix in (".npz", ".npy") for p in data.iterdir() if p.is_file()):
+            raw = ("no images (.jpg, .png, ...) and no .npz/.npy files" if kind == "image" else
+                   "no .npz/.npy files: for text, name a .txt file (one text per line) in build.calibration.data")
+            raise ConfigError(f"{prefix}calibration folder '{data.name}' holds {raw}")  # fmt: skip
         return _load_folder(data, signature, samples, prefix)
     if is_file and data.suffix == ".npz":
         return _load_npz(data, signature, samples, prefix)
+    if is_file and data.suffix.lower() in calibration_raw.TEXT_SUFFIXES:
+        if kind != "text":
+            raise ConfigError(f"{prefix}calibration data '{data.name}' is text: calibrating on text needs a "
+                              "text preprocessing block (preprocessing.tokenizer); without one, give .npz "
+                              "samples")  # fmt: skip
+        assert isinstance(preprocessing, TextPreprocessing)
+        if tokenizer is None:
+            raise ConfigError(f"{prefix}calibration text '{data.name}' needs the project's tokenizer file")
+        return calibration_raw.load_texts(data, preprocessing, tokenizer, signature, samples, prefix)
     if not data.exists():
         raise ConfigError(f"{prefix}calibration data '{data.name}' does not exist")
-    raise ConfigError(f"{prefix}calibration data '{data.name}' is not an .npz file or a folder of .npz/.npy files")
+    raise ConfigError(f"{prefix}calibration data '{data.name}' is not {_LAYOUTS[kind]}")
 
 
 def random_samples(signature: ModelSignature, shapes: dict[str, list[int]], n: int, seed: int,
@@ -97,17 +129,21 @@ def resolve_model_shapes(signature: ModelSignature, given: dict[str, list[int]] 
     return resolve_shapes(signature, config, defaults or (DEFAULT_DIM, DEFAULT_SPATIAL))
 
 
-def load_validation_samples(config: GpuxConfig, signature: ModelSignature, count: int) -> tuple[list[Sample], bool]:
+def load_validation_samples(config: GpuxConfig, signature: ModelSignature, count: int, *,
+                            preprocessing: Preprocessing | None = None) -> tuple[list[Sample], bool]:  # fmt: skip
     """Up to ``count`` samples of ``build.calibration.data`` to verify on, and whether they overlap
     the calibration: the quantizers calibrate on the first ``build.calibration.samples``, so these
     are the ones after them (accuracy judged on inputs the quantizer never saw); when the data holds
     no more, the first ``count`` and ``True``. Checked against the signature; errors point at
-    ``build.calibration.data`` in gpux.yml."""
+    ``build.calibration.data`` in gpux.yml. ``preprocessing`` (the settled record) lets the data be
+    images or text, as for :func:`load_samples`; the tokenizer is the project's."""
     cal = config.build.calibration
     assert cal is not None and cal.data is not None
     where = config.where("build", "calibration", "data")
     path = (config.project_dir / cal.data).resolve()
-    loaded = load_samples(path, signature, cal.samples + count, where=where)
+    tokenizer = tokenizer_path(config) if isinstance(preprocessing, TextPreprocessing) else None
+    loaded = load_samples(path, signature, cal.samples + count, where=where, preprocessing=preprocessing,
+                          tokenizer=tokenizer)  # fmt: skip
     unseen = loaded[cal.samples:]
     if unseen:
         return unseen[:count], False
@@ -115,6 +151,20 @@ def load_validation_samples(config: GpuxConfig, signature: ModelSignature, count
 
 
 # -- reading ----------------------------------------------------------------------------------
+
+_LAYOUTS = {
+    None: "an .npz file or a folder of .npz/.npy files",
+    "image": "an .npz file or a folder of images or of .npz/.npy files",
+    "text": "an .npz file, a .txt file (one text per line) or a folder of .npz/.npy files",
+}
+
+
+def _no_tensors_beside_images(folder: Path, prefix: str) -> None:
+    tensors = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in (".npz", ".npy"))
+    if tensors:
+        raise ConfigError(f"{prefix}calibration folder '{folder.name}' mixes images and .npz/.npy files "
+                          f"('{tensors[0]}'); use one kind")  # fmt: skip
+
 
 
 def _load_folder(folder: Path, signature: ModelSignature, samples: int, prefix: str) -> list[Sample]:

@@ -90,11 +90,10 @@ def _unwrap(tp: Any, part: Any) -> Any:
     if origin is Annotated:
         return _unwrap(typing.get_args(tp)[0], part)
     if origin in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            found = _unwrap(arg, part)
-            if found is not None:
-                return found
-        return None
+        found = [f for f in (_unwrap(arg, part) for arg in typing.get_args(tp)) if f is not None]
+        # The member with fields, when there is one (normalize: a method name or a {mean, std} mapping).
+        models = [f for f in found if isinstance(f, type) and issubclass(f, BaseModel)]
+        return (models or found or [None])[0]
     if part is None:
         return tp
     if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(part, str):

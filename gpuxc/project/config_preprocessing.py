@@ -7,9 +7,17 @@ The schema only; gpuxc/project/preprocessing.py settles the block against the mo
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from gpuxc.project.config_errors import clip
 
@@ -88,13 +96,6 @@ class PreprocessingSection(_Section):
     mask_input: str | None = None  # default: attention_mask, when the model has it
     type_ids_input: str | None = None  # default: token_type_ids, when the model has it
 
-    @field_validator("resize")
-    @classmethod
-    def _resize(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and len(value) != 2:
-            raise ValueError(f"resize takes [width, height], got {len(value)} values")
-        return value
-
     @field_validator("tokenizer")
     @classmethod
     def _tokenizer(cls, value: str | None) -> str | None:
@@ -102,31 +103,34 @@ class PreprocessingSection(_Section):
             raise ValueError("tokenizer must be a path to a tokenizer.json (non-empty, no NUL character)")
         return value
 
+    @field_validator("resize")
+    @classmethod
+    def _resize(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if value is not None and len(value) != 2:
+            raise ValueError(f"resize takes [width, height], got {len(value)} values")
+        return _not_text(value, info)
+
+    @field_validator("normalize", mode="wrap")
+    @classmethod
+    def _normalize(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        # A mapping is a NormalizeSpec, validated as one so that its errors point inside it (as a
+        # plain union member, pydantic reported the mapping as "not 'imagenet', '0-1', ...").
+        value = NormalizeSpec.model_validate(value) if isinstance(value, dict) else handler(value)
+        return _not_text(value, info)
+
     @field_validator("image_input")
     @classmethod
-    def _image_input(cls, value: str) -> str:
+    def _image_input(cls, value: str, info: ValidationInfo) -> str:
         if not INPUT_NAME_RE.match(value):
             raise ValueError(f"'{clip(value)}' is not an input name: use letters, digits, '_', '.' or '-'")
-        return value
+        return _of_its_kind(value, info)
 
-    @model_validator(mode="after")
-    def _one_kind(self) -> PreprocessingSection:
-        image = self.resize is not None or self.normalize is not None
-        text = self.tokenizer is not None
-        if image and text:
-            raise ValueError("preprocessing is either for an image (resize, normalize) or for text (tokenizer), "
-                             "not both")  # fmt: skip
-        if self.max_length is not None and not text:
-            raise ValueError("preprocessing.max_length needs preprocessing.tokenizer (it bounds the token count)")
-        # Nothing silently ignored: a field of the other kind (or of no kind) is a mistake.
-        own = _IMAGE_FIELDS if image else _TEXT_FIELDS if text else set()
-        stray = sorted((self.model_fields_set - own - {"input"}) & (_IMAGE_FIELDS | _TEXT_FIELDS))
-        if stray:
-            needs = "resize or normalize (an image block)" if stray[0] in _IMAGE_FIELDS else "tokenizer (a text block)"
-            raise ValueError(f"preprocessing.{stray[0]} needs {needs}")
-        if self.input is not None and not (image or text):
-            raise ValueError("preprocessing.input needs resize/normalize (an image) or tokenizer (text)")
-        return self
+    # Nothing silently ignored: a field of the other kind (or of no kind) is an error at that field.
+    @field_validator("max_length", "input", *sorted(_IMAGE_FIELDS - {"resize", "normalize", "image_input"}),
+                     *sorted(_TEXT_FIELDS - {"tokenizer", "max_length"}))  # fmt: skip
+    @classmethod
+    def _kind_fields(cls, value: Any, info: ValidationInfo) -> Any:
+        return _of_its_kind(value, info)
 
     @property
     def kind(self) -> Literal["image", "text"] | None:
@@ -136,3 +140,35 @@ class PreprocessingSection(_Section):
         if self.resize is not None or self.normalize is not None:
             return "image"
         return None
+
+
+def _not_text(value: Any, info: ValidationInfo) -> Any:
+    if value is not None and info.data.get("tokenizer") is not None:
+        raise ValueError("preprocessing is either for an image (resize, normalize) or for text (tokenizer), not both")
+    return value
+
+
+def _of_its_kind(value: Any, info: ValidationInfo) -> Any:
+    """``value`` of field ``info.field_name``, refused when the block is not of that field's kind.
+
+    Field validators run only on the fields the file sets, in declaration order: tokenizer, then
+    resize and normalize are settled in ``info.data`` before the fields checked here (max_length
+    only follows tokenizer). One missing there failed its own validation, which is reported instead.
+    """
+    field = info.field_name
+    data = info.data
+    deciding = ("tokenizer",) if field == "max_length" else ("tokenizer", "resize", "normalize")
+    if value is None or any(k not in data for k in deciding):
+        return value
+    text = data["tokenizer"] is not None
+    image = field != "max_length" and (data["resize"] is not None or data["normalize"] is not None)
+    if field == "max_length" and not text:
+        raise ValueError("only for text: set preprocessing.tokenizer (max_length bounds its token count)")
+    if field == "input" and not (image or text):
+        raise ValueError("names the input the block feeds, but the block has no resize/normalize (an image) or "
+                         "tokenizer (text)")  # fmt: skip
+    if field in _IMAGE_FIELDS and not image:
+        raise ValueError("only for images: the block needs resize or normalize")
+    if field in _TEXT_FIELDS - {"max_length"} and not text:
+        raise ValueError("only for text: the block needs tokenizer")
+    return value

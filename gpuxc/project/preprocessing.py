@@ -229,15 +229,17 @@ def _text(config: GpuxConfig, signature: ModelSignature) -> TextPreprocessing:
     mask = _named_input(config, signature, "mask_input", pre.mask_input, MASK_RE, required=False)
     type_ids = _named_input(config, signature, "type_ids_input", pre.type_ids_input, TYPE_IDS_RE, required=False)
     length: int | None = None
-    for tensor in (t for t in (ids, mask, type_ids) if t is not None):
+    # An input the file named is wrong at that field; one found by its name, at the block.
+    fields = {"ids_input": ids, "mask_input": mask, "type_ids_input": type_ids}
+    for field, tensor in ((f, t) for f, t in fields.items() if t is not None):
+        key = field if getattr(pre, field) is not None else "input" if field == "ids_input" and pre.input else None
+        where = config.where("preprocessing", key) if key else config.where("preprocessing")
         if tensor.dtype not in _INTS:
-            raise SignatureMismatch(f"{config.where('preprocessing')}: text preprocessing feeds model input "
-                                    f"'{tensor.name}', which is {tensor.dtype}: token inputs must be int64 or "
-                                    "int32")  # fmt: skip
+            raise SignatureMismatch(f"{where}: text preprocessing feeds model input '{tensor.name}', which is "
+                                    f"{tensor.dtype}: token inputs must be int64 or int32")  # fmt: skip
         if tensor.shape is None or len(tensor.shape) != 2:
-            raise SignatureMismatch(f"{config.where('preprocessing')}: text preprocessing feeds model input "
-                                    f"'{tensor.name}' of shape {_fmt(tensor.shape)}: token inputs are [batch, "
-                                    "sequence]")  # fmt: skip
+            raise SignatureMismatch(f"{where}: text preprocessing feeds model input '{tensor.name}' of shape "
+                                    f"{_fmt(tensor.shape)}: token inputs are [batch, sequence]")  # fmt: skip
         last = tensor.shape[1]
         if isinstance(last, int) and last > 0:
             length = last

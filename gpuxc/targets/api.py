@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from gpuxc.passes import PassSpec
     from gpuxc.project.config import GpuxConfig
     from gpuxc.project.model import ModelSignature
+    from gpuxc.project.preprocessing import Preprocessing
 
 
 __all__ = ["TargetOptions", "Availability", "RuntimeSpec", "Variant", "CompileContext", "Artifact", "Target"]
@@ -81,6 +82,7 @@ class CompileContext(Generic[OptionsT]):
     workdir: Path  # scratch space, removed after the build
     variant: Variant = field(default_factory=lambda: Variant("fp32", "fp32"))
     extra_files: dict[str, Path] = field(default_factory=dict)  # pass artifacts (e.g. model.ort), by name
+    preprocessing: Preprocessing | None = None  # the settled preprocessing block: calibration images or text
 
 
 @dataclass

@@ -228,6 +228,7 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
         except ImportError:
             raise CompileError("int8-static for openvino needs NNCF: pip install nncf") from None
         from gpuxc.project.calibration import load_samples, random_samples
+        from gpuxc.project.preprocessing import TextPreprocessing, tokenizer_path
         from gpuxc.project.reference import resolve_shapes
 
         config = ctx.config
@@ -235,7 +236,10 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
         if cal is None:
             raise CompileError("int8-static needs build.calibration (data, or random: true)")
         if cal.data is not None:
-            samples = load_samples((config.project_dir / cal.data).resolve(), ctx.signature, cal.samples)
+            tokenizer = tokenizer_path(config) if isinstance(ctx.preprocessing, TextPreprocessing) else None
+            samples = load_samples((config.project_dir / cal.data).resolve(), ctx.signature, cal.samples,
+                                   where=config.where("build", "calibration", "data"),
+                                   preprocessing=ctx.preprocessing, tokenizer=tokenizer)  # fmt: skip
         else:
             shapes = resolve_shapes(ctx.signature, config)
             samples = random_samples(ctx.signature, shapes, cal.samples, config.build.seed, model)

@@ -2,7 +2,8 @@
 
 ONNX Runtime's ``quantize_static`` with a ``CalibrationDataReader`` over samples from
 ``data`` (the layouts of :mod:`gpuxc.project.calibration`: a folder of .npz/.npy files, one sample
-each, or one .npz holding N samples per input) or, only when asked with ``random: true``,
+each, or one .npz holding N samples per input; with a preprocessing block, a folder of images or
+a .txt file, through the bundle's own preprocessing) or, only when asked with ``random: true``,
 over generated inputs; a random calibration is a smoke test and says so in the manifest.
 
 Defaults are what ONNX Runtime recommends for x86-64 CPUs: QDQ format, uint8 activations,
@@ -56,7 +57,8 @@ QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 
 class QuantizeStaticConfig(PassConfig):
     data: str | None = None
-    """Calibration samples: a folder of .npz/.npy files or one .npz (relative to gpux.yml's folder, or absolute)."""
+    """Calibration samples: a folder of .npz/.npy files or one .npz; with preprocessing, a folder of images or a .txt
+    file (relative to gpux.yml's folder, or absolute)."""
     samples: Annotated[int, Field(ge=1)] = 32
     """How many samples to calibrate on (the first ones, in file-name order)."""
     random: bool = False
@@ -115,7 +117,8 @@ class QuantizeStatic(Pass[QuantizeStaticConfig]):
             path = Path(self.config.data)
             if not path.is_absolute():
                 path = (ctx.project_dir or ctx.model_dir) / path
-            samples = load_samples(path, signature, self.config.samples)
+            samples = load_samples(path, signature, self.config.samples, preprocessing=ctx.preprocessing,
+                                   tokenizer=ctx.tokenizer)  # fmt: skip
             source = f"data: {self.config.data}"
             needed = MIN_SAMPLES[self.config.method]
             if len(samples) < needed:

@@ -274,18 +274,18 @@ def test_missing_model_section(in_tmp: Path) -> None:
     assert message.startswith("gpux.yml:1:1: "), message
 
 
-@pytest.mark.parametrize(
-    ("section", "line", "column"),
-    [
-        ("preprocessing:\n  resize: [224, 224]\n", 5, 11),
-        # A refused field after an unset one: the error names the refused key, not the section.
-        ("preprocessing:\n  tokenizer: null\n  max_length: 128\n", 6, 15),
-    ],
-)
-def test_preprocessing_fields_are_not_supported_yet(in_tmp: Path, section: str, line: int, column: int) -> None:
-    message = error_of(in_tmp, MINIMAL + section)
-    assert message.startswith(f"gpux.yml:{line}:{column}: "), message
-    assert "not supported yet" in message
+def test_preprocessing_block_is_read(in_tmp: Path) -> None:
+    # GPUX's fields are acted on (issue 14); tests/project/test_preprocessing.py has every error.
+    image = load_config(write(in_tmp, MINIMAL + "preprocessing:\n  resize: [224, 224]\n  normalize: imagenet\n"))
+    assert image.preprocessing.kind == "image" and image.preprocessing.resize == [224, 224]
+    text = load_config(write(in_tmp, MINIMAL + "preprocessing:\n  tokenizer: tokenizer.json\n  max_length: 128\n"))
+    assert text.preprocessing.kind == "text" and text.preprocessing.max_length == 128
+
+
+def test_a_preprocessing_field_without_its_kind_is_refused_at_that_field(in_tmp: Path) -> None:
+    # An unset tokenizer makes max_length meaningless: the error names max_length, not the section.
+    message = error_of(in_tmp, MINIMAL + "preprocessing:\n  tokenizer: null\n  max_length: 128\n")
+    assert message.startswith("gpux.yml:6:15: preprocessing.max_length: only for text"), message
 
 
 def test_serving_batch_size_is_the_dynamic_batching_limit(tmp_path: Path) -> None:
