@@ -134,7 +134,7 @@ def project_for(config: GpuxConfig, say: Progress) -> Project:
     overlap = False
     cal = config.build.calibration
     if cal is not None and cal.data is not None:
-        validation, overlap = load_validation_samples(config, sig, EXTRA_SAMPLES + 1)
+        validation, overlap = load_validation_samples(config, sig, EXTRA_SAMPLES + 1, preprocessing=preprocessing)
         inputs = validation[0]
         run = run_reference(loaded.path, inputs, io_dtypes(sig))
         shapes = {k: list(v.shape) for k, v in inputs.items()}

@@ -14,15 +14,9 @@ import pytest
 from fixtures import has_module, models
 from gpuxc.build.pipeline import compile_project
 from gpuxc.bundle import layout
-from gpuxc.errors import ConfigError
 
 pytestmark = [
     pytest.mark.skipif(not (has_module("PIL") and has_module("skimage")), reason="photos from scikit-image, Pillow"),
-    # gpuxc/build/project.py (the lead's) must hand the settled block to the validation samples:
-    #   load_validation_samples(config, sig, EXTRA_SAMPLES + 1, preprocessing=preprocessing)
-    # With that line all three pass (checked); until then the folder of photos is refused. Strict:
-    # once it lands these XPASS and fail, and this mark goes.
-    pytest.mark.xfail(strict=True, raises=ConfigError, reason="needs build/project.py to pass preprocessing="),
 ]
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry")
