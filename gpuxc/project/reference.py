@@ -180,6 +180,9 @@ def _values(tensor: TensorInfo, shape: list[int], rng: np.random.Generator, boun
         # Drawn as float32 (not NumPy's float64 default): the peak stays what check_input_sizes allowed.
         return rng.standard_normal(shape, dtype=np.float32).astype(np_dtype, copy=False)
     np_dtype = np.dtype(dtype)
+    if dtype == "uint8" and len(shape) == 4 and shape[-1] in (1, 3, 4) and bound is None:
+        # Pixels (image preprocessing's input, channels last): the whole 0..255 range, not ids.
+        return rng.integers(0, 256, size=shape, dtype=np.uint8)
     if MASK_RE.search(tensor.name):
         return np.ones(shape, dtype=np_dtype)
     if TYPE_IDS_RE.search(tensor.name):
