@@ -24,6 +24,7 @@ from gpuxc.project.preprocessing import (
     TextPreprocessing,
     resolve_preprocessing,
     text_encoder,
+    tokenizer_path,
 )
 from gpuxc.project.reference import (
     DEFAULT_DIM,
@@ -164,7 +165,7 @@ def io_dtypes(signature: ModelSignature) -> set[str]:
 def _sentence_feeds(config: GpuxConfig, loaded: LoadedModel, record: TextPreprocessing) -> list[dict[str, Any]]:
     """REFERENCE_TEXTS through the bundle's own tokenisation; the model's other inputs generated.
     Sentences the settings refuse (over max_length without truncation) are left out."""
-    encoder = text_encoder(config, record)
+    encoder = text_encoder(record, tokenizer_path(config))
     feeds: list[dict[str, Any]] = []
     for text in REFERENCE_TEXTS:
         try:

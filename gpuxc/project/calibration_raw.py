@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gpuxc.bundle.runner_source import runner_module
 from gpuxc.errors import ConfigError
+from gpuxc.project.preprocessing import text_encoder
 
 if TYPE_CHECKING:
     from gpuxc.project.model import ModelSignature
@@ -79,9 +80,8 @@ def load_texts(path: Path, record: TextPreprocessing, tokenizer: Path, signature
     preprocess = runner_module("preprocess")
     names = [n for n in (record.ids, record.mask, record.type_ids) if n is not None]
     _only_inputs(signature, names, "text", prefix)
-    spec: dict[str, Any] = {**record.model_dump(), "tokenizer": str(tokenizer.resolve())}
     try:
-        encoder = preprocess.TextEncoder(spec, tokenizer.parent)  # an absolute tokenizer path wins over the folder
+        encoder = text_encoder(record, tokenizer)
     except preprocess.PreprocessError as exc:
         raise ConfigError(f"{prefix}{exc}") from None
     out: list[Sample] = []

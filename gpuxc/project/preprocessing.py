@@ -128,13 +128,15 @@ def load_tokenizer(path: Path, where: str) -> object:
         raise ConfigError(f"{where}: '{path.name}' is not a tokenizers tokenizer.json ({reason})") from None
 
 
-def text_encoder(config: GpuxConfig, record: TextPreprocessing) -> Any:
-    """The runner's own ``TextEncoder`` on the project's tokenizer.json: compile-time text (reference
-    sentences, calibration lines) is tokenised exactly as the bundle will tokenise it."""
+def text_encoder(record: TextPreprocessing, tokenizer: Path) -> Any:
+    """The runner's own ``TextEncoder`` on the project's ``tokenizer`` file: compile-time text
+    (reference sentences, calibration lines) is tokenised exactly as the bundle will tokenise it.
+    Raises the runner's ``PreprocessError`` (a ValueError) when the file cannot be loaded."""
     from gpuxc.bundle.runner_source import runner_module
 
-    spec = {**record.model_dump(), "tokenizer": str(tokenizer_path(config))}  # absolute: wins over the join
-    return runner_module("preprocess").TextEncoder(spec, config.project_dir)
+    tokenizer = tokenizer.resolve()  # absolute: wins over the folder the runner joins it onto
+    return runner_module("preprocess").TextEncoder({**record.model_dump(), "tokenizer": str(tokenizer)},
+                                                   tokenizer.parent)  # fmt: skip
 
 
 # -- images -----------------------------------------------------------------------------------
@@ -204,9 +206,15 @@ def _normalization(config: GpuxConfig, channels: str, count: int) -> tuple[float
     return scale, [rgb_mean[i] for i in order], [rgb_std[i] for i in order]
 
 
+def image_layout(tensor: TensorInfo) -> Literal["nchw", "nhwc"] | None:
+    """``nchw``/``nhwc`` for an input that looks like an image (float, rank 4, a channel dim of 1 or 3), else None."""
+    if tensor.dtype not in _FLOATS or tensor.shape is None or len(tensor.shape) != 4:
+        return None
+    return _layout(tensor.shape)
+
+
 def _looks_like_image(tensor: TensorInfo) -> bool:
-    return (tensor.dtype in _FLOATS and tensor.shape is not None and len(tensor.shape) == 4
-            and _layout(tensor.shape) is not None)  # fmt: skip
+    return image_layout(tensor) is not None
 
 
 def _layout(shape: list[int | str | None]) -> Literal["nchw", "nhwc"] | None:

@@ -6,11 +6,13 @@ block (issue 14) is the one place with comments, which safe_dump cannot write: t
 text, appended as whole lines, and any block written commented out is safe_dump's output with
 ``# `` before every line, so nothing from the model can leave a comment.
 
-- An image input (float, rank 4, a channel dim of 1 or 3; the only one) gets an active block read
-  off the model (input, resize to its fixed size), ``normalize`` set to the usual choice, and
-  comments on what to check: the bundle then takes images.
-- Token inputs (int32/int64, rank 2, named like ``input_ids``) get the block commented out: it
-  needs the model's tokenizer.json, which gpuxc never downloads, so the user decides.
+- An image input (float, rank 4, a channel dim of 1 or 3; the only one) gets a block read off the
+  model (input, resize to its fixed size) with ``normalize`` set to the usual choice, commented
+  out: the normalisation is a guess that verification cannot catch (the reference runs the same
+  preprocessing), so the user switches it on after checking it against training.
+- Token inputs (int32/int64, rank 2, named like ``input_ids``) get the block commented out too: it
+  needs the model's tokenizer.json, which gpuxc never downloads.
+Either way the file compiles as written, taking tensors.
 """
 
 from __future__ import annotations
@@ -25,21 +27,21 @@ import yaml
 from gpuxc.errors import ConfigError
 from gpuxc.project.config_preprocessing import IDS_RE, MASK_RE, TYPE_IDS_RE
 from gpuxc.project.isolation import load_model
+from gpuxc.project.preprocessing import image_layout
 
 if TYPE_CHECKING:
     from gpuxc.project.model import ModelSignature, TensorInfo
 
 __all__ = ["config_for", "preprocessing_block", "write_config"]
 
-_FLOATS = ("float32", "float16", "float64", "bfloat16")
 _IMAGE_INPUT_NAMES = ("image", "pixels", "image_uint8")
 
 IMAGE_HELP = """\
-# preprocessing (docs/preprocessing.md): gpuxc init found an image input, so the bundle takes images:
-# uint8 pixels [N, H, W, C] (RGB), resized and normalised inside the model, on every target.
-# Check normalize against how the model was trained: imagenet, 0-1, -1-1, none, or
-# {mean: [...], std: [...], scale: 255}. Also: channels: bgr (models trained on BGR pixels),
-# resize_mode: letterbox or center-crop (keep the aspect ratio). Delete the block to send tensors.
+# preprocessing (docs/preprocessing.md): gpuxc init found an image input. Uncomment the block and
+# the bundle takes images: uint8 pixels [N, H, W, C] (RGB), resized and normalised inside the
+# model, on every target. Check normalize against how the model was trained first: imagenet, 0-1,
+# -1-1, none, or {mean: [...], std: [...], scale: 255}. Also: channels: bgr (models trained on BGR
+# pixels), resize_mode: letterbox or center-crop (keep the aspect ratio).
 """
 DYNAMIC_SIZE_HELP = "# The model takes any height and width; resize: [width, height] makes it one size.\n"
 TEXT_HELP = """\
@@ -57,7 +59,7 @@ def config_for(model: Path, name: str | None = None, source: str | None = None) 
 def preprocessing_block(sig: ModelSignature) -> str:
     """The ``preprocessing`` block for ``sig`` as YAML text with comments, or "" when the model has
     no input that looks like an image or like token ids (or has both kinds)."""
-    images = [t for t in sig.inputs if _image_layout(t) is not None]
+    images = [t for t in sig.inputs if image_layout(t) is not None]
     tokens = [t for t in sig.inputs if _is_token_ids(t)]
     if len(images) == 1 and not tokens:
         return _image_block(images[0], sig)
@@ -87,7 +89,7 @@ def write_config(model: Path, out: Path | None = None, name: str | None = None,
     os.replace(tmp, out)
     note = ""
     if block.startswith(IMAGE_HELP):
-        note = "preprocessing: the bundle takes images; check normalize against how the model was trained"
+        note = "preprocessing (commented out): check normalize, then uncomment it to send images"
     elif block:
         note = "preprocessing (commented out): save the model's tokenizer.json beside it to send text"
     return out, note
@@ -129,16 +131,24 @@ class _BlockDumper(yaml.SafeDumper):
 _BlockDumper.add_representer(
     list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True)
 )
+# A string with a line break is written double-quoted on one line ("a\nb"): a block that goes out
+# commented is then one "# " per line, and uncommenting it (deleting each "# ") gives the same data.
+_LINE_BREAKS = ("\n", "\r", "\x85", "\u2028", "\u2029")
+_BlockDumper.add_representer(
+    str, lambda dumper, value: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", value, style='"' if any(c in value for c in _LINE_BREAKS) else None)
+)
 
 
 def _dump_block(data: dict[str, Any]) -> str:
-    return yaml.dump(data, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return yaml.dump(data, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True, default_flow_style=False,
+                     width=1 << 20)  # fmt: skip
 
 
 def _image_block(tensor: TensorInfo, sig: ModelSignature) -> str:
     shape = tensor.shape
     assert shape is not None
-    layout = _image_layout(tensor)
+    layout = image_layout(tensor)
     channels, height, width = (shape[1], shape[2], shape[3]) if layout == "nchw" else (shape[3], shape[1], shape[2])
     block: dict[str, Any] = {"input": tensor.name}
     others = {t.name for t in sig.inputs if t.name != tensor.name}
@@ -152,7 +162,7 @@ def _image_block(tensor: TensorInfo, sig: ModelSignature) -> str:
         block["resize"] = [width, height]  # GPUX's order
     # The usual choice for a colour model (ImageNet statistics); a gray one most often takes 0..1.
     block["normalize"] = "0-1" if channels == 1 else "imagenet"
-    return IMAGE_HELP + ("" if fixed else DYNAMIC_SIZE_HELP) + _dump_block({"preprocessing": block})
+    return IMAGE_HELP + ("" if fixed else DYNAMIC_SIZE_HELP) + _commented({"preprocessing": block})
 
 
 def _text_block(tensor: TensorInfo) -> str:
@@ -161,20 +171,12 @@ def _text_block(tensor: TensorInfo) -> str:
     block: dict[str, Any] = {"tokenizer": "tokenizer.json"}
     # The model's fixed sequence length, or gpuxc's default for a dynamic one (the user may lower it).
     block["max_length"] = length if isinstance(length, int) and length > 0 else 512
-    commented = "".join(f"# {line}\n" for line in _dump_block({"preprocessing": block}).splitlines())
-    return TEXT_HELP + commented
+    return TEXT_HELP + _commented({"preprocessing": block})
 
 
-def _image_layout(tensor: TensorInfo) -> str | None:
-    """nchw / nhwc for an input that looks like an image (the test gpuxc/project/preprocessing.py uses)."""
-    shape = tensor.shape
-    if tensor.dtype not in _FLOATS or shape is None or len(shape) != 4:
-        return None
-    if shape[1] in (1, 3):
-        return "nchw"
-    if shape[3] in (1, 3):
-        return "nhwc"
-    return None
+def _commented(data: dict[str, Any]) -> str:
+    """safe_dump's YAML with ``# `` before every line: nothing from the model can end the comment."""
+    return "".join(f"# {line}\n" for line in _dump_block(data).splitlines())
 
 
 def _is_token_ids(tensor: TensorInfo) -> bool:

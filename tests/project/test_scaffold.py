@@ -39,14 +39,16 @@ def image_model(name: str = "pixel_values", shape: list[int | str] | None = None
 
 def uncommented(text: str) -> str:
     """The file with its commented-out preprocessing block switched on (what a user does)."""
-    return "".join(line[2:] + "\n" if line.startswith(("# preprocessing:", "#   ")) else line + "\n"
-                   for line in text.splitlines())  # fmt: skip
+    # split("\n"), not splitlines(): a name may hold U+2028, which YAML keeps inside a quoted scalar.
+    return "\n".join(line[2:] if line.startswith(("# preprocessing:", "#   ")) else line for line in text.split("\n"))
 
 
-def test_an_image_model_gets_an_active_block_read_off_the_model(tmp_path: Path) -> None:
+def test_an_image_model_gets_a_block_read_off_the_model_commented_out(tmp_path: Path) -> None:
     written, _ = write_config(project(tmp_path, models.tiny_cnn()))  # image float32[N, 3, 32, 32]
     text = written.read_text(encoding="utf-8")
-    assert "# Check normalize against how the model was trained" in text
+    assert "Check normalize against how the model was trained first" in text
+    assert load_config(written).preprocessing.kind is None  # as written: tensors in (normalize is a guess)
+    written.write_text(uncommented(text), encoding="utf-8")
     config = load_config(written)
     pre = config.preprocessing
     assert (pre.kind, pre.input, pre.resize, pre.normalize) == ("image", "image", [32, 32], "imagenet")
@@ -58,6 +60,7 @@ def test_an_image_model_gets_an_active_block_read_off_the_model(tmp_path: Path) 
 def test_an_image_model_of_any_size_gets_no_resize(tmp_path: Path) -> None:
     written, _ = write_config(project(tmp_path, image_model(shape=["N", "H", "W", 1])))
     assert "takes any height and width" in written.read_text(encoding="utf-8")
+    written.write_text(uncommented(written.read_text(encoding="utf-8")), encoding="utf-8")
     config = load_config(written)
     assert (config.preprocessing.resize, config.preprocessing.normalize) == (None, "0-1")  # gray
     record = resolve_preprocessing(config, signature(image_model(shape=["N", "H", "W", 1])))
@@ -67,7 +70,9 @@ def test_an_image_model_of_any_size_gets_no_resize(tmp_path: Path) -> None:
 def test_the_uint8_input_name_avoids_the_models_other_inputs(tmp_path: Path) -> None:
     extra = [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1])]
     model = image_model(extra=extra)
-    config = load_config(write_config(project(tmp_path, model))[0])
+    written = write_config(project(tmp_path, model))[0]
+    written.write_text(uncommented(written.read_text(encoding="utf-8")), encoding="utf-8")
+    config = load_config(written)
     assert config.preprocessing.image_input == "pixels"
     record = resolve_preprocessing(config, signature(model))
     assert isinstance(record, ImagePreprocessing) and (record.input, record.feeds) == ("pixels", "pixel_values")
@@ -124,12 +129,15 @@ def test_a_hostile_input_name_stays_yaml_data(tmp_path: Path) -> None:
     written, _ = write_config(project(tmp_path, model))
     text = written.read_text(encoding="utf-8")
     assert "\n# evil" not in text and "\npreprocessing: {" not in text
+    data = yaml.safe_load(text)
+    assert set(data) == {"name", "version", "description", "model", "inputs", "outputs", "runtime", "serving",
+                         "build"}  # fmt: skip  (the block is a comment, and the name cannot end it)
+    switched_on = uncommented(text)
+    assert "\n# evil" not in switched_on and "\npreprocessing: {" not in switched_on
+    written.write_text(switched_on, encoding="utf-8")
     config = load_config(written)
     assert config.preprocessing.input == HOSTILE and config.preprocessing.tokenizer is None
     assert [t.name for t in config.inputs] == [HOSTILE]
-    data = yaml.safe_load(text)
-    assert set(data) == {"name", "version", "description", "model", "inputs", "outputs", "runtime", "serving",
-                         "build", "preprocessing"}  # fmt: skip
     record = resolve_preprocessing(config, signature(model))
     assert isinstance(record, ImagePreprocessing) and record.feeds == HOSTILE
 
@@ -140,16 +148,17 @@ def test_gpuxc_init_writes_the_block(tmp_path: Path) -> None:
     model = project(tmp_path, models.tiny_cnn())
     done = CliRunner().invoke(app, ["init", str(model), "--out", str(tmp_path / "gpux.yml")])
     assert done.exit_code == 0, done.output
-    assert "(preprocessing: the bundle takes images; check normalize" in done.output
-    assert load_config(tmp_path / "gpux.yml").preprocessing.kind == "image"
+    assert "(preprocessing (commented out): check normalize, then uncomment it to send images)" in done.output
+    assert load_config(tmp_path / "gpux.yml").preprocessing.kind is None
 
 
-def test_the_image_block_compiles_as_written(tmp_path: Path) -> None:
+def test_the_image_block_compiles_once_switched_on(tmp_path: Path) -> None:
     import json
 
     from gpuxc.build.pipeline import compile_project
 
-    write_config(project(tmp_path / "project", models.tiny_cnn()))  # as written, not edited
+    written, _ = write_config(project(tmp_path / "project", models.tiny_cnn()))
+    written.write_text(uncommented(written.read_text(encoding="utf-8")), encoding="utf-8")  # nothing else edited
     [result] = compile_project(tmp_path / "project", ["cpu"], tmp_path / "dist", use_cache=False)
     doc = json.loads((result.path / "gpux-bundle.json").read_text(encoding="utf-8"))
     assert doc["verification"]["status"] == "passed"
