@@ -100,6 +100,33 @@ def _write_outputs(outputs: dict[str, np.ndarray], target: str | None,
         print(text)
 
 
+def _is_web() -> bool:
+    from runner.api import BUNDLE_DIR, BundleError, read_manifest
+
+    try:
+        return bool(read_manifest(BUNDLE_DIR)["artifact"]["format"] == "web")
+    except (BundleError, KeyError, TypeError):
+        return False  # the usual serve path reports what is wrong with the bundle
+
+
+def _serve_web(args: argparse.Namespace) -> int:
+    """A web bundle is served as static files (its page), not through FastAPI: the model runs in the browser."""
+    from runner.api import BUNDLE_DIR, listed_file_problems, read_manifest
+    from runner.runtime import serve_page  # only the web adapter has it
+
+    manifest = read_manifest(BUNDLE_DIR)
+    problems = listed_file_problems(BUNDLE_DIR, manifest)
+    if problems:
+        return _fail(EXIT_BUNDLE, "bundle integrity check failed: " + "; ".join(problems[:5]))
+    serving = manifest.get("serving", {})
+    try:
+        serve_page(BUNDLE_DIR, args.host or serving.get("host", "127.0.0.1"),
+                   int(args.port if args.port is not None else serving.get("port", 8080)))  # fmt: skip
+    except OSError as exc:
+        return _fail(EXIT_BUNDLE, f"cannot serve the page: {exc}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -143,6 +170,8 @@ def _main(argv: list[str] | None = None) -> int:
 
     from runner.api import BundleError, InferenceTimeout, InputError, load
 
+    if args.command == "serve" and _is_web():
+        return _serve_web(args)
     if args.command == "serve":
         try:
             from runner.server import serve
