@@ -272,3 +272,76 @@ def test_the_real_package_from_the_registry_matches_the_pins(tmp_path: Path, mon
     # the entry module asks for exactly the WASM pair vendored beside it
     entry = (got.folder / ortweb.ORT_WEB_ENTRY).read_text(encoding="utf-8")
     assert ORT_WEB_FILES[1] in entry
+
+
+PAGE = """<!doctype html><meta charset="utf-8"><script type="module">
+import * as ort from "./ort/%s";
+// wasmPaths resolves against the ort module's own URL, not the page: give it absolute
+ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
+window.result = (async () => {
+  const session = await ort.InferenceSession.create("../model.onnx", {executionProviders: ["wasm"]});
+  const x = new ort.Tensor("float32", Float32Array.from([1, 2, 3]), [3]);
+  const out = await session.run({x, y: x});
+  return {z: Array.from(out.z.data), isolated: self.crossOriginIsolated, threads: ort.env.wasm.numThreads};
+})().catch((e) => ({error: String(e)}));
+</script>"""
+
+
+class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with the headers WASM threads need (COOP/COEP) and the right MIME types."""
+
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                      ".mjs": "text/javascript", ".wasm": "application/wasm"}  # fmt: skip
+
+    def end_headers(self) -> None:
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        super().end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.network  # the real package: from the cache CI warms (.ci/run), else the registry
+def test_the_vendored_files_run_a_model_in_headless_chromium_on_wasm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The three files are all the page needs: the entry module finds its WASM pair under wasmPaths
+    (no request 404s), with threads in a cross-origin-isolated page."""
+    import functools
+    import shutil
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright drives the browser")
+    chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
+    if chromium is None:
+        pytest.skip("no Chromium (apt-get install chromium)")
+    ort_web = ensure_ort_web()
+    (tmp_path / "web" / "ort").mkdir(parents=True)
+    for name in ORT_WEB_FILES:
+        shutil.copyfile(ort_web.folder / name, tmp_path / "web" / "ort" / name)
+    (tmp_path / "web" / "index.html").write_text(PAGE % ortweb.ORT_WEB_ENTRY, encoding="utf-8")
+    vec = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [3]) for n in "xyz"]
+    graph = helper.make_graph([helper.make_node("Add", ["x", "y"], ["z"])], "add", vec[:2], vec[2:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)  # web 1.30: IR <= 13
+    onnx.save(model, tmp_path / "model.onnx")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(IsolatedHandler, directory=tmp_path))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True)
+            page = browser.new_page()
+            missing: list[str] = []
+            page.on("response", lambda r: missing.append(r.url) if r.status >= 400 else None)
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/web/index.html")
+            result = page.evaluate("window.result")
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert result.get("error") is None, result["error"]
+    assert result["z"] == [2.0, 4.0, 6.0] and result["isolated"] is True and not missing
