@@ -171,11 +171,8 @@ def _version_of(package_json: bytes, where: str) -> str:
 
 
 def _check_version(version: str | None, where: str) -> None:
-    if version is None:
-        raise TargetUnavailable(
-            f"{where} has no package.json: cannot tell its onnxruntime-web version", hint=HINT_LOCAL
-        )
-    if version != ORT_WEB_VERSION:
+    """A stated version must be the pinned one; with none stated, the pinned file digests decide."""
+    if version is not None and version != ORT_WEB_VERSION:
         raise TargetUnavailable(
             f"{where} is onnxruntime-web {version}; gpuxc pins {ORT_WEB_VERSION}",
             hint=f"install onnxruntime-web@{ORT_WEB_VERSION} there, or leave ort_web_dir unset to fetch it",
@@ -290,8 +287,8 @@ def _local_layout(path: Path) -> tuple[Path | None, Path | None]:
     for package in (path / "node_modules" / "onnxruntime-web", path / "onnxruntime-web", path):
         if all((package / "dist" / name).is_file() for name in ORT_WEB_FILES):
             return package / "dist", _file_or_none(package / "package.json")
-    if all((path / name).is_file() for name in ORT_WEB_FILES):  # the dist/ folder itself
-        return path, _file_or_none(path.parent / "package.json")
+    if all((path / name).is_file() for name in ORT_WEB_FILES):  # dist/ itself, or a gpuxc cache entry
+        return path, _file_or_none(path.parent / "package.json") or _file_or_none(path / ENTRY_RECORD)
     return None, None
 
 

@@ -235,6 +235,28 @@ def test_a_local_copy_of_another_version_is_refused(pinned_to_fake: bytes, tmp_p
         ensure_ort_web(cache_dir=tmp_path / "cache", local=given)
 
 
+def test_a_cache_entry_given_as_a_local_copy_is_used_in_place(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What CI does: fill one cache, then hand its folder to builds that use caches of their own."""
+    entry = ensure_ort_web(cache_dir=tmp_path / "warm").folder
+    offline(monkeypatch)
+    monkeypatch.setenv(ortweb.ORT_WEB_DIR_ENV, str(entry))
+    got = ensure_ort_web(cache_dir=tmp_path / "other")
+    assert got.source == "local" and got.folder == entry and not (tmp_path / "other").exists()
+
+
+def test_a_dist_folder_without_package_json_is_judged_by_the_pinned_digests(
+    pinned_to_fake: bytes, tmp_path: Path
+) -> None:
+    dist = unpack(pinned_to_fake, tmp_path) / "dist"
+    (dist.parent / "package.json").unlink()
+    assert ensure_ort_web(cache_dir=tmp_path / "cache", local=dist).files == ortweb.ORT_WEB_FILE_SHA256
+    (dist / ORT_WEB_FILES[1]).write_bytes(b"// another build\n")
+    with pytest.raises(CompileError, match=f"{ORT_WEB_FILES[1]} is not the file onnxruntime-web {ORT_WEB_VERSION}"):
+        ensure_ort_web(cache_dir=tmp_path / "cache", local=dist)
+
+
 def test_a_local_folder_without_the_files_is_refused(pinned_to_fake: bytes, tmp_path: Path) -> None:
     package = unpack(pinned_to_fake, tmp_path)
     (package / "dist" / ORT_WEB_FILES[2]).unlink()
