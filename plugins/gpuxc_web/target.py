@@ -53,6 +53,7 @@ CHROMIUM_ENV = "GPUXC_CHROMIUM"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 WEBGPU_UNVERIFIED = "WebGPU was not run at compile time: headless Chromium has no GPU adapter on this host"
 _TIMEOUT_S = 300.0
+MAX_IR_VERSION = 13  # ONNX Runtime Web 1.30.0: "max supported IR version: 13"
 
 
 class WebOptions(TargetOptions):
@@ -104,6 +105,7 @@ class WebTarget(OnnxFileTarget[WebOptions]):
     def compile(self, model: ModelProto, ctx: CompileContext[WebOptions]) -> Artifact:
         from gpuxc_web.ortweb import ensure_ort_web
 
+        model, lowered = _readable_ir(model)
         files = self.save_onnx(model, ctx)
         size = sum((ctx.bundle_dir / f).stat().st_size for f in files)
         io_dtypes = {t.name: t.dtype for t in [*ctx.signature.inputs, *ctx.signature.outputs]}
@@ -136,6 +138,7 @@ class WebTarget(OnnxFileTarget[WebOptions]):
                 "page": f"{WEB_DIR}/index.html",
                 "web_checks": checks.record(),
                 "webgpu": {"verified": False, "reason": WEBGPU_UNVERIFIED},
+                **({"ir_version_lowered_from": lowered} if lowered else {}),
             },
         )
 
@@ -189,6 +192,20 @@ class WebTarget(OnnxFileTarget[WebOptions]):
 
         model = onnx.load(str(bundle_dir / layout.MODEL_DIR / "model.onnx"), load_external_data=False)
         return [o.name for o in model.graph.output]
+
+
+def _readable_ir(model: ModelProto) -> tuple[ModelProto, int | None]:
+    """``model`` at an IR version ONNX Runtime Web reads (1.30.0 refuses IR > 13, which recent onnx
+    writes by default: the IR version numbers the file format, the opsets say what the ops mean),
+    and the version it had when it was lowered."""
+    if model.ir_version <= MAX_IR_VERSION:
+        return model, None
+    import onnx
+
+    lowered = onnx.ModelProto()
+    lowered.CopyFrom(model)
+    lowered.ir_version = MAX_IR_VERSION
+    return lowered, int(model.ir_version)
 
 
 # One browser at a time in this process: verification runs several samples on one bundle, then the

@@ -86,3 +86,15 @@ def test_without_chromium_the_bundle_is_unverified_never_passed(tmp_path: Path,
     doc = manifest(result.path)
     assert doc["verification"]["status"] == "unverified"
     assert "no Chromium" in doc["verification"]["reason"]
+
+
+def test_the_ir_version_is_lowered_to_what_onnx_runtime_web_reads() -> None:
+    from gpuxc_web.target import MAX_IR_VERSION, _readable_ir
+
+    model = models.mlp()
+    model.ir_version = MAX_IR_VERSION + 1  # what recent onnx writes by default
+    lowered, was = _readable_ir(model)
+    assert lowered.ir_version == MAX_IR_VERSION and was == MAX_IR_VERSION + 1
+    assert model.ir_version == MAX_IR_VERSION + 1  # the caller's model is not changed
+    same, none = _readable_ir(lowered)
+    assert same is lowered and none is None
