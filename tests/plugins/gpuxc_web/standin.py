@@ -1,7 +1,7 @@
 """A hand-made web bundle for the adapter's tests and benchmarks/web.py, until ``gpuxc compile -t web`` exists.
 
 A cpu bundle (its model, reference files, runner) turned into the web bundle layout of
-docs/targets/web.md: ``runner/runtime.py`` from templates/web/runtime.py, ONNX Runtime Web's JSEP files
+docs/targets/web.md: ``runner/runtime.py`` from templates/web/runtime.py, ONNX Runtime Web's files
 under ``web/ort/`` from the unpacked npm package, and a *stand-in* page (``web/index.html`` +
 ``web/driver.mjs``) that implements only the driver hook (``window.gpuxcDriver``) the adapter drives.
 The bundle's real page is another part of issue 15; this one exists so the adapter can be tested.
@@ -16,9 +16,9 @@ import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
-ORT_WEB_ENV = "GPUXC_ORT_WEB_DIST"
-ORT_WEB_DIST = Path(os.environ.get(ORT_WEB_ENV, "/tmp/ortweb/package/dist"))
-ORT_FILES = ("ort.min.mjs", "ort-wasm-simd-threaded.jsep.mjs", "ort-wasm-simd-threaded.jsep.wasm")
+# The files a web bundle vendors (gpuxc_web.ortweb), from $GPUXC_ORT_WEB_DIR (CI fills it) or the unpacked package.
+ORT_WEB_DIST = Path(os.environ.get("GPUXC_ORT_WEB_DIR") or "/tmp/ortweb/package/dist")
+ORT_FILES = ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")
 
 INDEX_HTML = """<!doctype html>
 <html><head><meta charset="utf-8"><title>gpuxc web bundle (test stand-in)</title>
@@ -26,7 +26,7 @@ INDEX_HTML = """<!doctype html>
 """
 
 # The driver hook only: feeds arrive as {name: {dtype, shape, b64}}, outputs leave the same way.
-DRIVER_MJS = r"""import * as ort from "./ort/ort.min.mjs";
+DRIVER_MJS = r"""import * as ort from "./ort/ort.webgpu.min.mjs";
 
 ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
 const TYPED = {float32: Float32Array, float64: Float64Array, float16: Uint16Array, int8: Int8Array,

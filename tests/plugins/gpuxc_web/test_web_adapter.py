@@ -256,7 +256,7 @@ def test_serve_prints_the_page_url_and_serves_it_isolated(bundle: Path) -> None:
         response = conn.getresponse()
         assert response.status == 200 and response.read() == (bundle / "web" / "index.html").read_bytes()
         assert response.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
-        conn.request("GET", "/web/ort/ort-wasm-simd-threaded.jsep.wasm")
+        conn.request("GET", "/web/ort/ort-wasm-simd-threaded.asyncify.wasm")
         response = conn.getresponse()
         assert response.status == 200 and response.headers["Content-Type"] == "application/wasm"
         assert response.read()[:4] == b"\0asm"
