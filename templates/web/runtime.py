@@ -61,6 +61,16 @@ _RUN_JS = """async ([encoded, ms]) => {
   try { return await Promise.race([window.gpuxcDriver.run(encoded), expired]); }
   finally { clearTimeout(timer); }
 }"""
+# Runs timed inside the page: the driver's own cost (base64 in and out) without the DevTools round trip.
+_TIME_JS = """async ([encoded, runs]) => {
+  const times = [];
+  for (let i = 0; i < runs; i++) {
+    const start = performance.now();
+    await window.gpuxcDriver.run(encoded);
+    times.push(performance.now() - start);
+  }
+  return times;
+}"""
 _DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16",
            "uint8", "bool")  # fmt: skip
 
@@ -232,7 +242,7 @@ class Adapter:
             raise BrowserError("running a web bundle needs playwright (pip install playwright); its browser "
                                "download is not needed") from None  # fmt: skip
         self._playwright = await async_playwright().start()
-        await self._launch()
+        await self._ensure_page()
 
     async def _launch(self) -> None:
         args = ["--enable-unsafe-webgpu"] if self.backend == "webgpu" else []
@@ -242,15 +252,27 @@ class Adapter:
         except Exception as exc:
             raise BrowserError(f"{self.executable} did not start: {_first_line(exc)}") from None
         self.browser_version = self._browser.version
-        await self._open_page()
 
-    async def _open_page(self) -> None:
+    async def _ensure_page(self) -> Any:
+        """The page with the model loaded: launched again after a timeout closed the browser."""
+        if self._browser is None:
+            await self._launch()
+        if self._page is None:
+            self._page = await self._open_page()
+        return self._page
+
+    async def _open_page(self) -> Any:
         page = await self._browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(_first_line(exc)))
+        page.on("response", lambda r: errors.append(f"{r.url}: HTTP {r.status}") if _failed_fetch(r) else None)
         url = f"{self.server.url}{PAGE}?driver=1&backend={self.backend}"
         try:
             await page.goto(url)
+            # A module that failed to load (a file missing from web/) never sets the hook: say so now
+            # rather than wait out the load timeout.
+            if errors and not await page.evaluate("() => window.gpuxcDriver !== undefined"):
+                raise BrowserError(errors[0])
             # The page sets window.gpuxcDriver as soon as its module runs; ready settles once the model is loaded.
             await page.wait_for_function("() => window.gpuxcDriver !== undefined", timeout=LOAD_TIMEOUT_S * 1000)
             self.info = dict(await page.evaluate("() => window.gpuxcDriver.ready"))
@@ -260,13 +282,12 @@ class Adapter:
             if "Timeout" in type(exc).__name__ and errors:
                 reason = errors[0]  # the page's own error says more than playwright's wait
             raise BrowserError(f"the bundle's page could not load the model: {reason}") from None
-        self._page = page
+        return page
 
     async def _run(self, encoded: dict[str, Any], timeout: float) -> dict[str, Any]:
-        if self._browser is None:
-            await self._launch()
+        page = await self._ensure_page()
         try:
-            result: dict[str, Any] = await asyncio.wait_for(self._page.evaluate(_RUN_JS, [encoded, timeout * 1000]),
+            result: dict[str, Any] = await asyncio.wait_for(page.evaluate(_RUN_JS, [encoded, timeout * 1000]),
                                                             timeout + _GRACE_S)  # fmt: skip
             return result
         except (asyncio.TimeoutError, Exception) as exc:
@@ -279,6 +300,9 @@ class Adapter:
                 except Exception:
                     pass  # the browser's own process is gone or going; a new one is launched next time
                 raise InferenceTimeout(f"inference exceeded the {timeout:g}s timeout") from None
+            if "crashed" in str(exc) or page.is_closed():
+                self._page = None  # a renderer that died (out of memory): the next run loads the page again
+                await page.close()
             raise BrowserError(f"the browser could not run the model: {_first_line(exc)}") from None
 
     async def _stop(self) -> None:
@@ -312,6 +336,17 @@ class Adapter:
             raise BrowserError(f"the page returned no output named {', '.join(missing)}")
         return {name: decode(answer[name]) for name in output_names}
 
+    def time_in_page(self, feeds: dict[str, np.ndarray], runs: int, timeout: float) -> list[float]:
+        """Milliseconds of each of ``runs`` driver runs, timed by the page itself (``performance.now``):
+        what ``run`` costs without the DevTools round trip (benchmarks/web.py shows both)."""
+        encoded = {name: encode(value) for name, value in feeds.items()}
+        times = self._call(self._evaluate(_TIME_JS, [encoded, runs], timeout), timeout)
+        return [float(t) for t in times]
+
+    async def _evaluate(self, script: str, arg: Any, timeout: float) -> Any:
+        page = await self._ensure_page()
+        return await asyncio.wait_for(page.evaluate(script, arg), timeout)
+
     def provider_info(self) -> dict[str, Any]:
         backend = str(self.info.get("backend") or self.backend)
         ort_version = self.info.get("ort_version") or "?"
@@ -332,6 +367,9 @@ class Adapter:
         return list(BACKENDS)
 
     def close(self) -> None:
+        """Close the page, the browser, Playwright and the file server (again: nothing to do)."""
+        if self._loop.is_closed():
+            return
         if self._loop.is_running():
             try:
                 asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
@@ -342,6 +380,11 @@ class Adapter:
         if not self._loop.is_running() and not self._loop.is_closed():
             self._loop.close()
         self.server.close()
+
+
+def _failed_fetch(response: Any) -> bool:
+    """A file the page needed and did not get (not the favicon a browser asks for on its own)."""
+    return bool(response.status >= 400 and not response.url.endswith("/favicon.ico"))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -172,6 +172,27 @@ def test_reference_inputs_run_in_chromium_and_match(bundle: Path) -> None:
 
 
 @browser
+def test_usable_from_inside_an_event_loop_and_closed_twice(bundle: Path) -> None:
+    """Playwright's sync API refuses to run inside a running asyncio loop (a notebook, an async
+    server); the adapter keeps Playwright on a loop of its own, so callers may have one."""
+    import asyncio
+
+    inputs = load_npz(bundle / "reference" / "inputs.npz")
+
+    async def caller() -> tuple[dict[str, np.ndarray], list[float]]:
+        adapter = web.Adapter(bundle / "model" / "model.onnx", {}, "wasm", [], strict=True)
+        try:
+            return adapter.run(inputs, ["argmax"], 30.0), adapter.time_in_page(inputs, 3, 30.0)
+        finally:
+            adapter.close()
+            adapter.close()
+
+    got, times = asyncio.run(caller())
+    assert np.array_equal(got["argmax"], load_npz(bundle / "reference" / "outputs.npz")["argmax"])
+    assert len(times) == 3 and all(t >= 0 for t in times)
+
+
+@browser
 def test_bundle_verify_runs_in_the_browser(bundle: Path) -> None:
     proc = subprocess.run([sys.executable, str(bundle), "verify", "--json"], capture_output=True, text=True,
                           timeout=300)  # fmt: skip
@@ -240,6 +261,16 @@ def test_a_model_the_browser_cannot_load_is_one_line_naming_the_op(bundle: Path,
     with pytest.raises(web.BrowserError, match="could not load the model: .*NoSuchOp") as info:
         web.Adapter(_with_model(bundle, tmp_path / "bad", model), {}, "wasm", [], strict=True)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(not have_ort_web(), reason="needs the unpacked onnxruntime-web package")
+@browser
+def test_a_file_missing_from_web_is_named(bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "incomplete"
+    shutil.copytree(bundle, copy)
+    (copy / "web" / "ort" / "ort.webgpu.min.mjs").unlink()  # the page's module import fails: no driver hook
+    with pytest.raises(web.BrowserError, match=r"could not load the model: .*/web/ort/ort.webgpu.min.mjs: HTTP 404"):
+        web.Adapter(copy / "model" / "model.onnx", {}, "wasm", [], strict=True)
 
 
 @pytest.mark.skipif(not have_ort_web(), reason="needs the unpacked onnxruntime-web package")
