@@ -16,6 +16,12 @@ from fixtures import models
 # Tests build from scratch: a cache hit would hide the behaviour under test. The cache's own tests
 # switch it back on with a folder of their own; nothing here ever touches the user's cache.
 os.environ["GPUXC_NO_CACHE"] = "1"
+# onnxruntime-web (the web target): the user's cached copy, read only and re-hashed on every use, so
+# that each test run does not fetch 33 MB again (.ci/run fills it first). Without it, the first web
+# build of the run fetches into the run's own cache folder.
+_ORT_WEB = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpuxc" / "npm" / "onnxruntime-web-1.30.0"
+if "GPUXC_ORT_WEB_DIR" not in os.environ and _ORT_WEB.is_dir():
+    os.environ["GPUXC_ORT_WEB_DIR"] = str(_ORT_WEB)
 os.environ["GPUXC_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"gpuxc-test-cache-{os.getpid()}")
 
 
