@@ -23,30 +23,37 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from gpuxc_web.ortweb import ORT_WEB_FILES
+from gpuxc_web.target import find_chromium
 from onnx import TensorProto, helper
 
 from gpuxc.bundle.npz import write_reference
 
 TEMPLATES = Path(__file__).resolve().parents[3] / "templates" / "web"
-ORT_FILES = ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")
-ORT_WEB_DIRS = (os.environ.get("GPUXC_ORT_WEB_DIR", ""), "/tmp/ortweb/package/dist")
-CHROMIUM = os.environ.get("GPUXC_CHROMIUM", "/usr/bin/chromium")
+LOCAL_ORT_WEB = Path("/tmp/ortweb/package/dist")
+CHROMIUM = find_chromium()
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-3, "min_cosine": 0.9995, "min_top1": 0.99, "max_mismatch_ratio": 0.001}
 LABELS = ["cat", "dog", "bird", "fish"]
 
 
 @pytest.fixture(scope="module")
 def ort_web_dir() -> Path:
-    for candidate in ORT_WEB_DIRS:
-        if candidate and all((Path(candidate) / name).is_file() for name in ORT_FILES):
-            return Path(candidate)
-    pytest.skip(f"onnxruntime-web files ({', '.join(ORT_FILES)}) not found in $GPUXC_ORT_WEB_DIR or {ORT_WEB_DIRS[1]}")
+    """The pinned ONNX Runtime Web files, digests checked: $GPUXC_ORT_WEB_DIR (conftest points it at the
+    user's gpuxc cache entry when there is one), else the unpacked package at LOCAL_ORT_WEB; never the
+    registry from a test."""
+    from gpuxc_web.ortweb import ORT_WEB_DIR_ENV, ensure_ort_web
+
+    if os.environ.get(ORT_WEB_DIR_ENV):
+        return ensure_ort_web().folder
+    if LOCAL_ORT_WEB.is_dir():
+        return ensure_ort_web(local=LOCAL_ORT_WEB).folder
+    pytest.skip(f"no onnxruntime-web 1.30.0: set ${ORT_WEB_DIR_ENV} or run `python -m gpuxc_web.ortweb` once")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set GPUXC_CHROMIUM)")
+    if CHROMIUM is None:
+        pytest.skip("no Chromium (apt-get install chromium, or set GPUXC_CHROMIUM)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     with sync_api.sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
@@ -59,9 +66,12 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
                       ".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json"}  # fmt: skip
 
+    isolate = True
+
     def end_headers(self) -> None:
-        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        if self.isolate:
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
         self.send_header("Cache-Control", "no-store")
         super().end_headers()
 
@@ -73,8 +83,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 def serve() -> Iterator[Any]:
     servers: list[http.server.ThreadingHTTPServer] = []
 
-    def start(root: Path) -> str:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
+    def start(root: Path, isolate: bool = True) -> str:
+        handler = type("Handler", (_Handler,), {"isolate": isolate})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
@@ -93,7 +104,7 @@ def make_bundle(root: Path, ort_dir: Path, model: onnx.ModelProto, inputs: dict[
     (root / "web" / "ort").mkdir(parents=True)
     for name in ("runner.mjs", "index.html"):
         shutil.copyfile(TEMPLATES / name, root / "web" / name)
-    for name in ORT_FILES:  # 27 MB of WASM: linked, not copied, per test
+    for name in ORT_WEB_FILES:  # 27 MB of WASM: linked, not copied, per test
         (root / "web" / "ort" / name).symlink_to(ort_dir / name)
     write_reference(root, inputs, outputs)
     labels = labels or {}
@@ -136,7 +147,7 @@ def classifier_reference() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]
 def open_page(browser: Any, url: str) -> Any:
     page = browser.new_page(viewport={"width": 960, "height": 900})
     page.goto(url)
-    page.wait_for_function("() => !['loading'].includes(document.body.dataset.status)", timeout=120_000)
+    page.wait_for_function("() => document.body.dataset.status !== 'loading'", timeout=120_000)
     return page
 
 
@@ -149,7 +160,13 @@ def png_size(data: bytes) -> tuple[int, int]:
 def test_page_verifies_the_reference_on_wasm_and_shows_latency(browser, ort_web_dir, serve, tmp_path):
     inputs, outputs = classifier_reference()
     bundle = make_bundle(tmp_path / "bundle", ort_web_dir, classifier(), inputs, outputs, {"probs": LABELS})
-    page = open_page(browser, serve(bundle) + "/web/index.html")
+    base = serve(bundle)
+    page = browser.new_page(viewport={"width": 960, "height": 900})
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(base + "/web/index.html")
+    page.wait_for_function("() => document.body.dataset.status !== 'loading'", timeout=120_000)
+    assert requested and all(url.startswith(base + "/") for url in requested), requested  # no CDN, no fonts
     body = page.locator("body")
     assert body.get_attribute("data-status") == "passed", body.get_attribute("data-error")
     assert body.get_attribute("data-backend") == "wasm"  # no GPU adapter in headless Chromium here
@@ -173,6 +190,16 @@ def test_page_verifies_the_reference_on_wasm_and_shows_latency(browser, ort_web_
     page.wait_for_function("() => document.getElementById('own-result').textContent.includes('probs')")
     shown = page.text_content("#own-result")
     assert all(label in shown for label in LABELS)
+    page.close()
+
+
+def test_no_threads_without_cross_origin_isolation(browser, ort_web_dir, serve, tmp_path):
+    inputs, outputs = classifier_reference()
+    bundle = make_bundle(tmp_path / "bundle", ort_web_dir, classifier(), inputs, outputs)
+    page = open_page(browser, serve(bundle, isolate=False) + "/web/index.html?backend=wasm")
+    assert page.locator("body").get_attribute("data-status") == "passed"
+    assert page.text_content("#isolated").startswith("no")
+    assert page.text_content("#threads") == "1"
     page.close()
 
 
