@@ -263,7 +263,8 @@ def test_driver_round_trips_tensors_exactly(browser, ort_web_dir, serve, tmp_pat
     }
     elems = {"f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "i64": TensorProto.INT64,
              "u8": TensorProto.UINT8, "b": TensorProto.BOOL}  # fmt: skip
-    bundle = make_bundle(tmp_path / "bundle", ort_web_dir, identity_model(elems), feeds, feeds)
+    outputs = {f"{name}_out": value for name, value in feeds.items()}
+    bundle = make_bundle(tmp_path / "bundle", ort_web_dir, identity_model(elems), feeds, outputs)
     page = open_driver(browser, serve(bundle))
     info = page.evaluate("() => window.gpuxcDriver.ready")
     assert info["backend"] == "wasm" and info["ort_version"] == "1.30.0"
@@ -272,6 +273,10 @@ def test_driver_round_trips_tensors_exactly(browser, ort_web_dir, serve, tmp_pat
         got = decode(answer[f"{name}_out"])
         assert got.dtype == value.dtype and got.shape == value.shape, name
         assert got.tobytes() == value.tobytes(), name  # bit for bit, -0.0 and inf included
+    page.close()
+    # The page reads the same dtypes from the reference npz (float16 as raw bits, decoded) and passes.
+    page = open_page(browser, serve(bundle) + "/web/index.html?backend=wasm")
+    assert page.locator("body").get_attribute("data-status") == "passed", page.text_content("#failures")
     page.close()
 
 
