@@ -18,8 +18,10 @@ from fixtures import has_module, models
 from gpuxc.build.pipeline import compile_project
 from gpuxc.errors import CompileError
 
-BROWSER = pytest.mark.skipif(find_chromium() is None or not has_module("playwright"),
-                             reason="needs Chromium (apt-get install chromium) and Playwright (pip install playwright)")
+BROWSER = pytest.mark.skipif(
+    find_chromium() is None or not has_module("playwright"),
+    reason="needs Chromium (apt-get install chromium) and Playwright (pip install playwright)",
+)
 
 
 def project(folder: Path, model: onnx.ModelProto, extra: str = "") -> Path:
@@ -43,7 +45,12 @@ def test_a_cnn_is_verified_in_headless_chromium_on_wasm(tmp_path: Path) -> None:
     settings = doc["artifact"]["settings"]
     assert settings["ort_web_version"] == "1.30.0" and settings["ort_web_integrity"].startswith("sha512-")
     assert settings["webgpu"]["verified"] is False and "GPU adapter" in settings["webgpu"]["reason"]
-    for name in ("web/index.html", "web/runner.mjs", "web/ort/ort-wasm-simd-threaded.jsep.wasm", "model/model.onnx"):
+    for name in (
+        "web/index.html",
+        "web/runner.mjs",
+        "web/ort/ort-wasm-simd-threaded.asyncify.wasm",
+        "model/model.onnx",
+    ):
         assert (result.path / name).is_file(), name
     listed = {f["path"] for f in doc["files"]}
     assert "web/ort/ort.webgpu.min.mjs" in listed  # vendored files are covered by the integrity check
