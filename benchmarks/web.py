@@ -3,11 +3,12 @@
     python benchmarks/web.py            # writes the "Browser (web target)" section of docs/benchmarks.md
     python benchmarks/web.py --models ppocr-cls --rounds 3 --no-doc
 
-Each model is compiled for the cpu target (its reference inputs, its optimised model), then turned
-into a web bundle (tests/plugins/gpuxc_web/standin.py, until ``gpuxc compile -t web`` lands) and run
-through the web bundle's own Adapter: ONNX Runtime Web on the WASM backend in the system Chromium,
-threads as the page picks them (cross-origin isolated: min(cores, 4)). Native is ONNX Runtime's CPU
-provider in this process on the same model file and the same inputs, default threads. Interleaved
+Each model is compiled for the web target (``gpuxc compile -t web``: the model optimised at BASIC,
+ONNX Runtime Web vendored, the page) and run through the bundle's own Adapter: ONNX Runtime Web on
+the WASM backend in the system Chromium, threads as the page picks them (cross-origin isolated:
+min(cores, 4)). Native is ONNX Runtime's CPU provider in this process on the same model file and the
+same reference inputs, default threads and optimisation. ONNX Runtime Web comes from
+$GPUXC_ORT_WEB_DIR, gpuxc's cache, or the registry once. Interleaved
 rounds (adapter, in page, native, adapter, ...), each the median of its calls; the table shows the
 median of the round medians. "Via Adapter" includes the DevTools round trip per call (feeds and
 outputs crossing as base64), which a page calling ``infer`` does not pay; "in page" is timed by the
@@ -40,7 +41,6 @@ from run import machine_facts  # noqa: E402
 from fixtures.real_models import CATALOG, fetch  # noqa: E402
 from gpuxc.build.pipeline import compile_project  # noqa: E402
 from gpuxc.targets.timing import adapter_module  # noqa: E402
-from tests.plugins.gpuxc_web.standin import web_bundle  # noqa: E402
 
 START = "<!-- web.py: start -->"
 END = "<!-- web.py: end -->"
@@ -54,15 +54,15 @@ MODELS: dict[str, dict[str, list[int]]] = {
 
 
 def build(name: str, work: Path) -> Path:
-    """A web bundle of ``name`` (via its cpu bundle)."""
+    """The web bundle of ``name``, as ``gpuxc compile -t web`` builds it (verified in Chromium)."""
     folder = work / name
     folder.mkdir(parents=True)
     (folder / "model.onnx").write_bytes(fetch(CATALOG[name]).read_bytes())
     config: dict[str, Any] = {"name": name, "version": "1", "model": {"source": "./model.onnx"},
                               "build": {"shapes": MODELS[name]}}  # fmt: skip
     (folder / "gpux.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    [result] = compile_project(folder, ["cpu"], work / "dist", use_cache=False)
-    return web_bundle(result.path, work / f"{name}-web")
+    [result] = compile_project(folder, ["web"], work / "dist", use_cache=False)
+    return result.path
 
 
 def _median_ms(call: Callable[[], Any], seconds: float, min_calls: int = 3) -> float:

@@ -1,14 +1,16 @@
 """The web bundle's adapter (templates/web/runtime.py): static server, Chromium through Playwright, serve.
 
-Browser tests drive the system Chromium on a hand-made web bundle (``standin.py``: a cpu bundle with
-the web runtime, ONNX Runtime Web's files and a stand-in page implementing the driver hook); they are
-skipped only when Chromium, playwright or the unpacked onnxruntime-web package is absent.
+Browser tests drive the system Chromium on a bundle ``gpuxc compile -t web`` built (its page, its
+vendored ONNX Runtime Web); they are skipped only when Chromium or playwright is absent, and the
+bundle tests when no ONNX Runtime Web copy is at hand ($GPUXC_ORT_WEB_DIR, gpuxc's cache entry, or
+the unpacked package): a test never fetches from the registry.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,9 +27,9 @@ from fixtures import has_module, models
 from gpuxc.build.pipeline import compile_project
 from gpuxc.targets.timing import adapter_module
 from tests.integration.conftest import load_npz, write_project
-from tests.plugins.gpuxc_web.standin import have_ort_web, web_bundle
 
 web = adapter_module("web/runtime.py")
+LOCAL_ORT_WEB = Path("/tmp/ortweb/package/dist")
 
 
 def _has_chromium() -> bool:
@@ -38,8 +40,7 @@ def _has_chromium() -> bool:
     return True
 
 
-browser = pytest.mark.skipif(not (_has_chromium() and has_module("playwright") and have_ort_web()),
-                             reason="needs Chromium, playwright and the unpacked onnxruntime-web package")  # fmt: skip
+browser = pytest.mark.skipif(not (_has_chromium() and has_module("playwright")), reason="needs Chromium and playwright")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"])
@@ -132,23 +133,23 @@ def test_no_listing_and_nothing_outside_the_bundle(files: tuple[Path, Any], path
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("web")
-    project = write_project(root / "p", models.multi_io(), name="webio")  # float32 + int32 in, int64 out
-    [built] = compile_project(project, ["cpu"], root / "dist")
-    return web_bundle(built.path, root / "webio-web")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A web bundle of a model with float32 and int32 inputs and an int64 output, as gpuxc builds it."""
+    from gpuxc_web.ortweb import ORT_WEB_DIR_ENV
 
-
-def _runtime(bundle: Path, **kwargs: Any) -> Any:
-    sys.path.insert(0, str(bundle))
+    before = os.environ.get(ORT_WEB_DIR_ENV)
+    if not before:
+        if not LOCAL_ORT_WEB.is_dir():
+            pytest.skip(f"no onnxruntime-web 1.30.0: set ${ORT_WEB_DIR_ENV} or run `python -m gpuxc_web.ortweb` once")
+        os.environ[ORT_WEB_DIR_ENV] = str(LOCAL_ORT_WEB)
     try:
-        from runner.api import load  # the bundle's own runner, as `python <bundle>` imports it
-
-        return load(bundle, **kwargs)
+        root = tmp_path_factory.mktemp("web")
+        project = write_project(root / "p", models.multi_io(), name="webio")
+        [built] = compile_project(project, ["web"], root / "dist")
     finally:
-        sys.path.remove(str(bundle))
-        for name in [n for n in sys.modules if n == "runner" or n.startswith("runner.")]:
-            del sys.modules[name]
+        if not before:
+            del os.environ[ORT_WEB_DIR_ENV]
+    yield built.path
 
 
 @browser
@@ -263,7 +264,6 @@ def test_a_model_the_browser_cannot_load_is_one_line_naming_the_op(bundle: Path,
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.skipif(not have_ort_web(), reason="needs the unpacked onnxruntime-web package")
 @browser
 def test_a_file_missing_from_web_is_named(bundle: Path, tmp_path: Path) -> None:
     copy = tmp_path / "incomplete"
@@ -273,7 +273,6 @@ def test_a_file_missing_from_web_is_named(bundle: Path, tmp_path: Path) -> None:
         web.Adapter(copy / "model" / "model.onnx", {}, "wasm", [], strict=True)
 
 
-@pytest.mark.skipif(not have_ort_web(), reason="needs the unpacked onnxruntime-web package")
 def test_serve_prints_the_page_url_and_serves_it_isolated(bundle: Path) -> None:
     proc = subprocess.Popen([sys.executable, str(bundle), "serve", "--port", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
