@@ -118,6 +118,8 @@ def render(rows: list[dict[str, Any]], facts: dict[str, str], rounds: int) -> st
         "figure is timed twice: in the page (`performance.now()` around the driver's run, which still decodes",
         "and encodes base64) and from Python through the Adapter (adding the DevTools round trip each call).",
         "The ratio is in-page over native. `max abs` is the largest difference between the two outputs.",
+        "On a host shared with other work the browser figures move by 2x between runs (earlier runs here:",
+        "ppocr-cls 13-34 ms in page): compare ratios from one run, not absolute figures across runs.",
         "",
         f"Browser: {runtime}. Machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()) + ".",
         "",
