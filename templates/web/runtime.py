@@ -119,7 +119,7 @@ def decode(encoded: dict[str, Any]) -> np.ndarray:
 
 
 class _BundleFiles(http.server.BaseHTTPRequestHandler):
-    """GET/HEAD of files under one folder; no listings, nothing outside it (``..``, symlinks out)."""
+    """GET/HEAD of files under one folder; no listings, nothing outside it (``..``, symlinks out), no dot-files."""
 
     root: Path  # set on the per-server subclass
     server_version = "gpuxc-web"
@@ -136,15 +136,15 @@ class _BundleFiles(http.server.BaseHTTPRequestHandler):
         if path is None:
             self.send_error(404, "not found")
             return
-        data = path.read_bytes()
-        self.send_response(200)
-        content_type = CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0]
-        self.send_header("Content-Type", content_type or "application/octet-stream")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
+        with path.open("rb") as fh:
+            self.send_response(200)
+            content_type = CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0]
+            self.send_header("Content-Type", content_type or "application/octet-stream")
+            self.send_header("Content-Length", str(os.fstat(fh.fileno()).st_size))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            if body:
+                shutil.copyfileobj(fh, self.wfile, 1 << 20)  # streamed: a model may be gigabytes
 
     def end_headers(self) -> None:
         for key, value in ISOLATION_HEADERS.items():  # on errors too: the page's fetches stay same-policy
@@ -155,7 +155,8 @@ class _BundleFiles(http.server.BaseHTTPRequestHandler):
         if url_path in ("", "/"):
             url_path = "/" + PAGE
         parts = urllib.parse.unquote(url_path).split("/")
-        if any(p in ("..", ".") or "\\" in p or "\0" in p for p in parts):
+        # Dot-files (.env, .git) are never part of what a bundle serves, even when a deployment adds them.
+        if any(p.startswith(".") or "\\" in p or "\0" in p for p in parts):
             return None
         candidate = (self.root / "/".join(p for p in parts if p)).resolve()
         if not candidate.is_relative_to(self.root) or not candidate.is_file():

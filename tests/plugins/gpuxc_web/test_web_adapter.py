@@ -94,6 +94,7 @@ def files(tmp_path: Path) -> Iterator[tuple[Path, Any]]:
     (root / "web" / "ort" / "x.wasm").write_bytes(b"\0asm")
     (tmp_path / "secret.txt").write_text("outside", encoding="utf-8")
     (root / "web" / "link.txt").symlink_to(tmp_path / "secret.txt")
+    (root / ".env").write_text("TOKEN=x", encoding="utf-8")
     server = web.StaticServer(root)
     yield root, server
     server.close()
@@ -121,7 +122,8 @@ def test_files_are_served_cross_origin_isolated_with_their_types(files: tuple[Pa
 
 
 @pytest.mark.parametrize("path", ["/web/", "/web", "/web/../../secret.txt", "/web/%2e%2e/%2e%2e/secret.txt",
-                                  "/..%2fsecret.txt", "/web/link.txt", "/web/missing.js"])  # fmt: skip
+                                  "/..%2fsecret.txt", "/web/link.txt", "/web/missing.js", "/.env",
+                                  "/%2eenv"])  # fmt: skip
 def test_no_listing_and_nothing_outside_the_bundle(files: tuple[Path, Any], path: str) -> None:
     _, server = files
     response = _get(server, path)
@@ -298,3 +300,14 @@ def test_serve_prints_the_page_url_and_serves_it_isolated(bundle: Path) -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_serve_refuses_a_tampered_page(bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "tampered"
+    shutil.copytree(bundle, copy)
+    (copy / "web" / "index.html").write_text("<script>steal()</script>", encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(copy), "serve", "--port", "0"], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.returncode == 3 and proc.stdout == ""
+    assert proc.stderr.strip() == ("error: bundle integrity check failed: web/index.html: contents differ from "
+                                   "the manifest")
