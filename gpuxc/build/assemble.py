@@ -44,7 +44,7 @@ def runner_context(
         "verification_status": verification.status,
         "verification_reason": verification.reason,
         "requirements": runtime.requirements + preprocessing_requirements(config.preprocessing.kind),
-        "serve_requirements": serve_requirements(config.preprocessing.kind),
+        "serve_requirements": [] if runtime.serves_page else serve_requirements(config.preprocessing.kind),
         "preprocessing": config.preprocessing.kind,
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "port": config.serving.port,

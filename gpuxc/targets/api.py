@@ -53,6 +53,7 @@ class RuntimeSpec(BaseModel):
     requirements: list[str]  # pinned requirement lines for requirements.txt
     providers: list[str] = []  # execution providers / devices the adapter prefers, in order
     settings: dict[str, Any] = {}  # read by the adapter from the manifest at run time
+    serves_page: bool = False  # `python <bundle> serve` serves a static page (stdlib), not the FastAPI server
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,8 @@ class WebTarget(OnnxFileTarget[WebOptions]):
 
     def runtime(self, options: WebOptions, artifact: Artifact) -> RuntimeSpec:
         backends: list[str] = ["webgpu", "wasm"] if options.backend == "auto" else [options.backend]
-        return RuntimeSpec(adapter=ADAPTER, requirements=pinned(["playwright", "numpy"]), providers=backends)
+        return RuntimeSpec(adapter=ADAPTER, requirements=pinned(["playwright", "numpy"]), providers=backends,
+                           serves_page=True)  # fmt: skip
 
     # -- verification: the bundle's page in headless Chromium, WASM backend ------------------
 
@@ -182,8 +183,8 @@ class WebTarget(OnnxFileTarget[WebOptions]):
         try:
             adapter = module.Adapter(bundle_dir / layout.MODEL_DIR / "model.onnx", dict(artifact.settings), "wasm", [])
         except Exception as exc:  # the page reports ONNX Runtime Web's own error: it names the op
-            raise CompileError(f"web: ONNX Runtime Web in Chromium cannot load the model: {str(exc).strip()[:600]}",
-                               hint="docs/targets/web.md lists what ONNX Runtime Web runs") from None  # fmt: skip
+            raise CompileError(f"web: {str(exc).strip()[:600]}",
+                               hint="docs/targets/web.md says what ONNX Runtime Web runs") from None  # fmt: skip
         _OPENED.append((bundle_dir, adapter))
         return adapter
 

@@ -52,6 +52,9 @@ def test_a_cnn_is_verified_in_headless_chromium_on_wasm(tmp_path: Path) -> None:
         "model/model.onnx",
     ):
         assert (result.path / name).is_file(), name
+    requirements = (result.path / "requirements.txt").read_text(encoding="utf-8")
+    assert "playwright==" in requirements and "fastapi" not in requirements  # serve is a static page
+    assert "Cross-Origin-Opener-Policy" in (result.path / "README.md").read_text(encoding="utf-8")
     listed = {f["path"] for f in doc["files"]}
     assert "web/ort/ort.webgpu.min.mjs" in listed  # vendored files are covered by the integrity check
 
