@@ -183,7 +183,7 @@ class WebTarget(OnnxFileTarget[WebOptions]):
         try:
             adapter = module.Adapter(bundle_dir / layout.MODEL_DIR / "model.onnx", dict(artifact.settings), "wasm", [])
         except Exception as exc:  # the page reports ONNX Runtime Web's own error: it names the op
-            raise CompileError(f"web: {str(exc).strip()[:600]}",
+            raise CompileError(str(exc).strip()[:600],
                                hint="docs/targets/web.md says what ONNX Runtime Web runs") from None  # fmt: skip
         _OPENED.append((bundle_dir, adapter))
         return adapter

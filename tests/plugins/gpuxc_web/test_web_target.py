@@ -85,6 +85,19 @@ def test_an_op_onnx_runtime_web_cannot_run_fails_naming_it(tmp_path: Path) -> No
     assert not (tmp_path / "dist" / "webtest-1.0.0-web").exists()  # nothing half-written
 
 
+@BROWSER
+def test_an_op_native_onnx_runtime_runs_but_the_browser_lacks_fails_the_build_naming_it(tmp_path: Path) -> None:
+    """ai.onnx.ml ops run in ONNX Runtime CPU (the reference passes) but not in ONNX Runtime Web's
+    build: the compile stops with the browser's own error, naming the op, and publishes nothing."""
+    folder = project(tmp_path / "p", models.ml_domain())
+    with pytest.raises(CompileError) as caught:
+        compile_project(folder, ["web"], tmp_path / "dist", use_cache=False)
+    message = str(caught.value)
+    assert "target 'web'" in message and "No Op registered for Normalizer" in message, message
+    assert len(message.splitlines()) == 1
+    assert not (tmp_path / "dist" / "webtest-1.0.0-web").exists()
+
+
 def test_without_chromium_the_bundle_is_unverified_never_passed(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     monkeypatch.setenv("GPUXC_CHROMIUM", str(tmp_path / "no-such-browser"))
