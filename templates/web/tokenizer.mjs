@@ -14,8 +14,11 @@
 // the Rust crates' on characters assigned since, which no test sentence here touches.
 
 const WHITESPACE = /\p{White_Space}/u; // Rust's char::is_whitespace
-const OTHER = /\p{C}/u; // Cc Cf Cs Co Cn: `unicode_categories`' is_other, BertNormalizer's "control"
+// BertNormalizer's "control" (`unicode_categories`' is_other): Cc Cf Co Cs, but not unassigned (Cn)
+// code points, which it keeps (U+218C stays, as a [UNK]).
+const OTHER = /[\p{Cc}\p{Cf}\p{Co}\p{Cs}]/u;
 const MARK_NONSPACING = /\p{Mn}/u;
+const MARK = /\p{M}/u;
 const PUNCTUATION = /\p{P}/u;
 const ASCII_PUNCTUATION = /[!-/:-@[-`{-~]/;
 const WORD = /[\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}]/u; // the `regex` crate's Unicode \w
@@ -28,7 +31,11 @@ export class UnsupportedTokenizer extends Error {
 
 const chars = (text) => Array.from(text); // code points, as Rust's chars()
 const lowerEach = (text) => chars(text).map((c) => c.toLowerCase()).join(""); // per char: no final sigma
-const stripMarks = (text) => chars(text).filter((c) => !MARK_NONSPACING.test(c)).join("");
+// BertNormalizer's strip_accents drops nonspacing marks (Mn) after NFD; the StripAccents normalizer
+// drops every combining mark (Mn, Mc, Me: unicode-normalization's is_combining_mark), NFD or not.
+const dropMarks = (pattern) => (text) => chars(text).filter((c) => !pattern.test(c)).join("");
+const stripNonspacing = dropMarks(MARK_NONSPACING);
+const stripCombining = dropMarks(MARK);
 
 function isChinese(c) {
   const p = c.codePointAt(0);
@@ -49,7 +56,7 @@ function bertNormalizer(config) {
       }).map((c) => (WHITESPACE.test(c) ? " " : c)).join("");
     }
     if (config.handle_chinese_chars) out = chars(out).map((c) => (isChinese(c) ? ` ${c} ` : c)).join("");
-    if (stripAccents) out = stripMarks(out.normalize("NFD"));
+    if (stripAccents) out = stripNonspacing(out.normalize("NFD"));
     if (config.lowercase) out = lowerEach(out);
     return out;
   };
@@ -60,7 +67,7 @@ function normalizer(config, where) {
   switch (config.type) {
     case "BertNormalizer": return bertNormalizer(config);
     case "Lowercase": return lowerEach;
-    case "StripAccents": return stripMarks;
+    case "StripAccents": return stripCombining;
     case "NFD": case "NFC": case "NFKD": case "NFKC": return (text) => text.normalize(config.type);
     case "Sequence": {
       const steps = config.normalizers.map((step) => normalizer(step, where));

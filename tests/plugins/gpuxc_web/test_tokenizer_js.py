@@ -150,6 +150,30 @@ def test_minilm_tokenizer_gives_the_python_runner_ids_masks_and_type_ids(browser
     page.close()
 
 
+def random_texts(count: int, seed: int = 0) -> list[str]:
+    """Seeded random strings over the scripts and character classes the normaliser treats apart."""
+    pools = [range(0x20, 0x7F), range(0xA0, 0x180), range(0x300, 0x370), range(0x370, 0x400), range(0x400, 0x460),
+             range(0x900, 0x980), range(0x3040, 0x3100), range(0x4E00, 0x4E80), range(0xAC00, 0xAC80),
+             range(0x2000, 0x2070), range(0xFF00, 0xFF60), range(0x1F300, 0x1F360), range(0x0, 0x20),
+             range(0xFB00, 0xFB07), range(0x2150, 0x2190)]  # fmt: skip
+    rng = np.random.default_rng(seed)
+    texts = []
+    for _ in range(count):
+        chosen = [pools[i] for i in rng.choice(len(pools), size=3, replace=False)]
+        chars = [chr(int(rng.choice(chosen[rng.integers(3)]))) for _ in range(int(rng.integers(1, 40)))]
+        texts.append("a " + "".join(chars))  # never blank: the runner refuses blank text
+    return texts
+
+
+def test_random_text_gives_the_python_runner_ids(browser, serve, tmp_path, minilm_tokenizer):
+    shutil.copyfile(minilm_tokenizer, tmp_path / "tokenizer.json")
+    page = js_page(browser, serve, tmp_path)
+    record = spec("tokenizer.json", max_length=64)
+    for text in random_texts(300):
+        assert_same(js_encode(page, "tokenizer.json", record, text), python_encode(tmp_path, record, text), repr(text))
+    page.close()
+
+
 def test_bad_text_is_refused_as_the_python_runner_refuses_it(browser, serve, tmp_path, minilm_tokenizer):
     shutil.copyfile(minilm_tokenizer, tmp_path / "tokenizer.json")
     page = js_page(browser, serve, tmp_path)
@@ -173,6 +197,52 @@ def test_word_level_tokenizer_with_whitespace_pre_tokenizer(browser, serve, tmp_
     page.close()
 
 
+def variant_tokenizers(folder: Path, minilm: Path) -> list[str]:
+    """MiniLM's WordPiece vocabulary behind the other components the page runs, built with `tokenizers`."""
+    from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers, processors
+
+    def base() -> Any:
+        tok = Tokenizer.from_file(str(minilm))
+        tok.no_padding()
+        tok.no_truncation()
+        return tok
+
+    made = []
+    uncased = base()  # NFD + Lowercase + StripAccents, the Whitespace regex, BertProcessing
+    uncased.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
+    uncased.pre_tokenizer = pre_tokenizers.Whitespace()
+    uncased.post_processor = processors.BertProcessing(("[SEP]", 102), ("[CLS]", 101))
+    uncased.add_tokens([AddedToken("new york", normalized=True)])  # matched in the normalised text
+    made.append(uncased)
+    cased = base()  # BertNormalizer without lowercase but stripping accents; type ids 1 in the template
+    cased.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=True)
+    cased.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.BertPreTokenizer()])
+    cased.post_processor = processors.TemplateProcessing(single="[CLS] $A:1 [SEP]:1 [SEP]:1",
+                                                         special_tokens=[("[CLS]", 101), ("[SEP]", 102)])  # fmt: skip
+    made.append(cased)
+    bare = base()  # NFKC + Lowercase, no post-processor: no special tokens at all
+    bare.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    bare.post_processor = None
+    made.append(bare)
+    names = []
+    for i, tok in enumerate(made):
+        tok.save(str(folder / f"variant{i}.json"))
+        names.append(f"variant{i}.json")
+    return names
+
+
+def test_other_supported_components_give_the_python_runner_ids(browser, serve, tmp_path, minilm_tokenizer):
+    names = variant_tokenizers(tmp_path, minilm_tokenizer)
+    page = js_page(browser, serve, tmp_path)
+    texts = [*SENTENCES[:10], *SENTENCES[12:], "New York and NEW YORK, Ｎｅｗ Ｙｏｒｋ"]
+    for name in names:
+        record = spec(name)
+        for text in texts:
+            expected = python_encode(tmp_path, record, text)
+            assert_same(js_encode(page, name, record, text), expected, f"{name}: {text}")
+    page.close()
+
+
 def unsupported_tokenizers(folder: Path) -> dict[str, str]:
     """tokenizer.json files the page cannot run, built with `tokenizers`, and the component each names."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
@@ -187,16 +257,16 @@ def unsupported_tokenizers(folder: Path) -> dict[str, str]:
     replace = Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
     replace.normalizer = normalizers.Replace("a", "b")
     replace.save(str(folder / "replace.json"))
-    return {"bpe.json": "model 'BPE'", "byte_level.json": "pre_tokenizer 'ByteLevel'",
-            "replace.json": "normalizer 'Replace'"}  # fmt: skip
+    return {"bpe.json": "model 'BPE' is not supported in the page (WordPiece and WordLevel are)",
+            "byte_level.json": "pre_tokenizer 'ByteLevel' is not supported in the page",
+            "replace.json": "normalizer 'Replace' is not supported in the page"}  # fmt: skip
 
 
 def test_an_unsupported_tokenizer_is_refused_naming_the_component(browser, serve, tmp_path):
     page = js_page(browser, serve, tmp_path)
-    for name, component in unsupported_tokenizers(tmp_path).items():
+    for name, why in unsupported_tokenizers(tmp_path).items():
         answer = js_encode(page, name, spec(name), "ab a b")
-        assert answer["error"] == f"{name}: {component} is not supported in the page" + (
-            " (WordPiece and WordLevel are)" if component.startswith("model") else ""), name
+        assert answer == {"error": f"{name}: {why}", "name": "UnsupportedTokenizer"}, name
     page.close()
 
 
