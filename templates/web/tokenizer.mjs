@@ -177,15 +177,17 @@ function template(config, where) {
   });
 }
 
-/** Added tokens (what tokenizers matches before the model): raw-text ones and normalised-text ones. */
-function addedTokens(list, where) {
+/** Added tokens (what tokenizers matches before the model): raw-text ones, and normalised-text ones
+ * matched by their own normalised content, as tokenizers' AddedVocabulary does. */
+function addedTokens(list, normalize, where) {
   const raw = [], normalized = [];
   for (const token of list || []) {
     if (!token.content) continue;
     for (const flag of ["lstrip", "rstrip", "single_word"]) {
       if (token[flag]) throw new UnsupportedTokenizer(`${where}: added token '${token.content}' with ${flag} is not supported in the page`);
     }
-    (token.normalized ? normalized : raw).push(token);
+    if (token.normalized) normalized.push({id: token.id, content: normalize(token.content)});
+    else raw.push(token);
   }
   // Leftmost, then longest: the Aho-Corasick match kind tokenizers uses.
   for (const group of [raw, normalized]) group.sort((a, b) => b.content.length - a.content.length);
@@ -220,7 +222,7 @@ export function createTokenizer(json, where = "tokenizer.json") {
   const preTokenize = preTokenizer(json.pre_tokenizer, where);
   const {vocab, tokenize} = model(json.model, where);
   const parts = template(json.post_processor, where);
-  const added = addedTokens(json.added_tokens, where);
+  const added = addedTokens(json.added_tokens, normalize, where);
   const specialCount = parts.reduce((n, part) => n + (part.ids ? part.ids.length : 0), 0);
   const addedIds = new Map((json.added_tokens || []).map((t) => [t.content, t.id]));
 

@@ -212,7 +212,7 @@ def variant_tokenizers(folder: Path, minilm: Path) -> list[str]:
     uncased.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
     uncased.pre_tokenizer = pre_tokenizers.Whitespace()
     uncased.post_processor = processors.BertProcessing(("[SEP]", 102), ("[CLS]", 101))
-    uncased.add_tokens([AddedToken("new york", normalized=True)])  # matched in the normalised text
+    uncased.add_tokens([AddedToken("new york", normalized=True), AddedToken("Só Far", normalized=True)])
     made.append(uncased)
     cased = base()  # BertNormalizer without lowercase but stripping accents; type ids 1 in the template
     cased.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=True)
@@ -234,7 +234,7 @@ def variant_tokenizers(folder: Path, minilm: Path) -> list[str]:
 def test_other_supported_components_give_the_python_runner_ids(browser, serve, tmp_path, minilm_tokenizer):
     names = variant_tokenizers(tmp_path, minilm_tokenizer)
     page = js_page(browser, serve, tmp_path)
-    texts = [*SENTENCES[:10], *SENTENCES[12:], "New York and NEW YORK, Ｎｅｗ Ｙｏｒｋ"]
+    texts = [*SENTENCES[:10], *SENTENCES[12:], "New York and NEW YORK, Ｎｅｗ Ｙｏｒｋ", "so far, SO FAR, Só Far"]
     for name in names:
         record = spec(name)
         for text in texts:
