@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 ADAPTER = "web/runtime.py"
 WEB_DIR = "web"
 ORT_DIR = f"{WEB_DIR}/ort"
-PAGE_FILES = ("runner.mjs", "index.html")  # templates/web/, copied verbatim: the page reads the manifest
+# templates/web/, copied verbatim: the page reads the manifest (and a text bundle's tokenizer.json)
+PAGE_FILES = ("runner.mjs", "tokenizer.mjs", "index.html")
 CHROMIUM_ENV = "GPUXC_CHROMIUM"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 WEBGPU_UNVERIFIED = "WebGPU was not run at compile time: headless Chromium has no GPU adapter on this host"
