@@ -53,13 +53,19 @@ def test_wheel_ships_templates_plugins_and_entry_points(wheel: Path) -> None:
         "gpuxc/_templates/openvino/runtime.py",
         "gpuxc_coreml/translate.py",
         "gpuxc/_templates/coreml/runtime.py",
+        "gpuxc_web/target.py",
+        "gpuxc_web/ortweb.py",
+        "gpuxc/_templates/web/runtime.py",
+        "gpuxc/_templates/web/runner.mjs",
+        "gpuxc/_templates/web/index.html",
+        "gpuxc/_templates/web/tokenizer.mjs",
     ):
         assert required in names, required
     # The plugins are top-level packages, not nested under plugins/.
     assert not any(n.startswith("plugins/") for n in names)
     assert dict(parser["gpuxc"]) == {"cpu": "gpuxc_cpu", "passes": "gpuxc_passes", "openvino": "gpuxc_openvino",
                                      "ort-gpu": "gpuxc_ort_gpu", "tensorrt": "gpuxc_tensorrt",
-                                     "coreml": "gpuxc_coreml"}  # fmt: skip
+                                     "coreml": "gpuxc_coreml", "web": "gpuxc_web"}  # fmt: skip
     assert parser["console_scripts"]["gpuxc"] == "gpuxc.cli:main"
 
 
@@ -96,7 +102,8 @@ def test_wheel_in_a_fresh_venv_compiles_the_example(wheel: Path, tmp_path: Path)
     rows = {row["name"]: row for row in json.loads(targets.stdout)["targets"]}
     # The core install has ONNX Runtime only: openvino is listed, unavailable, with how to get it.
     assert {name: row["available"] for name, row in rows.items()} == {
-        "coreml": False, "cpu": True, "cuda": True, "directml": True, "openvino": False, "tensorrt": True}  # fmt: skip
+        "coreml": False, "cpu": True, "cuda": True, "directml": True, "openvino": False, "tensorrt": True,
+        "web": True}  # fmt: skip  (web compiles anywhere; without Chromium it is recorded unverified)
     assert rows["openvino"]["install_hint"] == "pip install 'gpuxc[openvino]'" and rows["openvino"]["reason"]
     assert rows["coreml"]["install_hint"] == "pip install 'gpuxc[coreml]'" and rows["coreml"]["reason"]
 
