@@ -55,8 +55,9 @@ from tests.fuzz.harness import (
     restart_isolation_helper,
 )
 
-# 4000 examples take about 90 s here (2 cores); GPUXC_FUZZ_EXAMPLES sets another count.
-EXAMPLES = examples(4000)
+# 2500 examples take about 210 s on a 2-core host shared with other work (90 s on an idle one); the
+# default keeps `make test` under 15 minutes. GPUXC_FUZZ_EXAMPLES sets another count (CI nightly: more).
+EXAMPLES = examples(2500)
 FUZZ_SETTINGS = fuzz_settings(EXAMPLES)
 
 GPUX_YML = b"name: demo\nmodel:\n  source: ./model.onnx\n"
