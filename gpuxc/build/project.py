@@ -166,14 +166,14 @@ def _sentence_feeds(config: GpuxConfig, loaded: LoadedModel, record: TextPreproc
     """REFERENCE_TEXTS through the bundle's own tokenisation; the model's other inputs generated.
     Sentences the settings refuse (over max_length without truncation) are left out."""
     encoder = text_encoder(record, tokenizer_path(config))
+    base = resolve_shapes(loaded.signature, config)
     feeds: list[dict[str, Any]] = []
     for text in REFERENCE_TEXTS:
         try:
             tokens = encoder.encode(text)
         except ValueError:  # PreprocessError: too long for a bundle that does not truncate
             continue
-        shapes = resolve_shapes(loaded.signature, config)
-        shapes.update({k: list(v.shape) for k, v in tokens.items()})
+        shapes = {**base, **{k: list(v.shape) for k, v in tokens.items()}}
         feeds.append({**make_inputs(loaded.signature, config, loaded.proto, shapes), **tokens})
     return feeds[: EXTRA_SAMPLES + 1]
 

@@ -144,7 +144,8 @@ def text_encoder(record: TextPreprocessing, tokenizer: Path) -> Any:
 
 def _image(config: GpuxConfig, signature: ModelSignature) -> ImagePreprocessing:
     pre = config.preprocessing
-    tensor = _fed_input(config, signature, _looks_like_image, "an image (float, rank 4, 1 or 3 channels)")
+    tensor = _fed_input(config, signature, lambda t: image_layout(t) is not None,
+                        "an image (float, rank 4, 1 or 3 channels)")  # fmt: skip
     where = config.where("preprocessing", "input") if pre.input else config.where("preprocessing")
     what = f"model input '{tensor.name}'"
     if tensor.dtype not in _FLOATS:
@@ -211,10 +212,6 @@ def image_layout(tensor: TensorInfo) -> Literal["nchw", "nhwc"] | None:
     if tensor.dtype not in _FLOATS or tensor.shape is None or len(tensor.shape) != 4:
         return None
     return _layout(tensor.shape)
-
-
-def _looks_like_image(tensor: TensorInfo) -> bool:
-    return image_layout(tensor) is not None
 
 
 def _layout(shape: list[int | str | None]) -> Literal["nchw", "nhwc"] | None:

@@ -171,12 +171,13 @@ class WebTarget(OnnxFileTarget[WebOptions]):
         return None  # the browser decides per backend; the graph's own precision is recorded by the passes
 
     def execute(self, bundle_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        adapter = self._adapter(bundle_dir, artifact)
-        return adapter.run(inputs, self._outputs(bundle_dir, artifact), _TIMEOUT_S)
+        adapter, outputs = self._adapter(bundle_dir, artifact)
+        return adapter.run(inputs, outputs, _TIMEOUT_S)
 
-    def _adapter(self, bundle_dir: Path, artifact: Artifact) -> Any:
+    def _adapter(self, bundle_dir: Path, artifact: Artifact) -> tuple[Any, list[str]]:
+        """The browser adapter on ``bundle_dir`` and the model's output names, opened once per bundle."""
         if _OPENED and _OPENED[0][0] == bundle_dir:
-            return _OPENED[0][1]
+            return _OPENED[0][1], _OPENED[0][2]
         close_browser()
         from gpuxc.targets.timing import adapter_module
 
@@ -186,8 +187,9 @@ class WebTarget(OnnxFileTarget[WebOptions]):
         except Exception as exc:  # the page reports ONNX Runtime Web's own error: it names the op
             raise CompileError(str(exc).strip()[:600],
                                hint="docs/targets/web.md says what ONNX Runtime Web runs") from None  # fmt: skip
-        _OPENED.append((bundle_dir, adapter))
-        return adapter
+        outputs = self._outputs(bundle_dir, artifact)
+        _OPENED.append((bundle_dir, adapter, outputs))
+        return adapter, outputs
 
     def _outputs(self, bundle_dir: Path, artifact: Artifact) -> list[str]:
         import onnx
@@ -212,13 +214,13 @@ def _readable_ir(model: ModelProto) -> tuple[ModelProto, int | None]:
 
 # One browser at a time in this process: verification runs several samples on one bundle, then the
 # next bundle (or the process's end) closes it.
-_OPENED: list[tuple[Path, Any]] = []
+_OPENED: list[tuple[Path, Any, list[str]]] = []
 
 
 def close_browser() -> None:
     """Close the Chromium verification opened, if any."""
     while _OPENED:
-        _, adapter = _OPENED.pop()
+        _, adapter, _ = _OPENED.pop()
         try:
             adapter.close()
         except Exception:  # a browser already gone

@@ -8,19 +8,25 @@ import numpy as np
 import pytest
 
 from fixtures.text_models import write_bag_model, write_tokenizer
-from gpuxc.build.project import REFERENCE_TEXTS, load_project
+from gpuxc.build.project import REFERENCE_TEXTS, Project, load_project
 
 tokenizers = pytest.importorskip("tokenizers")
+
+
+def text_project(folder: Path, block: str) -> Project:
+    """The tiny bag-of-words model with its tokenizer, ``block`` appended under ``preprocessing:``, loaded."""
+    write_tokenizer(folder / "tokenizer.json")
+    write_bag_model(folder / "model.onnx")
+    (folder / "gpux.yml").write_text(
+        "name: bag\nmodel:\n  source: model.onnx\npreprocessing:\n  tokenizer: tokenizer.json\n" + block
+    )
+    return load_project(folder)
+
 
 def test_reference_inputs_are_sentences_through_the_project_tokenizer(tmp_path: Path) -> None:
     from tokenizers import Tokenizer
 
-    write_tokenizer(tmp_path / "tokenizer.json")
-    write_bag_model(tmp_path / "model.onnx")
-    (tmp_path / "gpux.yml").write_text(
-        "name: bag\nmodel:\n  source: model.onnx\npreprocessing:\n  tokenizer: tokenizer.json\n  max_length: 32\n"
-    )
-    project = load_project(tmp_path)
+    project = text_project(tmp_path, "  max_length: 32\n")
     assert project.reference_origin == "sentences"
     expected = Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(REFERENCE_TEXTS[0])
     np.testing.assert_array_equal(project.reference_inputs["input_ids"][0], expected.ids)
@@ -31,11 +37,7 @@ def test_reference_inputs_are_sentences_through_the_project_tokenizer(tmp_path: 
 
 
 def test_sentences_over_max_length_without_truncation_are_left_out(tmp_path: Path) -> None:
-    write_tokenizer(tmp_path / "tokenizer.json")
-    write_bag_model(tmp_path / "model.onnx")
-    config = "name: bag\nmodel:\n  source: model.onnx\npreprocessing:\n  tokenizer: tokenizer.json\n  max_length: 3\n"
-    (tmp_path / "gpux.yml").write_text(config + "  truncation: false\n")
-    project = load_project(tmp_path)
+    project = text_project(tmp_path, "  max_length: 3\n  truncation: false\n")
     assert project.reference_origin == "sentences"
     assert project.reference_inputs["input_ids"].tolist() == [[2, 9, 3]]  # "short" alone fits in 3 tokens
 
@@ -43,11 +45,6 @@ def test_sentences_over_max_length_without_truncation_are_left_out(tmp_path: Pat
 def test_static_shape_targets_are_specialised_to_max_length_tokens(tmp_path: Path) -> None:
     from gpuxc.project.reference import resolve_shapes
 
-    write_tokenizer(tmp_path / "tokenizer.json")
-    write_bag_model(tmp_path / "model.onnx")
-    (tmp_path / "gpux.yml").write_text(
-        "name: bag\nmodel:\n  source: model.onnx\npreprocessing:\n  tokenizer: tokenizer.json\n  max_length: 24\n"
-    )
-    project = load_project(tmp_path)
+    project = text_project(tmp_path, "  max_length: 24\n")
     shapes = resolve_shapes(project.model.signature, project.config)
     assert shapes == {"input_ids": [1, 24], "attention_mask": [1, 24]}

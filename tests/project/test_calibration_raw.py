@@ -11,22 +11,14 @@ import numpy as np
 import pytest
 
 from fixtures import has_module, models
+from fixtures.models import signature
 from gpuxc.errors import ConfigError
 from gpuxc.project.calibration import load_samples, load_validation_samples
 from gpuxc.project.config_load import load_config
-from gpuxc.project.model import ModelSignature, TensorInfo, describe
+from gpuxc.project.model import ModelSignature, describe
 from gpuxc.project.preprocessing import ImagePreprocessing, TextPreprocessing, resolve_preprocessing
 
 pytestmark = pytest.mark.skipif(not has_module("PIL"), reason="decoding images needs Pillow")
-
-
-def signature(*inputs: tuple[str, str, list[int | str | None]]) -> ModelSignature:
-    return ModelSignature(
-        inputs=[TensorInfo(name=n, dtype=d, shape=s) for n, d, s in inputs],
-        outputs=[TensorInfo(name="out", dtype="float32", shape=[1, 4])],
-        opsets={"": 17}, ir_version=8, producer="test", node_count=1, op_types={}, size_bytes=0,
-        external_data=[], sha256="0" * 64, has_subgraphs=False,
-    )  # fmt: skip
 
 
 PREPENDED = signature(("image", "uint8", ["N", "height", "width", 3]))
@@ -196,16 +188,6 @@ def test_validation_and_reference_images_are_the_ones_after_the_calibration_samp
 
 
 # -- text -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tokenizer(tmp_path: Path) -> Path:
-    from fixtures.text_models import write_tokenizer
-
-    if not has_module("tokenizers"):
-        pytest.skip("needs the tokenizers package")
-    write_tokenizer(tmp_path / "tokenizer.json")
-    return tmp_path / "tokenizer.json"
 
 
 def text_record(**changes: object) -> TextPreprocessing:

@@ -100,13 +100,6 @@ def write(folder: Path, text: str, name: str = "gpux.yml") -> Path:
     return path
 
 
-@pytest.fixture
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run in tmp_path so that error messages name the file as ``gpux.yml``."""
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def error_of(folder: Path, text: str) -> str:
     path = write(folder, text)
     with pytest.raises(ConfigError) as info:

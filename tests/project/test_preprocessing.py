@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from fixtures import has_module
+from fixtures.models import signature
 from gpuxc.errors import ConfigError, SignatureMismatch
 from gpuxc.project.config import GpuxConfig
 from gpuxc.project.config_load import load_config
-from gpuxc.project.model import ModelSignature, TensorInfo
+from gpuxc.project.model import ModelSignature
 from gpuxc.project.preprocessing import (
     ImagePreprocessing,
     TextPreprocessing,
@@ -26,13 +27,6 @@ MINIMAL = "name: demo\nmodel:\n  source: ./model.onnx\n"  # preprocessing: is li
 needs_tokenizers = pytest.mark.skipif(not has_module("tokenizers"), reason="needs the tokenizers package")
 
 
-@pytest.fixture
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run in tmp_path so that error messages name the file as ``gpux.yml``."""
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def config(folder: Path, block: str) -> GpuxConfig:
     path = folder / "gpux.yml"
     path.write_text(MINIMAL + block, encoding="utf-8")
@@ -43,15 +37,6 @@ def schema_error(folder: Path, block: str) -> str:
     with pytest.raises(ConfigError) as info:
         config(folder, block)
     return str(info.value)
-
-
-def signature(*inputs: tuple[str, str, list[int | str | None] | None]) -> ModelSignature:
-    return ModelSignature(
-        inputs=[TensorInfo(name=n, dtype=d, shape=s) for n, d, s in inputs],
-        outputs=[TensorInfo(name="out", dtype="float32", shape=[1, 4])],
-        opsets={"": 17}, ir_version=8, producer="test", node_count=1, op_types={}, size_bytes=0,
-        external_data=[], sha256="0" * 64, has_subgraphs=False,
-    )  # fmt: skip
 
 
 NCHW = signature(("pixel_values", "float32", ["N", 3, 224, 224]))
@@ -239,16 +224,6 @@ def test_image_resolution_errors(in_tmp: Path, block: str, sig: ModelSignature, 
 
 
 # -- text, settled against the model --------------------------------------------------------------
-
-
-@pytest.fixture
-def tokenizer(in_tmp: Path) -> Path:
-    from fixtures.text_models import write_tokenizer
-
-    if not has_module("tokenizers"):
-        pytest.skip("needs the tokenizers package")
-    write_tokenizer(in_tmp / "tokenizer.json")
-    return in_tmp / "tokenizer.json"
 
 
 def test_text_defaults_are_read_off_the_model(in_tmp: Path, tokenizer: Path) -> None:

@@ -298,13 +298,9 @@ def test_run_onnxruntime_failure_is_a_reference_error_with_a_hint(make_project) 
 def test_generated_pixels_use_the_whole_uint8_range() -> None:
     """Image preprocessing's uint8 input [N, H, W, C] is drawn from 0..255 (a near-black 0..3 image
     would verify nothing about normalisation); other uint8 inputs stay small ids."""
-    from gpuxc.project.model import ModelSignature, TensorInfo
     from gpuxc.project.reference import generate
 
-    sig = ModelSignature(inputs=[TensorInfo(name="image", dtype="uint8", shape=[1, 32, 32, 3]),
-                                 TensorInfo(name="codes", dtype="uint8", shape=[1, 64])],
-                         outputs=[], opsets={"": 17}, ir_version=8, producer="", node_count=0, op_types={},
-                         size_bytes=0, external_data=[], sha256="", has_subgraphs=False)  # fmt: skip
+    sig = models.signature(("image", "uint8", [1, 32, 32, 3]), ("codes", "uint8", [1, 64]))
     feeds = generate(sig, {"image": [1, 32, 32, 3], "codes": [1, 64]}, 0, {})
     assert feeds["image"].max() > 200 and feeds["image"].min() < 50
     assert feeds["codes"].max() <= 4

@@ -155,15 +155,19 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return result.path
 
 
-@pytest.fixture(scope="module")
-def fakes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    site = tmp_path_factory.mktemp("fake-site")
+def write_fake_site(site: Path) -> Path:
+    """``site`` holding the fake ``tensorrt`` and ``cuda.bindings.runtime`` modules (put it on sys.path)."""
     (site / "tensorrt.py").write_text(textwrap.dedent(FAKE_TENSORRT), encoding="utf-8")
     (site / "cuda" / "bindings").mkdir(parents=True)
     (site / "cuda" / "__init__.py").write_text("", encoding="utf-8")
     (site / "cuda" / "bindings" / "__init__.py").write_text("", encoding="utf-8")
     (site / "cuda" / "bindings" / "runtime.py").write_text(textwrap.dedent(FAKE_CUDART), encoding="utf-8")
     return site
+
+
+@pytest.fixture(scope="module")
+def fakes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fake_site(tmp_path_factory.mktemp("fake-site"))
 
 
 def manifest_of(bundle: Path) -> dict:

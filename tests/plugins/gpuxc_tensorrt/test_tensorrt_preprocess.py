@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import textwrap
 import types
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from tests.plugins.gpuxc_tensorrt.test_tensorrt_contract import FAKE_CUDART, FAKE_TENSORRT, run_with_fakes
+from tests.plugins.gpuxc_tensorrt.test_tensorrt_contract import run_with_fakes, write_fake_site
 from tests.plugins.preprocess_project import compile_target, manifest, pixel_input_of, preprocessing_nodes
 from tests.project.test_preprocess_graph import resize_bilinear
 
@@ -97,13 +96,7 @@ def test_numpy_fallback_is_onnx_bilinear() -> None:
 
 @pytest.fixture(scope="module")
 def fakes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    site = tmp_path_factory.mktemp("fake-site-pre")
-    (site / "tensorrt.py").write_text(textwrap.dedent(FAKE_TENSORRT), encoding="utf-8")
-    (site / "cuda" / "bindings").mkdir(parents=True)
-    (site / "cuda" / "__init__.py").write_text("", encoding="utf-8")
-    (site / "cuda" / "bindings" / "__init__.py").write_text("", encoding="utf-8")
-    (site / "cuda" / "bindings" / "runtime.py").write_text(textwrap.dedent(FAKE_CUDART), encoding="utf-8")
-    return site
+    return write_fake_site(tmp_path_factory.mktemp("fake-site-pre"))
 
 
 def test_contract_profile_and_fitted_shapes(fakes: Path, bundle: Path, tmp_path: Path) -> None:
