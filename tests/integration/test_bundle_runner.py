@@ -302,7 +302,7 @@ def test_missing_model_file_is_a_bundle_error(bundle_copy: Path, tmp_path: Path)
     (bundle_copy / "model" / "model.onnx").unlink()
     proc = _bundle(bundle_copy, "run", "--input", "{}", cwd=tmp_path)
     assert proc.returncode == EXIT_BUNDLE, (proc.stdout, proc.stderr)
-    assert_one_error_line(proc.stderr, contains=["model artifact missing"])
+    assert_one_error_line(proc.stderr, contains=["integrity check failed", "model/model.onnx: missing"])
 
 
 # -- runtime.timeout -------------------------------------------------------------------------------
