@@ -130,10 +130,18 @@ def _serve_web(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _main(argv)
+        code = _main(argv)
     except BrokenPipeError:  # `python . run ... | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    from runner.selfcheck import ABANDONED
+
+    if any(thread.is_alive() for thread in ABANDONED):
+        # A runtime stuck in native code: interpreter shutdown would wait on it or abort.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _main(argv: list[str] | None = None) -> int:

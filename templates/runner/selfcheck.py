@@ -27,6 +27,12 @@ from runner import compare
 POLICIES = ("always", "unverified", "off")
 POLICY_ENV = "GPUXC_SELF_CHECK"
 DEFAULT_POLICY = "unverified"
+# The adapter stops its own run at runtime.timeout (ONNX Runtime's terminate flag, OpenVINO's cancel);
+# a runtime that cannot stop is abandoned this much later.
+ABANDON_AFTER_S = 1.0
+# Self-check threads abandoned while still running. The process must leave with os._exit (cli.py):
+# an ordinary exit would wait on, or abort under, a runtime still in native code.
+ABANDONED: list[threading.Thread] = []
 
 
 class SelfCheckError(ValueError):
@@ -56,10 +62,10 @@ def run_self_check(
 ) -> dict[str, Any]:
     """Run ``inputs`` through ``run`` and compare with ``expected`` under ``tolerance``.
 
-    Bounded by ``timeout`` (runtime.timeout) as a whole: the run happens on a daemon thread, and a
-    run still going at the deadline is a failed check. Python cannot stop that thread; the adapter's
-    own timeout (ONNX Runtime's terminate flag, OpenVINO's cancel) usually ends it soon after, and
-    the variant is not used either way.
+    Bounded by ``timeout`` (runtime.timeout): the adapter's run stops itself at the timeout, and
+    the check runs on a daemon thread abandoned :data:`ABANDON_AFTER_S` later if it has not (Python
+    cannot stop a thread in native code). Either way the check fails as ``timeout`` and the variant
+    is not used.
     """
     box: dict[str, Any] = {}
 
@@ -72,10 +78,11 @@ def run_self_check(
     started = time.perf_counter()
     thread = threading.Thread(target=work, name="gpuxc-self-check", daemon=True)
     thread.start()
-    thread.join(timeout)
+    thread.join(timeout + ABANDON_AFTER_S)
     seconds = time.perf_counter() - started
     result: dict[str, Any] = {"seconds": round(seconds, 4), "tolerance": tolerance}
     if thread.is_alive():
+        ABANDONED.append(thread)
         return {**result, "status": "timeout", "outputs": {},
                 "failures": [f"did not finish within {timeout:g}s (runtime.timeout)"]}  # fmt: skip
     if "error" in box:

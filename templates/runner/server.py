@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -56,16 +57,18 @@ def _v2_error(status: int, message: str, headers: dict[str, str] | None = None) 
     return JSONResponse(status_code=status, content={"error": message}, headers=headers)
 
 
-def create_app(runtime: GPUXRuntime | None = None, stay_unready: bool | None = None) -> FastAPI:
+def create_app(runtime: GPUXRuntime | None = None, stay_unready: bool | None = None,
+               bundle_dir: Path | None = None) -> FastAPI:
     """The FastAPI app; ``uvicorn runner.server:create_app --factory`` starts it.
 
     With ``runtime`` (loaded, its self-check done) the app is ready at once. Without, the model
     is loaded and self-checked on a background thread once the server runs (runner/readiness.py):
     until then /health and the readiness routes answer 503. A load that fails calls
     ``app.state.stop`` (set by :func:`serve`) unless ``stay_unready`` ($GPUXC_STAY_UNREADY=1).
+    ``bundle_dir``: the bundle to load (default: the one this runner belongs to).
     """
     state = ModelState(runtime)
-    manifest = runtime.manifest if runtime is not None else read_manifest(BUNDLE_DIR)
+    manifest = runtime.manifest if runtime is not None else read_manifest(bundle_dir or BUNDLE_DIR)
     if stay_unready is None:
         stay_unready = os.environ.get(STAY_UNREADY_ENV) == "1"
     target = str(manifest["target"])
@@ -96,7 +99,10 @@ def create_app(runtime: GPUXRuntime | None = None, stay_unready: bool | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.status == LOADING:
-            state.load(load, None if stay_unready else lambda: getattr(app.state, "stop", lambda: None)())
+            def stop() -> None:  # serve() sets app.state.stop: the server shuts down and exits 5
+                getattr(app.state, "stop", lambda: None)()
+
+            state.load(lambda: load(bundle_dir), None if stay_unready else stop)
         yield
 
     app = FastAPI(
