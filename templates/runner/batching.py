@@ -8,9 +8,17 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 
+from runner import tracing
+
 if TYPE_CHECKING:
     from runner.api import GPUXRuntime
     from runner.metrics import Metrics
+
+
+def timed(fn: Any, feeds: dict[str, Any]) -> tuple[Any, float, float]:
+    """``fn(feeds)`` in a worker thread, with when it began and ended there (the wait before is queueing)."""
+    began = time.perf_counter()
+    return fn(feeds), began, time.perf_counter()
 
 
 class Batcher:
@@ -40,8 +48,11 @@ class Batcher:
             asyncio.get_running_loop().create_task(self._loop())
         rows = int(next(iter(feeds.values())).shape[0])
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self.queue.put((feeds, rows, future, time.perf_counter()))
-        return await future
+        queued = time.perf_counter()
+        await self.queue.put((feeds, rows, future, queued))
+        outputs, began, ended, batch = await future
+        tracing.intervals(("queue", queued, began, None), ("run", began, ended, {tracing.BATCH_SIZE: batch}))
+        return outputs
 
     @staticmethod
     def _key(feeds: dict[str, Any]) -> tuple[Any, ...]:
@@ -79,13 +90,13 @@ class Batcher:
             return
         feeds = {name: np.concatenate([b[0][name] for b in live], axis=0) for name in live[0][0]}
         try:
-            outputs = await run_in_threadpool(self.rt.infer, feeds)
+            outputs, began, ended = await run_in_threadpool(timed, self.rt.infer, feeds)
         except Exception:
             for item in live:  # isolate: each request on its own
                 try:
-                    result = await run_in_threadpool(self.rt.infer, item[0])
+                    result = await run_in_threadpool(timed, self.rt.infer, item[0])
                     if not item[2].done():
-                        item[2].set_result(result)
+                        item[2].set_result((*result, item[1]))
                 except Exception as exc:
                     if not item[2].done():
                         item[2].set_exception(exc)
@@ -97,4 +108,4 @@ class Batcher:
             part = {name: value[offset:offset + count] for name, value in outputs.items()}
             offset += count
             if not future.done():
-                future.set_result(part)
+                future.set_result((part, began, ended, rows))

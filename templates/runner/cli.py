@@ -180,21 +180,44 @@ def _main(argv: list[str] | None = None) -> int:
     serve_p.add_argument("--stay-unready", action="store_true",
                          help="when no variant passes its self-check, keep serving /health and /info as not ready "
                               "(default: exit with code 5)")  # fmt: skip
+    serve_p.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (chain) file; "
+                         "default $GPUXC_SSL_CERTFILE")  # fmt: skip
+    serve_p.add_argument("--ssl-keyfile", metavar="PEM",
+                         help="the certificate's private key; default $GPUXC_SSL_KEYFILE")
+    serve_p.add_argument("--ssl-keyfile-password-env", metavar="VAR",
+                         help="environment variable holding the key's password (never the password itself)")
+    serve_p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=None,
+                         help="one line per request on stderr, without bodies or query strings (default: on)")
+    serve_p.add_argument("--log-format", choices=("text", "json"), help="access log lines as text (default) or JSON")
     sub.add_parser("info", help="print model information as JSON", parents=[common])
     args = parser.parse_args(argv)
 
     from runner.api import BundleError, InferenceTimeout, InputError, NoVariant, load
 
     if args.command == "serve" and _is_web():
+        if args.ssl_certfile or args.ssl_keyfile:  # the page server is the standard library's, plain HTTP
+            return _fail(EXIT_INPUT, "--ssl-certfile/--ssl-keyfile: a web bundle's page is served over HTTP only")
         return _serve_web(args)
     if args.command == "serve":
+        from runner import access
+        from runner.tls import TLSConfigError, ssl_options
+
+        try:  # before the port is bound
+            tls = ssl_options(args.ssl_certfile, args.ssl_keyfile, args.ssl_keyfile_password_env)
+        except TLSConfigError as exc:
+            return _fail(EXIT_INPUT, str(exc))
+        # Environment variables: the worker processes of --workers N read them too.
+        if args.access_log is not None:
+            os.environ[access.ACCESS_LOG_ENV] = "1" if args.access_log else "0"
+        if args.log_format:
+            os.environ[access.LOG_FORMAT_ENV] = args.log_format
         try:
             from runner.server import serve
         except ImportError as exc:
             return _fail(EXIT_BUNDLE, f"serving needs fastapi and uvicorn ({exc}); pip install -r requirements.txt")
         try:
             serve(args.host, args.port, args.workers, provider=getattr(args, "provider", None),
-                  self_check=getattr(args, "self_check", None), stay_unready=args.stay_unready)
+                  self_check=getattr(args, "self_check", None), stay_unready=args.stay_unready, tls=tls)
         except NoVariant as exc:
             return _fail(EXIT_SELF_CHECK if exc.self_check_failed else EXIT_BUNDLE, str(exc))
         except (BundleError, ValueError) as exc:

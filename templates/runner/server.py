@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from runner import uploads, v2
+from runner import access, tracing, uploads, v2
 from runner.api import (
     BUNDLE_DIR,
     PROVIDER_ENV,
@@ -32,7 +32,7 @@ from runner.api import (
     read_manifest,
     to_jsonable,
 )
-from runner.batching import Batcher
+from runner.batching import Batcher, timed
 from runner.labels import MAX_TOP_K
 from runner.metrics import Guard, Metrics
 from runner.readiness import FAILED, LOADING, ModelState
@@ -110,10 +110,16 @@ def create_app(runtime: GPUXRuntime | None = None, stay_unready: bool | None = N
         description="gpuxc bundle server: GPUX API and the Open Inference Protocol (KServe v2)",
         version=model_version,
         lifespan=lifespan,
+        **tracing.fastapi_options(),
     )
     app.state.model = state
 
     app.add_middleware(Guard, api_key=api_key, metrics=metrics)
+    if tracing.available():  # outside the key check: refused requests are traced too
+        app.add_middleware(tracing.TraceRequests, attributes={tracing.MODEL_NAME: model_name,
+                           tracing.MODEL_VERSION: model_version, tracing.TARGET: target})
+    if access.enabled():  # outermost: every request is logged, 401s and 413s included
+        app.add_middleware(access.AccessLog)
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -139,9 +145,12 @@ def create_app(runtime: GPUXRuntime | None = None, stay_unready: bool | None = N
             if batcher is not None:
                 return await asyncio.wait_for(batcher.submit(feeds), timeout=request_timeout)
             started = time.perf_counter()
-            outputs = await asyncio.wait_for(run_in_threadpool(rt.infer, feeds), timeout=request_timeout)
+            outputs, began, ended = await asyncio.wait_for(run_in_threadpool(timed, rt.infer, feeds),
+                                                           timeout=request_timeout)
             batch = next((int(v.shape[0]) for v in feeds.values() if getattr(v, "ndim", 0) > 0), 1)
             metrics.inference(time.perf_counter() - started, started - arrived, batch)
+            tracing.intervals(("queue", arrived, began, None), ("run", began, ended, {tracing.BATCH_SIZE: batch}))
+            tracing.annotate({tracing.BATCH_SIZE: batch})
             return outputs
         finally:
             slots["busy"] -= 1
@@ -201,11 +210,12 @@ def create_app(runtime: GPUXRuntime | None = None, stay_unready: bool | None = N
         except _TooLarge:
             return _gpux_error(413, "payload_too_large", f"request body over {max_body} bytes")
         try:
-            data = await uploads.predict_inputs(content_type, request.headers, body, kind,
-                                                  encoded_key or "")
-            # Decoding an image or tokenising takes milliseconds: off the event loop. Strings are
-            # never read as file paths from here (paths=False).
-            feeds = (await run_in_threadpool(rt.prepare, data, paths=False) if kind else rt.prepare(data))
+            with tracing.span("decode"):
+                data = await uploads.predict_inputs(content_type, request.headers, body, kind,
+                                                      encoded_key or "")
+                # Decoding an image or tokenising takes milliseconds: off the event loop. Strings are
+                # never read as file paths from here (paths=False).
+                feeds = (await run_in_threadpool(rt.prepare, data, paths=False) if kind else rt.prepare(data))
             outputs = await run_model(rt, feeds)
         except uploads.UploadError as exc:
             return _gpux_error(exc.status, exc.error, exc.message, exc.details)
@@ -218,10 +228,11 @@ def create_app(runtime: GPUXRuntime | None = None, stay_unready: bool | None = N
         except Exception:
             # Runtime failures can echo file paths and internal node names: keep them out of responses.
             return _gpux_error(500, "inference_failed", "the model failed on these inputs")
-        reply = {name: to_jsonable(value) for name, value in outputs.items()}
-        ranked = rt.rank_labels(outputs, int(top_k) if top_k else None)
-        if ranked and RANKED_KEY not in reply:  # a model output of that name keeps it
-            reply[RANKED_KEY] = ranked
+        with tracing.span("encode"):
+            reply = {name: to_jsonable(value) for name, value in outputs.items()}
+            ranked = rt.rank_labels(outputs, int(top_k) if top_k else None)
+            if ranked and RANKED_KEY not in reply:  # a model output of that name keeps it
+                reply[RANKED_KEY] = ranked
         return reply
 
     # -- Open Inference Protocol v2 -------------------------------------------------------------
@@ -289,11 +300,13 @@ def create_app(runtime: GPUXRuntime | None = None, stay_unready: bool | None = N
             return _v2_error(400, "binary requests need the Inference-Header-Content-Length header")
         try:
             body = await read_body(request)
-            req, tail = v2.split_body(body, header_length)
-            decoded = v2.decode_inputs(req, tail, specs_in, encoded)
-            feeds = await run_in_threadpool(rt.prepare, decoded, paths=False) if kind else rt.prepare(decoded)
+            with tracing.span("decode"):
+                req, tail = v2.split_body(body, header_length)
+                decoded = v2.decode_inputs(req, tail, specs_in, encoded)
+                feeds = await run_in_threadpool(rt.prepare, decoded, paths=False) if kind else rt.prepare(decoded)
             outputs = await run_model(rt, feeds)
-            payload, json_length = v2.encode_response(model_name, version, outputs, specs_out, req)
+            with tracing.span("encode"):
+                payload, json_length = v2.encode_response(model_name, version, outputs, specs_out, req)
         except _TooLarge:
             return _v2_error(413, f"request body over {max_body} bytes")
         except (v2.ProtocolError, InputError) as exc:
@@ -318,9 +331,10 @@ class _Busy(Exception):
 
 def serve(host: str | None = None, port: int | None = None, workers: int | None = None,
           provider: str | None = None, log_level: str = "info", self_check: str | None = None,
-          stay_unready: bool = False) -> None:
+          stay_unready: bool = False, tls: dict[str, Any] | None = None) -> None:
     """Bind, then load and self-check the model in the background (runner/readiness.py). Raises
-    :class:`NoVariant` after shutting down when no variant passed, unless ``stay_unready``."""
+    :class:`NoVariant` after shutting down when no variant passed, unless ``stay_unready``.
+    ``tls``: uvicorn's ``ssl_*`` arguments, checked beforehand (``runner.tls.ssl_options``)."""
     import uvicorn
 
     # Worker processes read these too.
@@ -342,11 +356,13 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
             load().cleanup()
         os.environ[STAY_UNREADY_ENV] = "1"
         uvicorn.run("runner.server:create_app", factory=True, host=host, port=port, workers=workers,
-                    log_level=log_level, timeout_graceful_shutdown=grace)
+                    log_level=log_level, timeout_graceful_shutdown=grace, access_log=False, **(tls or {}))
         return
     app = create_app(None, stay_unready=stay_unready)
+    # access_log=False: runner.access writes the one access log (without query strings).
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                           timeout_graceful_shutdown=grace))  # fmt: skip
+                                           timeout_graceful_shutdown=grace, access_log=False,
+                                           **(tls or {})))  # fmt: skip
     app.state.stop = lambda: setattr(server, "should_exit", True)
     server.run()
     state: ModelState = app.state.model

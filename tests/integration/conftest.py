@@ -171,9 +171,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def server_log(cwd: Path, base: str) -> Path:
+    """The file holding the stdout and stderr of the ``running_server`` at ``base``."""
+    return cwd / f"server-{base.rsplit(':', 1)[1]}.log"
+
+
 @contextmanager
-def running_server(python: Path | str, bundle: Path, cwd: Path) -> Iterator[str]:
-    """``python <bundle> serve`` on a free loopback port; yields the base URL once /health answers.
+def running_server(python: Path | str, bundle: Path, cwd: Path, args: Sequence[str] = (),
+                   env: dict[str, str] | None = None, verify: Any = None) -> Iterator[str]:  # fmt: skip
+    """``python <bundle> serve [args]`` on a free loopback port; yields the base URL once /health answers
+    (``https://`` when ``verify``, an ``ssl.SSLContext`` trusting the server's CA, is given).
 
     The server is always terminated (killed if it ignores SIGTERM) when the block exits.
     """
@@ -183,19 +190,20 @@ def running_server(python: Path | str, bundle: Path, cwd: Path) -> Iterator[str]
     log_path = cwd / f"server-{port}.log"
     with log_path.open("w", encoding="utf-8") as log:
         server = subprocess.Popen(
-            [str(python), str(bundle), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [str(python), str(bundle), "serve", "--host", "127.0.0.1", "--port", str(port), *args],
             cwd=cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **env} if env else None,
         )
         try:
-            base = f"http://127.0.0.1:{port}"
+            base = f"{'https' if verify is not None else 'http'}://127.0.0.1:{port}"
             deadline = time.monotonic() + GUARD_S  # a guard against a server that never comes up
             while True:
                 if server.poll() is not None:
                     pytest.fail(f"server exited with {server.returncode}: {log_path.read_text(encoding='utf-8')}")
                 try:
-                    if httpx.get(f"{base}/health", timeout=5).status_code == 200:
+                    if httpx.get(f"{base}/health", timeout=5, verify=verify or True).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
@@ -210,6 +218,26 @@ def running_server(python: Path | str, bundle: Path, cwd: Path) -> Iterator[str]
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+
+
+@contextmanager
+def imported_runner(bundle: Path) -> Iterator[Any]:
+    """The bundle's ``runner`` package imported in this process (for FastAPI's TestClient), and
+    removed again afterwards with any ``runner`` modules that were there before put back."""
+    def drop() -> dict[str, Any]:
+        return {k: sys.modules.pop(k) for k in list(sys.modules) if k == "runner" or k.startswith("runner.")}
+
+    saved = drop()
+    sys.path.insert(0, str(bundle))
+    try:
+        import runner
+        import runner.server
+
+        yield runner
+    finally:
+        sys.path.remove(str(bundle))
+        drop()
+        sys.modules.update(saved)
 
 
 def venv_python(folder: Path) -> Path:
