@@ -101,10 +101,12 @@ def test_plain_http_and_untrusting_clients_get_nothing(tls_server: tuple[str, Pa
 def test_json_access_lines_hold_no_body_query_or_key(tls_server: tuple[str, Path],
                                                      certs: tuple[dict[str, Path], ssl.SSLContext]) -> None:
     base, log = tls_server
+    before = len(_access_lines(log, 0, '"/predict"'))  # other tests' requests to this server
     with httpx.Client(base_url=base, verify=certs[1], timeout=60) as client:
         statuses = _secret_requests(client)
     assert statuses == [200, 400, 401]
-    lines = _access_lines(log, 3, '"/predict"')
+    lines = _access_lines(log, before + 3, '"/predict"')
+    assert len(lines) == before + 3, lines
     records = [json.loads(line) for line in lines if line.startswith("{")]
     assert [r["status"] for r in records[-3:]] == statuses
     assert set(records[-1]) == {"time", "client", "method", "path", "status", "bytes", "duration_ms", "request_id"}
