@@ -84,6 +84,8 @@ def test_health(client: httpx.Client, shared_bundle: Path) -> None:
         "model": "shared-cnn",
         "version": "2.0.0",
         "target": "cpu",
+        "variant": "cpu",  # the variant running (a --fallback bundle may run a later one)
+        "self_check": "not needed",  # verified at compile time; serving.self_check: unverified
     }
 
 
