@@ -226,6 +226,7 @@ class ToleranceSection(_Section):
 
 class BuildSection(_Section):
     targets: list[str] = Field(default_factory=lambda: ["cpu"])
+    fallback: list[str] = Field(default_factory=list)  # ordered targets the bundle falls back to (issue 16)
     optimization_level: Literal[OPT_LEVELS] | None = None  # type: ignore[valid-type]
     precision: Literal[PRECISIONS] = "fp32"  # type: ignore[valid-type]
     optimize: Literal["fixed", "auto"] = "fixed"  # auto: build candidate variants, keep the fastest in tolerance
@@ -246,6 +247,11 @@ class BuildSection(_Section):
         for name in value:
             _check_target_name(name)
         return value
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback(cls, value: list[str]) -> list[str]:
+        return check_fallback_names(value)
 
     @field_validator("shapes")
     @classmethod
@@ -376,6 +382,17 @@ def _check_json_like(value: Any, where: str, depth: int = 0) -> None:
             _check_json_like(v, f"{where}[{i}]", depth + 1)
     elif not isinstance(value, (str, int, float, bool)) and value is not None:
         raise ValueError(f"{where} must be plain data (string, number, boolean, list, mapping), got {kind_of(value)}")
+
+
+def check_fallback_names(names: list[str]) -> list[str]:
+    """build.fallback / --fallback on their own: well-formed, no repeats, no web (it serves a page)."""
+    for index, name in enumerate(names):
+        _check_target_name(name)
+        if name in names[:index]:
+            raise ValueError(f"lists '{name}' twice")
+    if "web" in names:
+        raise ValueError("web cannot be a fallback: a web bundle serves a page, not one variant among others")
+    return names
 
 
 def _check_target_name(name: str) -> None:
