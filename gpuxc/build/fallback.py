@@ -108,7 +108,8 @@ def _build_one(project: Project, target: Target, stage: Path, workdir: Path, say
         chosen, _ = build_variants(project, target, options, variants, root, workdir / "work", say)
     except VerificationFailed as exc:
         raise VerificationFailed(f"fallback {exc.message}", hint=exc.hint) from None
-    if len(variants) > 1 and not reproducible:  # as a standalone auto build does
+    config = project.config
+    if (config.build.optimize == "auto" or config.build.precision == "auto") and not reproducible:  # as standalone
         tune_runtime(target, chosen, project.reference_inputs, say)
     assert chosen.artifact is not None and chosen.verification is not None
     folder = layout.variant_dir(target.name)

@@ -19,7 +19,7 @@ from gpuxc.build.pipeline import compile_project
 from gpuxc.bundle.runner_source import template_root
 from gpuxc.cache import restore as warm
 from gpuxc.cli import app
-from gpuxc.errors import ExitCode
+from gpuxc.errors import ExitCode, TargetUnavailable
 from gpuxc.ort_session import run_onnxruntime
 from tests.plugins.gpuxc_tensorrt.test_tensorrt_contract import run_with_fakes, write_fake_site
 
@@ -217,3 +217,11 @@ def test_a_fallback_failing_verification_fails_the_compile_and_keeps_the_good_bu
     assert bad.stderr.strip().splitlines()[-1].startswith("error: fallback [cpu] fp16 output differs")
     assert (bundle / "gpux-bundle.json").read_bytes() == before
     assert sorted(p.name for p in dist.iterdir()) == ["fb-1.0.0-coreml"]  # no staging folder left behind
+
+
+def test_an_unavailable_fallback_target_is_target_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if openvino were not installed
+    project = write_project(tmp_path / "p", models.mlp())
+    with pytest.raises(TargetUnavailable, match="^fallback target 'openvino' is not available here: openvino is not"):
+        compile_project(project, ["cpu"], tmp_path / "dist", fallback=["openvino"], use_cache=False)
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
