@@ -24,7 +24,7 @@ from gpuxc.build.search import tune_runtime
 from gpuxc.bundle import layout
 from gpuxc.bundle.manifest import VariantInfo
 from gpuxc.bundle.runner_source import variant_module
-from gpuxc.errors import ConfigError, TargetUnavailable, VerificationFailed, did_you_mean
+from gpuxc.errors import CompileError, ConfigError, TargetUnavailable, VerificationFailed, did_you_mean
 from gpuxc.plugin import get_registry
 from gpuxc.project.config import GpuxConfig
 from gpuxc.targets import Artifact, RuntimeSpec, Target, Variant
@@ -115,6 +115,7 @@ def _build_one(project: Project, target: Target, stage: Path, workdir: Path, say
     folder = layout.variant_dir(target.name)
     (stage / layout.VARIANTS_DIR).mkdir(exist_ok=True)
     os.rename(root / layout.MODEL_DIR, stage / folder)
+    _move_other_files(target, chosen.artifact, root, stage)
     artifact = dataclasses.replace(chosen.artifact, entry=_moved(chosen.artifact.entry, folder),
                                    files=[_moved(f, folder) for f in chosen.artifact.files])  # fmt: skip
     print_verification(chosen.verification, say)
@@ -133,6 +134,18 @@ def _variants(project: Project, target: Target, options: Any) -> tuple[Project, 
         fp32 = config.model_copy(update={"build": config.build.model_copy(update={"precision": "fp32"})})
         note = f"built at fp32: the {target.name} target does not offer {config.build.precision}"
         return dataclasses.replace(project, config=fp32), target.variants(fp32, options, auto), note
+
+
+def _move_other_files(target: Target, artifact: Artifact, root: Path, stage: Path) -> None:
+    """Files the target wrote beside model/ (tensorrt's runner/trt_builder.py, which its adapter
+    imports) go to the same place in the bundle; one the bundle already has is a conflict."""
+    for rel in artifact.files:
+        if rel.startswith(layout.MODEL_DIR + "/") or not (root / rel).is_file():
+            continue
+        if (stage / rel).exists():
+            raise CompileError(f"fallback target '{target.name}' writes {rel}, which the bundle already has")
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.rename(root / rel, stage / rel)
 
 
 def _moved(path: str, folder: str) -> str:

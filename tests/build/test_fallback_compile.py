@@ -225,3 +225,14 @@ def test_an_unavailable_fallback_target_is_target_unavailable(tmp_path: Path, mo
     with pytest.raises(TargetUnavailable, match="^fallback target 'openvino' is not available here: openvino is not"):
         compile_project(project, ["cpu"], tmp_path / "dist", fallback=["openvino"], use_cache=False)
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
+def test_a_tensorrt_fallback_brings_the_builder_its_adapter_imports(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", models.mlp())
+    [result] = compile_project(project, ["openvino"], tmp_path / "dist", fallback=["tensorrt"], use_cache=False)
+    m = manifest_of(result.path)
+    trt = m["variants"][1]
+    assert (trt["target"], trt["module"]) == ("tensorrt", "runtime_tensorrt")
+    assert trt["verification"]["status"] == "unverified" and trt["artifact"]["entry"] == "variants/tensorrt/model.onnx"
+    assert "from runner import trt_builder" in (result.path / "runner" / "runtime_tensorrt.py").read_text()
+    assert {"runner/trt_builder.py", "variants/tensorrt/model.onnx"} <= {f["path"] for f in m["files"]}
