@@ -131,6 +131,7 @@ def assemble_manifest(project: Project, target: Target, build: BuildInfo, artifa
             max_body_bytes=config.serving.max_body_bytes,
             max_batch_size=config.serving.batch_limit,
             max_queue_delay=config.serving.max_queue_delay,
+            self_check=config.serving.self_check,
         ),  # fmt: skip
         reference=ReferenceInfo(
             inputs=layout.REFERENCE_INPUTS,

@@ -97,6 +97,7 @@ class ServingInfo(_M):
     max_body_bytes: int = 64 * 1024 * 1024
     max_batch_size: int = 1  # > 1: the server batches requests along the first dim
     max_queue_delay: float = 0.002
+    self_check: Literal["always", "unverified", "off"] = "unverified"  # the runner's start-up self-check policy
 
 
 class ReferenceInfo(_M):

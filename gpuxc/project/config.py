@@ -171,6 +171,9 @@ class ServingSection(_Section):
     max_workers: Annotated[int, Field(ge=1, le=64)] = 1
     max_concurrency: Annotated[int, Field(ge=1, le=10_000)] = 64  # requests in flight per worker; more: 503
     max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024  # larger request bodies: 413
+    # Reference outputs re-checked on the device at start, before the server reports ready: for
+    # variants not verified at compile time (default), always, or never (docs/server.md).
+    self_check: Literal["always", "unverified", "off"] = "unverified"
 
     @field_validator("host")
     @classmethod

@@ -16,12 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from runner import compare, isa, layout
+from runner import compare, isa, layout, selfcheck, variants
 from runner.inputs import InputChecks, InputError
 from runner.labels import DEFAULT_TOP_K, rank_outputs
 from runner.preprocess import PreprocessError, Preprocessor
 from runner.profile import op_table
-from runner.runtime import Adapter, InferenceTimeout
+from runner.variants import Adapter, NoVariantError
+
+# Every adapter's InferenceTimeout subclasses TimeoutError: one name catches a timeout of whichever
+# variant runs (runner/runtime.py is not imported here: a fallback bundle runs without it).
+InferenceTimeout = TimeoutError
 
 BUNDLE_DIR = Path(__file__).resolve().parent.parent
 MANIFEST_NAME = layout.MANIFEST_NAME
@@ -32,6 +36,16 @@ _WARNED: set[str] = set()
 
 class BundleError(RuntimeError):
     """The bundle is missing files or its manifest is unreadable."""
+
+
+class NoVariant(BundleError):
+    """No variant of the bundle runs here: each is in ``skipped`` with its stage and reason.
+    ``self_check_failed``: at least one loaded but computed outside tolerance (or timed out)."""
+
+    def __init__(self, message: str, skipped: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.skipped = skipped
+        self.self_check_failed = any(s["stage"] == "self-check" for s in skipped)
 
 
 def read_manifest(bundle_dir: Path) -> dict[str, Any]:
@@ -56,22 +70,22 @@ class GPUXRuntime:
         provider: str | None = None,
         gpu_memory: str | None = None,
         timeout: float | None = None,
+        self_check: str | None = None,
         **settings: Any,
     ) -> None:
         self.bundle_dir = Path(bundle_dir).resolve() if bundle_dir else BUNDLE_DIR
         self.manifest = read_manifest(self.bundle_dir)
-        runtime = self.manifest["runtime"]
-        merged = dict(runtime.get("settings", {}))
-        merged.update(self.manifest["artifact"].get("settings", {}))
-        merged.update({k: v for k, v in settings.items() if v is not None})
+        overrides = {k: v for k, v in settings.items() if v is not None}
         if gpu_memory is not None:
-            merged["gpu_memory"] = gpu_memory
-        self.timeout = float(timeout if timeout is not None else merged.get("timeout", 30.0))
-        explicit = provider or os.environ.get(PROVIDER_ENV)
-        preferred = explicit or merged.get("backend", "auto")
-        model_path = self.bundle_dir / self.manifest["artifact"]["entry"]
-        if not model_path.exists():
-            raise BundleError(f"{model_path}: model artifact missing from the bundle")
+            overrides["gpu_memory"] = gpu_memory
+        if timeout is not None:
+            overrides["timeout"] = timeout
+        explicit = provider or os.environ.get(PROVIDER_ENV) or None
+        try:
+            self.self_check_policy = selfcheck.resolve_policy(
+                self_check or os.environ.get(selfcheck.POLICY_ENV), self.manifest.get("serving", {}).get("self_check"))
+        except selfcheck.SelfCheckError as exc:
+            raise BundleError(str(exc)) from None
         self.inputs = {spec["name"]: spec for spec in self.manifest["inputs"]}
         self.outputs = {spec["name"]: spec for spec in self.manifest["outputs"]}
         self._checks = InputChecks(self.manifest["inputs"])
@@ -89,15 +103,26 @@ class GPUXRuntime:
             problems = listed_file_problems(self.bundle_dir, self.manifest)
             if problems:
                 raise BundleError("bundle integrity check failed: " + "; ".join(problems[:5]))
+        # The first variant whose runtime is here, loads and passes its self-check (runner/variants.py).
+        self._adapter: Adapter | None = None
+        try:
+            chosen = variants.choose(self.bundle_dir, variants.manifest_variants(self.manifest), overrides, explicit,
+                                     self._check_variant)  # fmt: skip
+        except NoVariantError as exc:
+            raise NoVariant(str(exc), exc.skipped) from None
+        self._adapter = chosen.adapter
+        self.variant = chosen.variant
+        self.skipped_variants = chosen.skipped
+        self.self_check = chosen.self_check
+        self.timeout = float(chosen.settings.get("timeout", 30.0))
         # Said once per process, on stderr, and kept for /info: a specialised bundle on a CPU without
         # the extension it was chosen for still runs, slower than the build measured.
-        self.warnings = isa.isa_warnings(list(merged.get("requires_isa") or []), runtime["adapter"])
+        self.warnings = isa.isa_warnings(list(chosen.settings.get("requires_isa") or []),
+                                         self.variant["runtime"]["adapter"])  # fmt: skip
         for line in self.warnings:
             if line not in _WARNED:
                 _WARNED.add(line)
                 print(f"warning: {line}", file=sys.stderr)
-        self._adapter: Adapter | None = Adapter(model_path, merged, preferred, runtime.get("providers", []),
-                                                strict=bool(explicit))
 
     # -- GPUX API ----------------------------------------------------------------------------
 
@@ -151,9 +176,9 @@ class GPUXRuntime:
             "version": m["version"],
             "description": m.get("description"),
             "target": m["target"],
-            "format": m["artifact"]["format"],
-            "path": m["artifact"]["entry"],
-            "size_bytes": sum(f["size"] for f in m["files"] if f["path"].startswith(layout.MODEL_DIR + "/")),
+            "format": self.variant["artifact"]["format"],
+            "path": self.variant["artifact"]["entry"],
+            "size_bytes": sum(f["size"] for f in m["files"] if f["path"].startswith(self._artifact_dir())),
             "inputs": [self._describe(spec) for spec in m["inputs"]],
             "outputs": [self._describe(spec) for spec in m["outputs"]],
             "metadata": m.get("metadata", {}),
@@ -165,7 +190,22 @@ class GPUXRuntime:
             "requires_isa": list(m["artifact"].get("settings", {}).get("requires_isa") or []),
             "warnings": list(self.warnings),
             "preprocessing": self._pre.describe() if self._pre is not None else None,
+            # Which variant runs here (a bundle compiled with --fallback has several) and why any before it did not.
+            "variant": {"target": self.variant["target"], "precision": self.variant.get("precision"),
+                        "compile_time_verification": self.variant["verification"].get("status")},
+            "skipped_variants": [{k: v for k, v in s.items() if k != "self_check"} for s in self.skipped_variants],
+            "self_check": self.self_check_report(),
         }
+
+    def self_check_report(self) -> dict[str, Any]:
+        """The start-up self-check: its result, or ``{"status": "off"}``/``"not needed"`` and why."""
+        if self.self_check is not None:
+            return self.self_check
+        status = "off" if self.self_check_policy == "off" else "not needed"
+        reason = ("serving.self_check is off" if status == "off" else
+                  f"verified at compile time on {self.variant['verification'].get('runtime') or 'the build host'}; "
+                  "serving.self_check: always checks it here too")  # fmt: skip
+        return {"status": status, "policy": self.self_check_policy, "reason": reason, "target": self.variant["target"]}
 
     @property
     def preprocessing(self) -> str | None:
@@ -205,10 +245,10 @@ class GPUXRuntime:
     def verify(self) -> dict[str, Any]:
         """Re-run the reference inputs here and compare with the reference outputs."""
         actual = self._run(self.reference_inputs())
-        class_outputs = {name for name, spec in self.outputs.items() if spec.get("labels")}
-        tolerance = self.manifest["verification"]["tolerance"]
-        report = compare.compare(self.reference_outputs(), actual, tolerance, class_outputs)
+        tolerance = self.variant["verification"]["tolerance"]
+        report = compare.compare(self.reference_outputs(), actual, tolerance, self._class_outputs())
         report["provider"] = self.get_provider_info().get("name")
+        report["variant"] = self.variant["target"]
         report["tolerance"] = tolerance
         return report
 
@@ -224,6 +264,30 @@ class GPUXRuntime:
         return self._checks.prepare(input_data)
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _check_variant(self, variant: dict[str, Any], adapter: Adapter,
+                       settings: dict[str, Any]) -> dict[str, Any] | None:  # fmt: skip
+        """The self-check of a freshly loaded variant (runner/selfcheck.py), or None when the policy skips it."""
+        status = variant["verification"].get("status")
+        if not selfcheck.wanted(self.self_check_policy, status):
+            return None
+        timeout = float(settings.get("timeout", 30.0))
+        names = self._output_names
+        result = selfcheck.run_self_check(lambda feeds: adapter.run(feeds, names, timeout), self.reference_inputs(),
+                                          self.reference_outputs(), variant["verification"]["tolerance"],
+                                          self._class_outputs(), timeout)  # fmt: skip
+        info = _provider_info(adapter) if result["status"] != "timeout" else {}
+        result.update(target=variant["target"], provider=info.get("name"), runtime=info.get("runtime"),
+                      policy=self.self_check_policy, compile_time_status=status)  # fmt: skip
+        return result
+
+    def _artifact_dir(self) -> str:
+        """The folder of the running variant's artifact (``model/`` or ``variants/<target>/``), with its slash."""
+        parts = self.variant["artifact"]["entry"].split("/")
+        return (parts[0] if parts[0] == layout.MODEL_DIR else "/".join(parts[:2])) + "/"
+
+    def _class_outputs(self) -> set[str]:
+        return {name for name, spec in self.outputs.items() if spec.get("labels")}
 
     def _preprocess(self, input_data: Any, paths: bool) -> Any:
         pre = self._pre
@@ -267,6 +331,13 @@ class GPUXRuntime:
         }
 
 
+def _provider_info(adapter: Adapter) -> dict[str, Any]:
+    try:
+        return adapter.provider_info()
+    except Exception:  # a report must not fail the start: the check itself already passed or failed
+        return {}
+
+
 def listed_file_problems(bundle_dir: Path, manifest: dict[str, Any]) -> list[str]:
     """Every file the manifest lists, present with its size and sha256 (empty list: intact). Unlike
     gpuxc's ``differences_from_manifest`` it does not look for unlisted files: a deployed bundle may
@@ -306,4 +377,5 @@ def load(bundle_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> GPU
     return GPUXRuntime(bundle_dir, **kwargs)
 
 
-__all__ = ["GPUXRuntime", "load", "InputError", "BundleError", "InferenceTimeout", "to_jsonable", "read_manifest"]
+__all__ = ["GPUXRuntime", "load", "InputError", "BundleError", "NoVariant", "InferenceTimeout", "to_jsonable",
+           "read_manifest"]

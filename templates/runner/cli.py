@@ -1,7 +1,8 @@
 """Command line of this bundle: ``python <bundle> run|verify|bench|serve|info``.
 
 Exit codes: 0 ok; 1 verification outside tolerance; 2 bad usage or bad input;
-3 bundle unreadable, tampered or runtime failure; 4 inference timed out.
+3 bundle unreadable, tampered or runtime failure; 4 inference timed out;
+5 self-check failed: no variant computes within tolerance here (each reason on stderr).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-EXIT_OK, EXIT_VERIFY, EXIT_INPUT, EXIT_BUNDLE, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_VERIFY, EXIT_INPUT, EXIT_BUNDLE, EXIT_TIMEOUT, EXIT_SELF_CHECK = 0, 1, 2, 3, 4, 5
 RANKED_KEY = "ranked"  # labelled outputs' rankings, beside the outputs (as in /predict)
 
 
@@ -129,10 +130,18 @@ def _serve_web(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _main(argv)
+        code = _main(argv)
     except BrokenPipeError:  # `python . run ... | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    from runner.selfcheck import ABANDONED
+
+    if any(thread.is_alive() for thread in ABANDONED):
+        # A runtime stuck in native code: interpreter shutdown would wait on it or abort.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -141,6 +150,9 @@ def _main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--provider", default=argparse.SUPPRESS,
                         help="execution provider/device (auto, cpu, cuda, ...); default from the manifest")
+    common.add_argument("--self-check", choices=("always", "unverified", "off"), default=argparse.SUPPRESS,
+                        help="check the reference outputs on this device before running: always, only for "
+                             "variants not verified at compile time (default: gpux.yml serving.self_check), off")
     parser = argparse.ArgumentParser(prog="python <bundle>", description="Run this gpuxc bundle.", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="run one inference", parents=[common])
@@ -165,10 +177,13 @@ def _main(argv: list[str] | None = None) -> int:
     serve_p.add_argument("--host", help="bind address (default from the manifest: 127.0.0.1)")
     serve_p.add_argument("--port", type=int)
     serve_p.add_argument("--workers", type=int)
+    serve_p.add_argument("--stay-unready", action="store_true",
+                         help="when no variant passes its self-check, keep serving /health and /info as not ready "
+                              "(default: exit with code 5)")  # fmt: skip
     sub.add_parser("info", help="print model information as JSON", parents=[common])
     args = parser.parse_args(argv)
 
-    from runner.api import BundleError, InferenceTimeout, InputError, load
+    from runner.api import BundleError, InferenceTimeout, InputError, NoVariant, load
 
     if args.command == "serve" and _is_web():
         return _serve_web(args)
@@ -178,19 +193,29 @@ def _main(argv: list[str] | None = None) -> int:
         except ImportError as exc:
             return _fail(EXIT_BUNDLE, f"serving needs fastapi and uvicorn ({exc}); pip install -r requirements.txt")
         try:
-            serve(args.host, args.port, args.workers, provider=getattr(args, "provider", None))
+            serve(args.host, args.port, args.workers, provider=getattr(args, "provider", None),
+                  self_check=getattr(args, "self_check", None), stay_unready=args.stay_unready)
+        except NoVariant as exc:
+            return _fail(EXIT_SELF_CHECK if exc.self_check_failed else EXIT_BUNDLE, str(exc))
         except (BundleError, ValueError) as exc:
             return _fail(EXIT_BUNDLE, str(exc))
         return EXIT_OK
     try:
         threads = getattr(args, "threads", None)
         profiling = True if getattr(args, "profile", False) else None  # None: the manifest's setting stands
-        rt = load(provider=getattr(args, "provider", None), intra_op_threads=threads, enable_profiling=profiling)
+        # verify compares the reference itself, and reports the numbers: no separate self-check first.
+        policy = "off" if args.command == "verify" else getattr(args, "self_check", None)
+        rt = load(provider=getattr(args, "provider", None), intra_op_threads=threads, enable_profiling=profiling,
+                  self_check=policy)
+    except NoVariant as exc:
+        return _fail(EXIT_SELF_CHECK if exc.self_check_failed else EXIT_BUNDLE, str(exc))
     except (BundleError, ValueError) as exc:
         return _fail(EXIT_BUNDLE, str(exc))
     except Exception as exc:  # the runtime refused the artifact
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return _fail(EXIT_BUNDLE, f"cannot load the model: {reason}")
+    for skipped in rt.skipped_variants:  # a fallback in use is never silent
+        print(f"gpuxc: variant {skipped['target']} skipped: {skipped['reason']}", file=sys.stderr)
     with rt:
         try:
             if args.command == "info":

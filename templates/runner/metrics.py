@@ -45,6 +45,22 @@ class Metrics:
         self.p_batch = prom.Histogram("gpuxc_batch_size", "Leading dimension of the inputs run",
                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
         self.p_in_flight = prom.Gauge("gpuxc_in_flight", "Inferences running now", registry=self.registry)
+        # The start-up self-check (runner/selfcheck.py): set once the model is ready.
+        self.p_self_check = prom.Gauge("gpuxc_self_check_passed", "1: the reference outputs were reproduced "
+                                       "within tolerance on this device at start; 0: not checked",
+                                       ["variant", "provider", "status"], registry=self.registry)  # fmt: skip
+        self.p_self_check_seconds = prom.Gauge("gpuxc_self_check_seconds", "Time the start-up self-check took",
+                                               registry=self.registry)  # fmt: skip
+
+    def self_check(self, runtime: Any) -> None:
+        """Record the ready runtime's self-check (/metrics reads the report itself for JSON)."""
+        if not self.prom:
+            return
+        report = runtime.self_check_report()
+        provider = str(report.get("provider") or runtime.get_provider_info().get("name") or "")
+        self.p_self_check.labels(report.get("target", ""), provider, report["status"]).set(
+            1 if report["status"] == "passed" else 0)
+        self.p_self_check_seconds.set(float(report.get("seconds", 0.0)))
 
     def request(self, endpoint: str, status: int, seconds: float) -> None:
         with self.lock:

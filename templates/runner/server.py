@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,11 +21,25 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from runner import uploads, v2
-from runner.api import GPUXRuntime, InferenceTimeout, InputError, load, to_jsonable
+from runner.api import (
+    BUNDLE_DIR,
+    PROVIDER_ENV,
+    GPUXRuntime,
+    InferenceTimeout,
+    InputError,
+    NoVariant,
+    load,
+    read_manifest,
+    to_jsonable,
+)
+from runner.batching import Batcher
 from runner.labels import MAX_TOP_K
 from runner.metrics import Guard, Metrics
+from runner.readiness import FAILED, LOADING, ModelState
+from runner.selfcheck import POLICY_ENV
 
 API_KEY_ENV = "GPUXC_API_KEY"
+STAY_UNREADY_ENV = "GPUXC_STAY_UNREADY"  # "1": a failed self-check keeps the server up, not ready
 RANKED_KEY = "ranked"  # /predict: labelled outputs ranked as {label, score}, beside the raw tensors
 
 
@@ -40,120 +57,61 @@ def _v2_error(status: int, message: str, headers: dict[str, str] | None = None) 
     return JSONResponse(status_code=status, content={"error": message}, headers=headers)
 
 
-class _Batcher:
-    """Dynamic batching: requests arriving within ``delay`` are run as one batch along dim 0.
+def create_app(runtime: GPUXRuntime | None = None, stay_unready: bool | None = None,
+               bundle_dir: Path | None = None) -> FastAPI:
+    """The FastAPI app; ``uvicorn runner.server:create_app --factory`` starts it.
 
-    Only requests whose non-batch dims and dtypes match are combined; each gets back exactly
-    its own rows. Requests are validated before they are queued, so a malformed one never
-    joins a batch; if a batch still fails, its requests are re-run one by one so that one
-    bad request cannot fail the others.
+    With ``runtime`` (loaded, its self-check done) the app is ready at once. Without, the model
+    is loaded and self-checked on a background thread once the server runs (runner/readiness.py):
+    until then /health and the readiness routes answer 503. A load that fails calls
+    ``app.state.stop`` (set by :func:`serve`) unless ``stay_unready`` ($GPUXC_STAY_UNREADY=1).
+    ``bundle_dir``: the bundle to load (default: the one this runner belongs to).
     """
-
-    def __init__(self, rt: GPUXRuntime, max_batch: int, delay: float, metrics: Metrics) -> None:
-        self.rt, self.max_batch, self.delay, self.metrics = rt, max_batch, delay, metrics
-        self.queue: asyncio.Queue[tuple[dict[str, Any], int, asyncio.Future[Any], float]] | None = None
-        self.carry: tuple[dict[str, Any], int, asyncio.Future[Any], float] | None = None
-
-    @staticmethod
-    def eligible(rt: GPUXRuntime) -> bool:
-        """Every input and output has the same symbolic first dim (a batch dimension)."""
-        firsts = [(s.get("shape") or [1])[0] for s in list(rt.inputs.values()) + list(rt.outputs.values())]
-        return bool(firsts) and all(isinstance(d, str) or d is None for d in firsts) and len(
-            {d for d in firsts if isinstance(d, str)}) <= 1
-
-    async def submit(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        if self.queue is None:
-            self.queue = asyncio.Queue()
-            asyncio.get_running_loop().create_task(self._loop())
-        rows = int(next(iter(feeds.values())).shape[0])
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self.queue.put((feeds, rows, future, time.perf_counter()))
-        return await future
-
-    @staticmethod
-    def _key(feeds: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(feeds.items()))
-
-    async def _loop(self) -> None:
-        assert self.queue is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            first = self.carry or await self.queue.get()
-            self.carry = None
-            batch, rows, key = [first], first[1], self._key(first[0])
-            deadline = loop.time() + self.delay
-            while rows < self.max_batch:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
-                if self._key(item[0]) != key or rows + item[1] > self.max_batch:
-                    self.carry = item  # starts the next batch
-                    break
-                batch.append(item)
-                rows += item[1]
-            await self._run(batch, rows)
-
-    async def _run(self, batch: list[tuple[dict[str, Any], int, asyncio.Future[Any], float]], rows: int) -> None:
-        import numpy as np
-
-        started = time.perf_counter()
-        live = [b for b in batch if not b[2].done()]  # timed-out requests were already answered 504
-        if not live:
-            return
-        feeds = {name: np.concatenate([b[0][name] for b in live], axis=0) for name in live[0][0]}
-        try:
-            outputs = await run_in_threadpool(self.rt.infer, feeds)
-        except Exception:
-            for item in live:  # isolate: each request on its own
-                try:
-                    result = await run_in_threadpool(self.rt.infer, item[0])
-                    if not item[2].done():
-                        item[2].set_result(result)
-                except Exception as exc:
-                    if not item[2].done():
-                        item[2].set_exception(exc)
-            return
-        self.metrics.inference(time.perf_counter() - started, started - min(b[3] for b in live),
-                               sum(b[1] for b in live))
-        offset = 0
-        for _feeds, count, future, _ in live:
-            part = {name: value[offset:offset + count] for name, value in outputs.items()}
-            offset += count
-            if not future.done():
-                future.set_result(part)
-
-
-def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
-    """The FastAPI app; ``uvicorn runner.server:create_app --factory`` starts it."""
-    rt = runtime or load()
-    info = rt.get_model_info()
-    serving = rt.manifest.get("serving", {})
+    state = ModelState(runtime)
+    manifest = runtime.manifest if runtime is not None else read_manifest(bundle_dir or BUNDLE_DIR)
+    if stay_unready is None:
+        stay_unready = os.environ.get(STAY_UNREADY_ENV) == "1"
+    target = str(manifest["target"])
+    serving = manifest.get("serving", {})
     request_timeout = float(serving.get("timeout", 30.0))
     max_body = int(serving.get("max_body_bytes", 64 * 1024 * 1024))
     max_concurrency = int(serving.get("max_concurrency", 64))
     api_key = os.environ.get(API_KEY_ENV) or None
-    model_name, model_version = str(info["name"]), str(info["version"])
-    specs_in = dict(rt.inputs)
-    specs_out = dict(rt.outputs)
-    kind = rt.preprocessing  # "image"/"text": /predict and v2 take encoded images or text too
+    model_name, model_version = str(manifest["name"]), str(manifest["version"])
+    specs_in = {spec["name"]: spec for spec in manifest["inputs"]}
+    specs_out = {spec["name"]: spec for spec in manifest["outputs"]}
+    preprocessing = manifest.get("preprocessing") or {}
+    kind = preprocessing.get("kind")  # "image"/"text": /predict and v2 take encoded images or text too
+    encoded_key = preprocessing.get("input")
     media_types = {"image": ("application/json", "multipart/form-data"),
                    "text": ("application/json", "multipart/form-data", "application/x-www-form-urlencoded")
                    }.get(kind or "", ("application/json",))  # fmt: skip
-    encoded = {rt.preprocessed_input: kind} if kind and rt.preprocessed_input else {}
+    encoded = {encoded_key: kind} if kind and encoded_key else {}
     metrics = Metrics()
     slots = {"busy": 0}
     max_batch = int(serving.get("max_batch_size", 1))
-    batcher = (_Batcher(rt, max_batch, float(serving.get("max_queue_delay", 0.002)), metrics)
-               if max_batch > 1 and _Batcher.eligible(rt) else None)
+    batching: dict[str, Batcher | None] = {"batcher": None}
+    if max_batch > 1 and Batcher.eligible(manifest):
+        state.on_ready(lambda rt: batching.update(
+            batcher=Batcher(rt, max_batch, float(serving.get("max_queue_delay", 0.002)), metrics)))
+    state.on_ready(metrics.self_check)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if state.status == LOADING:
+            def stop() -> None:  # serve() sets app.state.stop: the server shuts down and exits 5
+                getattr(app.state, "stop", lambda: None)()
+
+            state.load(lambda: load(bundle_dir), None if stay_unready else stop)
+        yield
+
     app = FastAPI(
-        title=f"{model_name} ({info['target']})",
+        title=f"{model_name} ({target})",
         description="gpuxc bundle server: GPUX API and the Open Inference Protocol (KServe v2)",
         version=model_version,
+        lifespan=lifespan,
     )
+    app.state.model = state
 
     app.add_middleware(Guard, api_key=api_key, metrics=metrics)
 
@@ -168,9 +126,10 @@ def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
                 raise _TooLarge
         return bytes(body)
 
-    async def run_model(feeds: dict[str, Any]) -> dict[str, Any]:
+    async def run_model(rt: GPUXRuntime, feeds: dict[str, Any]) -> dict[str, Any]:
         """One inference with the concurrency limit, the timeout and the metrics."""
         arrived = time.perf_counter()
+        batcher = batching["batcher"]
         if slots["busy"] >= max_concurrency:
             raise _Busy
         slots["busy"] += 1
@@ -192,35 +151,45 @@ def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
     # -- GPUX --------------------------------------------------------------------------------
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "healthy", "model": model_name, "version": model_version, "target": info["target"]}
+    async def health() -> Any:
+        status, body = state.health(model_name, model_version, target)
+        return body if status == 200 else JSONResponse(status_code=status, content=body)
 
     @app.get("/info")
-    async def model_info() -> dict[str, Any]:
-        return info
+    async def model_info() -> Any:
+        if state.rt is None:
+            return JSONResponse(status_code=503, content={"name": model_name, "version": model_version,
+                                                          "target": target, **state.not_ready_info()})
+        return state.rt.get_model_info()  # includes the variant running and its self-check
 
     @app.get("/metrics")
     async def metrics_endpoint(request: Request) -> Any:
         if metrics.prom and "application/json" not in request.headers.get("accept", ""):
             return Response(metrics.prom.generate_latest(metrics.registry),
                             media_type="text/plain; version=0.0.4; charset=utf-8")
+        rt = state.rt
         with metrics.lock:
             requests = [{"endpoint": p, "status": s, "count": c} for (p, s), c in sorted(metrics.requests.items())]
             avg = metrics.inference_ms_total / metrics.inferences if metrics.inferences else None
             count = metrics.inferences
         return {
-            "provider": rt.get_provider_info(),
-            "available_providers": rt.get_available_providers(),
+            "provider": rt.get_provider_info() if rt else None,
+            "available_providers": rt.get_available_providers() if rt else [],
+            "ready": rt is not None,
+            "self_check": rt.self_check_report() if rt else state.not_ready_info(),
             "requests": requests,
             "inferences": count,
             "avg_inference_ms": avg,
             "in_flight": slots["busy"],
-            "batching": {"max_batch_size": max_batch, "enabled": batcher is not None},
+            "batching": {"max_batch_size": max_batch, "enabled": batching["batcher"] is not None},
             "uptime_s": time.time() - metrics.started,
         }
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
+        rt = state.rt
+        if rt is None:
+            return _gpux_error(503, "not_ready", state.message(), headers={"Retry-After": "1"})
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in media_types and not (kind == "image" and content_type.startswith("image/")):
             return _gpux_error(415, "unsupported_media_type", f"send inputs as {uploads.accepted(kind)}")
@@ -233,11 +202,11 @@ def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
             return _gpux_error(413, "payload_too_large", f"request body over {max_body} bytes")
         try:
             data = await uploads.predict_inputs(content_type, request.headers, body, kind,
-                                                  rt.preprocessed_input or "")
+                                                  encoded_key or "")
             # Decoding an image or tokenising takes milliseconds: off the event loop. Strings are
             # never read as file paths from here (paths=False).
             feeds = (await run_in_threadpool(rt.prepare, data, paths=False) if kind else rt.prepare(data))
-            outputs = await run_model(feeds)
+            outputs = await run_model(rt, feeds)
         except uploads.UploadError as exc:
             return _gpux_error(exc.status, exc.error, exc.message, exc.details)
         except InputError as exc:
@@ -267,13 +236,13 @@ def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
                     for n, s in specs.items()]
         inputs = tensors(specs_in)
         if kind == "text":  # text in, as BYTES; the token tensors stay accepted as well
-            inputs.append({"name": rt.preprocessed_input, "datatype": "BYTES", "shape": [-1]})
-        return {"name": model_name, "versions": [model_version], "platform": f"gpuxc_{info['target']}",
+            inputs.append({"name": encoded_key, "datatype": "BYTES", "shape": [-1]})
+        return {"name": model_name, "versions": [model_version], "platform": f"gpuxc_{target}",
                 "inputs": inputs, "outputs": tensors(specs_out)}
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "gpuxc", "version": str(rt.manifest.get("gpuxc_version", "")),
+        return {"name": "gpuxc", "version": str(manifest.get("gpuxc_version", "")),
                 "extensions": ["binary_tensor_data"]}
 
     @app.get("/v2/health/live")
@@ -281,7 +250,9 @@ def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
         return {"live": True}
 
     @app.get("/v2/health/ready")
-    async def ready() -> dict[str, Any]:
+    async def ready() -> Any:
+        if state.rt is None:  # not ready: non-200, as the protocol asks, with the reason
+            return JSONResponse(status_code=503, content={"ready": False, "reason": state.message()})
         return {"ready": True}
 
     @app.get("/v2/models/{name}")
@@ -296,6 +267,9 @@ def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
     async def model_ready(name: str, version: str | None = None) -> Any:
         if not model_matches(name, version):
             return _v2_error(404, "unknown model or version")
+        if state.rt is None:
+            return JSONResponse(status_code=503, content={"name": model_name, "ready": False,
+                                                          "reason": state.message()})
         return {"name": model_name, "ready": True}
 
     @app.post("/v2/models/{name}/infer")
@@ -303,6 +277,9 @@ def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
     async def infer(name: str, request: Request, version: str | None = None) -> Any:
         if not model_matches(name, version):
             return _v2_error(404, "unknown model or version")
+        rt = state.rt
+        if rt is None:
+            return _v2_error(503, state.message(), headers={"Retry-After": "1"})
         header_length = request.headers.get(v2.HEADER_LENGTH)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         allowed = ("application/json", "application/octet-stream", "")
@@ -315,7 +292,7 @@ def create_app(runtime: GPUXRuntime | None = None) -> FastAPI:
             req, tail = v2.split_body(body, header_length)
             decoded = v2.decode_inputs(req, tail, specs_in, encoded)
             feeds = await run_in_threadpool(rt.prepare, decoded, paths=False) if kind else rt.prepare(decoded)
-            outputs = await run_model(feeds)
+            outputs = await run_model(rt, feeds)
             payload, json_length = v2.encode_response(model_name, version, outputs, specs_out, req)
         except _TooLarge:
             return _v2_error(413, f"request body over {max_body} bytes")
@@ -340,21 +317,38 @@ class _Busy(Exception):
 
 
 def serve(host: str | None = None, port: int | None = None, workers: int | None = None,
-          provider: str | None = None, log_level: str = "info") -> None:
+          provider: str | None = None, log_level: str = "info", self_check: str | None = None,
+          stay_unready: bool = False) -> None:
+    """Bind, then load and self-check the model in the background (runner/readiness.py). Raises
+    :class:`NoVariant` after shutting down when no variant passed, unless ``stay_unready``."""
     import uvicorn
 
+    # Worker processes read these too.
     if provider:
-        os.environ["GPUXC_PROVIDER"] = provider  # worker processes read it too
-    rt = load()  # fail fast, before binding, if the bundle cannot load
-    serving = rt.manifest.get("serving", {})
+        os.environ[PROVIDER_ENV] = provider
+    if self_check:
+        os.environ[POLICY_ENV] = self_check
+    manifest = read_manifest(BUNDLE_DIR)  # an unreadable bundle fails before binding
+    serving = manifest.get("serving", {})
     host = host or serving.get("host", "127.0.0.1")
     port = int(port or serving.get("port", 8080))
     workers = int(workers or serving.get("max_workers", 1))
     # On SIGTERM uvicorn stops accepting and lets in-flight requests finish for this long.
     grace = int(max(1, float(serving.get("timeout", 30.0)) + 1))
     if workers > 1:
-        # Each worker process imports the factory and loads the model once.
+        # The parent proves once that a variant runs here, then each worker process imports the
+        # factory, loads and self-checks the model itself; a worker whose check fails stays not ready.
+        if not stay_unready:
+            load().cleanup()
+        os.environ[STAY_UNREADY_ENV] = "1"
         uvicorn.run("runner.server:create_app", factory=True, host=host, port=port, workers=workers,
                     log_level=log_level, timeout_graceful_shutdown=grace)
-    else:
-        uvicorn.run(create_app(rt), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace)
+        return
+    app = create_app(None, stay_unready=stay_unready)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                           timeout_graceful_shutdown=grace))  # fmt: skip
+    app.state.stop = lambda: setattr(server, "should_exit", True)
+    server.run()
+    state: ModelState = app.state.model
+    if state.status == FAILED and not stay_unready:
+        raise NoVariant(state.reason or "the model failed to load", state.skipped)

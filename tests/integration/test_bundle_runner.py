@@ -3,7 +3,6 @@ always in a child process started from another working directory."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import textwrap
@@ -21,6 +20,7 @@ from tests.integration.conftest import (
     endless_loop_model,
     load_npz,
     ort_run,
+    resign,
     run_cmd,
     write_project,
 )
@@ -35,17 +35,6 @@ def _image(seed: int = 3) -> np.ndarray:
 
 def _bundle(bundle: Path, *args: str | Path, cwd: Path) -> Any:
     return run_cmd([sys.executable, bundle, *args], cwd=cwd)
-
-
-def _resign(bundle: Path, rel: str) -> None:
-    """Update the manifest's size/sha256 of ``rel``: only the numbers are wrong, not integrity."""
-    path = bundle / "gpux-bundle.json"
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    data = (bundle / rel).read_bytes()
-    [entry] = [f for f in manifest["files"] if f["path"] == rel]
-    entry["size"] = len(data)
-    entry["sha256"] = hashlib.sha256(data).hexdigest()
-    path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
 
 # -- the Python API --------------------------------------------------------------------------------
@@ -271,7 +260,7 @@ def test_verify_exits_1_when_reference_outputs_disagree(bundle_copy: Path, tmp_p
     ref = bundle_copy / "reference" / "outputs.npz"
     outputs = load_npz(ref)
     np.savez(ref, **{k: v + np.float32(0.5) for k, v in outputs.items()})
-    _resign(bundle_copy, "reference/outputs.npz")  # integrity passes: only the numbers disagree
+    resign(bundle_copy, "reference/outputs.npz")  # integrity passes: only the numbers disagree
     proc = _bundle(bundle_copy, "verify", cwd=tmp_path)
     assert proc.returncode == EXIT_VERIFY, (proc.stdout, proc.stderr)
     assert "verification failed" in proc.stdout
@@ -302,7 +291,7 @@ def test_missing_model_file_is_a_bundle_error(bundle_copy: Path, tmp_path: Path)
     (bundle_copy / "model" / "model.onnx").unlink()
     proc = _bundle(bundle_copy, "run", "--input", "{}", cwd=tmp_path)
     assert proc.returncode == EXIT_BUNDLE, (proc.stdout, proc.stderr)
-    assert_one_error_line(proc.stderr, contains=["model artifact missing"])
+    assert_one_error_line(proc.stderr, contains=["integrity check failed", "model/model.onnx: missing"])
 
 
 # -- runtime.timeout -------------------------------------------------------------------------------
