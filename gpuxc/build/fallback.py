@@ -67,6 +67,9 @@ def check_fallback_targets(config: GpuxConfig, primaries: list[str], known: dict
             listed = ", ".join(sorted(known))
             raise TargetUnavailable(f"{where(index)}: unknown fallback target '{name}'{did_you_mean(name, known)}; "
                                     f"known targets: {listed}")  # fmt: skip
+        if variant_module(name) in [variant_module(other) for other in fallbacks[:index]]:
+            raise ConfigError(f"{where(index)}: fallback '{name}' would share its runner module with an earlier "
+                              f"fallback ({variant_module(name)}); rename one of the two targets")  # fmt: skip
         if name in primaries:
             raise ConfigError(f"{where(index)}: fallback '{name}' is also the bundle's primary target; a fallback "
                               "must be another target")  # fmt: skip

@@ -86,8 +86,9 @@ def runner_files(adapter: str, extra_dirs: tuple[Path, ...] = ()) -> dict[str, P
 
 
 def variant_module(target: str) -> str:
-    """The runner module of fallback target ``target``'s adapter (``runner/runtime_<target>.py``)."""
-    return f"runtime_{target}"
+    """The runner module of fallback target ``target``'s adapter (``runner/runtime_<target>.py``; a
+    ``-`` in a target name becomes ``_``: the runner imports only identifier-like module names)."""
+    return f"runtime_{target.replace('-', '_')}"
 
 
 def variant_adapter_files(adapters: dict[str, tuple[str, tuple[Path, ...]]]) -> dict[str, Path]:

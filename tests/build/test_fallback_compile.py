@@ -5,7 +5,9 @@ runner/runtime_<target>.py, every variant verified like its own build and listed
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,11 +17,12 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from fixtures import models
+from gpuxc.build.fallback import check_fallback_targets
 from gpuxc.build.pipeline import compile_project
-from gpuxc.bundle.runner_source import template_root
+from gpuxc.bundle.runner_source import template_root, variant_module
 from gpuxc.cache import restore as warm
 from gpuxc.cli import app
-from gpuxc.errors import ExitCode, TargetUnavailable
+from gpuxc.errors import ConfigError, ExitCode, TargetUnavailable
 from gpuxc.ort_session import run_onnxruntime
 from tests.plugins.gpuxc_tensorrt.test_tensorrt_contract import run_with_fakes, write_fake_site
 
@@ -141,6 +144,12 @@ def test_tensorrt_with_a_cpu_fallback(tmp_path: Path) -> None:
         print(json.dumps([list(trt.shape), list(out.shape)]))
     """, tmp_path)  # fmt: skip
     assert shapes == [[1, 5], [1, 5]]
+    if importlib.util.find_spec("tensorrt") is None:  # the runner (runner/variants.py) falls back to cpu
+        info = subprocess.run([sys.executable, str(bundle), "info"], capture_output=True, text=True, cwd=tmp_path)
+        assert info.returncode == 0, info.stderr
+        assert json.loads(info.stdout)["variant"]["target"] == "cpu" and "variant tensorrt skipped" in info.stderr
+        verify = subprocess.run([sys.executable, str(bundle), "verify"], capture_output=True, text=True, cwd=tmp_path)
+        assert verify.returncode == 0 and "verification passed" in verify.stdout
 
 
 def test_a_fallback_without_the_build_precision_is_built_at_fp32_and_says_so(tmp_path: Path) -> None:
@@ -236,3 +245,11 @@ def test_a_tensorrt_fallback_brings_the_builder_its_adapter_imports(tmp_path: Pa
     assert trt["verification"]["status"] == "unverified" and trt["artifact"]["entry"] == "variants/tensorrt/model.onnx"
     assert "from runner import trt_builder" in (result.path / "runner" / "runtime_tensorrt.py").read_text()
     assert {"runner/trt_builder.py", "variants/tensorrt/model.onnx"} <= {f["path"] for f in m["files"]}
+
+
+def test_fallback_runner_modules_are_identifiers_and_never_shared(tmp_path: Path) -> None:
+    assert variant_module("cpu") == "runtime_cpu" and variant_module("my-gpu") == "runtime_my_gpu"
+    project = write_project(tmp_path / "p", models.mlp(), "build:\n  fallback: [my-gpu, my_gpu]\n")
+    config = warm.load_build_config(project, None, None, None)
+    with pytest.raises(ConfigError, match=r"gpux.yml:5:\d+: fallback 'my_gpu' would share its runner module"):
+        check_fallback_targets(config, ["cpu"], {"cpu": None, "my-gpu": None, "my_gpu": None}, False)
