@@ -8,6 +8,7 @@ gpux.yml (+ CLI overrides)                          cache.restore.load_build_con
                   plan → passes → compile → verify → memory   build.candidate
                   over the memory budget?                     build.budget
                   auto: time and choose                       build.search
+                fallbacks (build.fallback): each built and verified like its own build, into variants/   build.fallback
                 reference data, runner, manifest    bundle.npz, bundle.writer, build.assemble
                 store in the cache, then publish    cache.restore.store, bundle.writer.publish
   --archive: <bundle>.tar.gz beside each            bundle.archive
@@ -29,6 +30,7 @@ from pydantic_core import to_jsonable_python
 from gpuxc.build.assemble import assemble_manifest, runner_context
 from gpuxc.build.budget import check_budget
 from gpuxc.build.candidate import Candidate, build_candidate, failure_hint, failure_message, try_candidate
+from gpuxc.build.fallback import build_fallbacks, check_fallback_targets
 from gpuxc.build.options import check_option_targets, target_options
 from gpuxc.build.policy import Policy, check_fits
 from gpuxc.build.project import Project, project_for
@@ -71,10 +73,12 @@ def compile_project(
     cache_dir: Path | None = None,
     use_cache: bool = True,
     policy: Policy | None = None,
+    fallback: list[str] | None = None,
 ) -> list[BundleResult]:
     """Compile the project at ``path`` for each target; returns one result per bundle written.
 
-    ``precision`` and ``optimize`` override build.precision and build.optimize (CLI flags).
+    ``precision``, ``optimize`` and ``fallback`` override build.precision, build.optimize and
+    build.fallback (CLI flags).
     A ``policy`` (gpuxc/build/policy.py) builds its target's recorded variant, and sets both itself.
     With the build cache (``use_cache``, not ``$GPUXC_NO_CACHE``), a target whose key is cached
     is restored from the cache (digest-checked) without loading the model; the others are built
@@ -83,10 +87,11 @@ def compile_project(
     say = progress or (lambda _msg: None)
     if policy is not None:
         precision, optimize = policy.overrides(precision, optimize)
-    config = warm.load_build_config(path, config_path, precision, optimize)
+    config = warm.load_build_config(path, config_path, precision, optimize, fallback)
     say(f"config {config.path.name}: {config.name} {config.version}")
     cache = warm.open_cache(cache_dir, use_cache, say)
-    return compile_config(config, targets, out, say, archive=archive, cache=cache, policy=policy)
+    return compile_config(config, targets, out, say, archive=archive, cache=cache, policy=policy,
+                          fallback_from_command_line=fallback is not None)  # fmt: skip
 
 
 def compile_config(
@@ -98,6 +103,7 @@ def compile_config(
     archive: bool = False,
     cache: BuildCache | None = None,
     policy: Policy | None = None,
+    fallback_from_command_line: bool = False,
 ) -> list[BundleResult]:
     """:func:`compile_project` for a loaded config (overrides applied) and an opened cache (or None)."""
     registry = get_registry()
@@ -108,6 +114,7 @@ def compile_config(
     else:
         names = targets or config.build.targets
         _check_target_names(config, names, registry.targets, from_command_line=bool(targets))
+    check_fallback_targets(config, names, registry.targets, fallback_from_command_line)
     out_dir = (out or Path("dist")).resolve()
     project: Project | None = None
     results = []
@@ -162,13 +169,18 @@ def compile_target(
                 tune_runtime(target, chosen, project.reference_inputs, tsay)
         assert chosen.artifact is not None and chosen.verification is not None and chosen.model is not None
         print_verification(chosen.verification, tsay)
+        fallbacks = build_fallbacks(project, stage, Path(work), tsay, _build_variants, reproducible)
         npz.write_reference(stage, project.reference_inputs, project.reference_outputs)
         if isinstance(project.preprocessing, TextPreprocessing):  # the runner tokenises with the project's file
             (stage / layout.TOKENIZER).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(tokenizer_path(config), stage / layout.TOKENIZER)
         runtime = target.runtime(options, chosen.artifact)
-        extra = (target.template_dir,) if target.template_dir else ()
-        writer.write_runner(stage, runner_context(config, target, runtime, chosen.verification), runtime.adapter, extra)
+        extra = _template_dirs(target)
+        context = runner_context(config, target, runtime, chosen.verification,
+                                 [r for f in fallbacks for r in f.runtime.requirements])  # fmt: skip
+        writer.write_runner(stage, context, runtime.adapter, extra)
+        writer.write_variant_adapters(stage, context, {f.target.name: (f.runtime.adapter, _template_dirs(f.target))
+                                                       for f in fallbacks})  # fmt: skip
         if reproducible:
             # Durations differ from build to build: printed above, not recorded in a reproducible manifest.
             chosen.records = [r.model_copy(update={"seconds": 0.0}) for r in chosen.records]
@@ -186,7 +198,7 @@ def compile_target(
             calibration_sha256=calibration_digest(config),
         )
         manifest = assemble_manifest(project, target, build, chosen.artifact, runtime, chosen.verification,
-                                     chosen.model, stage)  # fmt: skip
+                                     chosen.model, stage, [f.info(config) for f in fallbacks])  # fmt: skip
         writer.write_manifest(stage, manifest)
         verification = chosen.verification.model_dump(mode="json", include=RESULT_VERIFICATION)
         if store is not None:
@@ -273,3 +285,7 @@ def _check_target_names(config: GpuxConfig, names: list[str], known: dict[str, A
             raise TargetUnavailable(
                 f"{where}unknown target '{name}'{did_you_mean(name, known)}; known targets: {listed}"
             )
+
+
+def _template_dirs(target: Target) -> tuple[Path, ...]:
+    return (target.template_dir,) if target.template_dir else ()

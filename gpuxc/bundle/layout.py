@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # the runner's file, as mypy sees it (mypy_path has templates
         RUNNER_DIR,
         RUNNER_RUNTIME,
         TOKENIZER,
+        VARIANTS_DIR,
+        variant_dir,
     )
 else:
     from gpuxc.bundle.runner_source import runner_module
@@ -37,6 +39,8 @@ else:
     RUNNER_RUNTIME = _runner_layout.RUNNER_RUNTIME
     PREPROCESSING_DIR = _runner_layout.PREPROCESSING_DIR
     TOKENIZER = _runner_layout.TOKENIZER
+    VARIANTS_DIR = _runner_layout.VARIANTS_DIR
+    variant_dir = _runner_layout.variant_dir
 
 CANDIDATES_DIR = ".candidates"  # --optimize auto builds each variant here inside the staging folder
 
@@ -52,7 +56,9 @@ __all__ = [
     "RUNNER_DIR",
     "RUNNER_RUNTIME",
     "TOKENIZER",
+    "VARIANTS_DIR",
     "bundle_name",
+    "variant_dir",
 ]
 
 

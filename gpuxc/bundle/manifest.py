@@ -126,6 +126,19 @@ class Verification(_M):
     failures: list[str] = Field(default_factory=list)
 
 
+class VariantInfo(_M):
+    """One variant of a multi-variant bundle (build.fallback): the runner tries them in order."""
+
+    target: str
+    module: str  # the runner module of its adapter: "runtime" for variants[0], "runtime_<target>" after
+    artifact: ArtifactInfo  # entry and files relative to the bundle root (fallbacks: under variants/<target>/)
+    runtime: RuntimeInfo  # its own requirements (requirements.txt holds the union)
+    verification: Verification
+    precision: str
+    variant: str  # build variant name (fp32, int8-dynamic, ...)
+    note: str | None = None  # e.g. why a fallback was built at fp32 rather than build.precision
+
+
 class HostInfo(_M):
     platform: str
     machine: str
@@ -161,6 +174,9 @@ class Manifest(_M):
     serving: ServingInfo
     reference: ReferenceInfo
     verification: Verification
+    # Empty for a single-variant bundle; with build.fallback, variants[0] is the primary (the
+    # top-level target/artifact/runtime/verification), then the fallbacks in order.
+    variants: list[VariantInfo] = Field(default_factory=list)
     host: HostInfo
     files: list[FileEntry]
 

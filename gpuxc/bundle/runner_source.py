@@ -83,3 +83,17 @@ def runner_files(adapter: str, extra_dirs: tuple[Path, ...] = ()) -> dict[str, P
         files[rel] = find_source(f"{RUNNER_SOURCE_DIR}/{source.name}", extra_dirs)
     files[layout.RUNNER_RUNTIME] = find_source(adapter, extra_dirs)
     return files
+
+
+def variant_module(target: str) -> str:
+    """The runner module of fallback target ``target``'s adapter (``runner/runtime_<target>.py``; a
+    ``-`` in a target name becomes ``_``: the runner imports only identifier-like module names)."""
+    return f"runtime_{target.replace('-', '_')}"
+
+
+def variant_adapter_files(adapters: dict[str, tuple[str, tuple[Path, ...]]]) -> dict[str, Path]:
+    """A multi-variant bundle's fallback adapters: source file by path in the bundle. ``adapters``
+    maps each fallback target to its adapter template and its ``template_dir`` (searched first)."""
+    layout = runner_module("layout")
+    return {f"{layout.RUNNER_DIR}/{variant_module(target)}.py": find_source(adapter, extra_dirs)
+            for target, (adapter, extra_dirs) in adapters.items()}  # fmt: skip

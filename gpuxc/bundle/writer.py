@@ -156,5 +156,20 @@ def write_runner(bundle: Path, context: dict[str, Any], adapter: str, extra_dirs
         (bundle / rel).write_text(render(template, context, extra_dirs), encoding="utf-8")
 
 
+def write_variant_adapters(bundle: Path, context: dict[str, Any],
+                           adapters: dict[str, tuple[str, tuple[Path, ...]]]) -> None:  # fmt: skip
+    """Copy each fallback target's adapter (``adapters``: target -> (template, template dirs)) to
+    ``runner/runtime_<target>.py``, byte for byte like the primary's (a ``.j2`` one rendered)."""
+    from gpuxc.bundle.codegen import render
+    from gpuxc.bundle.runner_source import variant_adapter_files
+
+    for (rel, source), (adapter, extra_dirs) in zip(variant_adapter_files(adapters).items(), adapters.values(),
+                                                    strict=True):  # fmt: skip
+        if source.name.endswith(".j2"):
+            (bundle / rel).write_text(render(adapter, context, extra_dirs), encoding="utf-8")
+        else:
+            shutil.copyfile(source, bundle / rel)
+
+
 def write_manifest(bundle: Path, manifest: Manifest) -> None:
     (bundle / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")

@@ -22,7 +22,7 @@ from gpuxc.cache.key import calibration_digest, code_digest, host_facts, key_doc
 from gpuxc.cache.store import BuildCache, cache_disabled_by_env, default_cache_dir
 from gpuxc.digests import sha256_file
 from gpuxc.errors import ConfigError
-from gpuxc.project.config import GpuxConfig
+from gpuxc.project.config import GpuxConfig, check_fallback_names
 from gpuxc.project.config_load import find_config, load_config
 
 Progress = Callable[[str], None]
@@ -41,9 +41,15 @@ def open_cache(cache_dir: Path | None, use_cache: bool, say: Progress) -> BuildC
     return BuildCache(cache_dir if cache_dir is not None else default_cache_dir(), say)
 
 
-def load_build_config(path: Path, config_path: Path | None, precision: str | None, optimize: str | None) -> GpuxConfig:
+def load_build_config(path: Path, config_path: Path | None, precision: str | None, optimize: str | None,
+                      fallback: list[str] | None = None) -> GpuxConfig:  # fmt: skip
     """gpux.yml with the CLI's overrides applied: what the manifest and the cache key record."""
     config = load_config(find_config(path, config_path))
+    if fallback is not None:  # checked as build.fallback is (the pipeline checks the names against the targets)
+        try:
+            config.build.fallback = check_fallback_names(list(fallback))
+        except ValueError as exc:
+            raise ConfigError(f"--fallback: {exc}") from None
     # The CLI offers only the schema's values (its Precision and Optimize choices), so these are
     # assigned unchecked, as they always were.
     if precision is not None:
@@ -142,13 +148,14 @@ def restore_all(
     cache_dir: Path | None = None,
     use_cache: bool = True,
     policy: str | None = None,
+    fallback: list[str] | None = None,
 ) -> list[BundleResult] | None:
     """Every requested bundle from the cache, or None if any target must be built. ``policy``: the
     digest of the policy replayed (its precision and optimize are passed as the overrides)."""
     cache = open_cache(cache_dir, use_cache, say)
     if cache is None:
         return None
-    config = load_build_config(path, config_path, precision, optimize)
+    config = load_build_config(path, config_path, precision, optimize, fallback)
     names = targets or config.build.targets
     keys = [build_key(config, name, archive, policy) for name in names]
     if not all(k is not None and cache.has(k.key) for k in keys):

@@ -41,6 +41,11 @@ def compile_command(
         Optimize | None,
         typer.Option("--optimize", help="auto: build candidate variants, keep the fastest inside tolerance."),
     ] = None,
+    fallback: Annotated[
+        list[str] | None,
+        typer.Option("--fallback", help="Fallback target, tried in order after the primary (repeatable); "
+                     "overrides build.fallback."),
+    ] = None,
     archive: Annotated[
         bool, typer.Option("--archive", help="Also write <bundle>.tar.gz, byte-identical across rebuilds.")
     ] = False,
@@ -64,6 +69,7 @@ def compile_command(
     options: dict[str, Any] = {
         "precision": precision.value if precision else None,
         "optimize": optimize.value if optimize else None,
+        "fallback": fallback or None,
         "archive": archive,
         "cache_dir": cache_dir,
         "use_cache": not no_cache,

@@ -36,7 +36,7 @@ def _inspect_bundle(path: Path, json_out: bool) -> None:
 
     manifest = read_manifest(path)
     fields = {"name", "version", "target", "gpuxc_version", "inputs", "outputs", "verification", "artifact",
-              "runtime", "source", "preprocessing"}  # fmt: skip
+              "runtime", "source", "preprocessing", "variants"}  # fmt: skip
     data = manifest.model_dump(mode="json", include=fields)
     data["passes"] = [{"name": p.name, "status": p.status, "seconds": p.seconds} for p in manifest.build.passes]
     if json_out:
@@ -47,6 +47,10 @@ def _inspect_bundle(path: Path, json_out: bool) -> None:
     typer.echo(f"  verification: {manifest.verification.status}"
                + (f" ({manifest.verification.reason})" if manifest.verification.reason else ""))  # fmt: skip
     typer.echo(f"  passes: {', '.join(p['name'] + ':' + p['status'] for p in data['passes']) or 'none'}")
+    for index, v in enumerate(manifest.variants):  # build.fallback: tried by the runner in this order
+        role = "primary" if index == 0 else f"fallback {index}"
+        status = v.verification.status + (f" ({v.note})" if v.note else "")
+        typer.echo(f"  variant {v.target} ({role}): {v.artifact.entry} {v.variant}, verification {status}")
     for kind, tensors in (("input", manifest.inputs), ("output", manifest.outputs)):
         for t in tensors:
             typer.echo(f"  {kind} {t.name}: {t.dtype} {t.shape}" + (f" labels={len(t.labels)}" if t.labels else ""))

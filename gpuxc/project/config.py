@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from gpuxc.errors import did_you_mean
 from gpuxc.project.config_errors import clip, kind_of
@@ -227,8 +227,20 @@ class ToleranceSection(_Section):
     max_mismatch_ratio: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
+def check_fallback_names(names: list[str]) -> list[str]:
+    """build.fallback / --fallback on their own: well-formed, no repeats, no web (it serves a page)."""
+    for index, name in enumerate(names):
+        _check_target_name(name)
+        if name in names[:index]:
+            raise ValueError(f"lists '{name}' twice")
+    if "web" in names:
+        raise ValueError("web cannot be a fallback: a web bundle serves a page, not one variant among others")
+    return names
+
+
 class BuildSection(_Section):
     targets: list[str] = Field(default_factory=lambda: ["cpu"])
+    fallback: Annotated[list[str], AfterValidator(check_fallback_names)] = Field(default_factory=list)  # in order
     optimization_level: Literal[OPT_LEVELS] | None = None  # type: ignore[valid-type]
     precision: Literal[PRECISIONS] = "fp32"  # type: ignore[valid-type]
     optimize: Literal["fixed", "auto"] = "fixed"  # auto: build candidate variants, keep the fastest in tolerance

@@ -21,3 +21,9 @@ RUNNER_DIR = "runner"  # the Python package that runs the bundle
 RUNNER_RUNTIME = f"{RUNNER_DIR}/runtime.py"  # the target's runtime adapter
 PREPROCESSING_DIR = "preprocessing"  # files the runner's preprocessing reads (a tokenizer.json)
 TOKENIZER = f"{PREPROCESSING_DIR}/tokenizer.json"
+VARIANTS_DIR = "variants"  # a multi-variant bundle's fallback artifacts, one folder per target
+
+
+def variant_dir(target: str) -> str:
+    """The folder of fallback target ``target``'s artifact (what ``model/`` is to the primary)."""
+    return f"{VARIANTS_DIR}/{target}"
