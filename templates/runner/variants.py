@@ -142,6 +142,8 @@ def _open(bundle_dir: Path, variant: dict[str, Any], settings: dict[str, Any], p
     try:
         adapter: Adapter = module.Adapter(model_path, settings, preferred, variant["runtime"].get("providers", []),
                                           strict=bool(provider))  # fmt: skip
+    except ImportError as exc:  # adapters that import their runtime when opened (tensorrt, cuda.bindings)
+        raise _Skip("runtime", f"runtime missing: {first_line(exc)}") from None
     except Exception as exc:  # the runtime refused the artifact (another GPU, another engine version)
         raise _Skip("load", f"cannot load the model: {first_line(exc)}") from None
     return adapter

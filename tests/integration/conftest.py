@@ -130,6 +130,21 @@ def resign(bundle: Path, rel: str) -> None:
     path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
 
+def break_weights(bundle: Path, rel: str = "model/model.onnx") -> None:
+    """Replace every float weight of the bundle's model with noise and re-sign it: the bundle is
+    intact as far as its manifest goes but computes the wrong numbers, as an engine built for
+    another device would."""
+    path = bundle / rel
+    model = onnx.load(path)
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT:
+            noise = rng.standard_normal(numpy_helper.to_array(init).shape).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(noise, init.name))
+    onnx.save(model, path)
+    resign(bundle, rel)
+
+
 def endless_loop_model() -> onnx.ModelProto:
     """``y = x + steps``, computed by a Loop of ``steps`` iterations (ONNX Runtime checks the
     terminate flag between iterations). With steps = 2**62 it cannot finish in any test's

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
 from fastapi.testclient import TestClient
-from onnx import numpy_helper
 
 from gpuxc.build.pipeline import compile_project
 from tests.integration.conftest import (
     assert_one_error_line,
+    break_weights,
     endless_loop_model,
     free_port,
     resign,
@@ -29,22 +28,6 @@ from tests.integration.conftest import (
 )
 
 EXIT_SELF_CHECK = 5
-MODEL = "model/model.onnx"
-
-
-def break_weights(bundle: Path) -> None:
-    """Replace every float weight of the bundle's model with noise and re-sign it: the bundle is
-    intact as far as its manifest goes but computes the wrong numbers, as an engine built for
-    another device would."""
-    path = bundle / MODEL
-    model = onnx.load(path)
-    rng = np.random.default_rng(0)
-    for init in model.graph.initializer:
-        if init.data_type == onnx.TensorProto.FLOAT:
-            noise = rng.standard_normal(numpy_helper.to_array(init).shape).astype(np.float32)
-            init.CopyFrom(numpy_helper.from_array(noise, init.name))
-    onnx.save(model, path)
-    resign(bundle, MODEL)
 
 
 @pytest.fixture(scope="module")
