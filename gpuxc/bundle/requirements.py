@@ -11,7 +11,8 @@ import importlib.metadata
 # Used when a serving dependency is not installed on the build host (gpuxc without [serve]):
 # the oldest versions the generated server is written against.
 FALLBACK_FLOORS = {"fastapi": ">=0.110", "uvicorn": ">=0.29", "prometheus-client": ">=0.20",
-                   "pillow": ">=10", "tokenizers": ">=0.15", "python-multipart": ">=0.0.9"}  # fmt: skip
+                   "pillow": ">=10", "tokenizers": ">=0.15", "python-multipart": ">=0.0.9",
+                   "pysimdjson": ">=6.0", "orjson": ">=3.9"}  # fmt: skip
 
 
 def version_of(dist: str) -> str | None:
@@ -30,7 +31,8 @@ def pinned(dists: list[str], marker: str | None = None) -> list[str]:
     return lines
 
 
-SERVE_DISTS = ["fastapi", "uvicorn", "prometheus-client"]
+# pysimdjson and orjson: JSON tensors decoded and encoded in C (runner/jsontensors.py; optional there).
+SERVE_DISTS = ["fastapi", "uvicorn", "prometheus-client", "pysimdjson", "orjson"]
 # Only where the bundle's preprocessing (manifest ``preprocessing.kind``) needs them: the runner
 # decodes images with Pillow and tokenises text with tokenizers; its server reads multipart
 # uploads (an image file, a text field) with python-multipart, through Starlette's form parser.

@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from runner import access, tracing, uploads, v2
+from runner import access, jsontensors, tracing, uploads, v2
 from runner.api import (
     BUNDLE_DIR,
     PROVIDER_ENV,
@@ -30,7 +30,6 @@ from runner.api import (
     NoVariant,
     load,
     read_manifest,
-    to_jsonable,
 )
 from runner.batching import Batcher, timed
 from runner.labels import MAX_TOP_K
@@ -79,6 +78,7 @@ def create_app(runtime: GPUXRuntime | None = None, stay_unready: bool | None = N
     api_key = os.environ.get(API_KEY_ENV) or None
     model_name, model_version = str(manifest["name"]), str(manifest["version"])
     specs_in = {spec["name"]: spec for spec in manifest["inputs"]}
+    input_dtypes = {name: str(spec.get("dtype")) for name, spec in specs_in.items()}
     specs_out = {spec["name"]: spec for spec in manifest["outputs"]}
     preprocessing = manifest.get("preprocessing") or {}
     kind = preprocessing.get("kind")  # "image"/"text": /predict and v2 take encoded images or text too
@@ -125,12 +125,13 @@ def create_app(runtime: GPUXRuntime | None = None, stay_unready: bool | None = N
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             raise _TooLarge
-        body = bytearray()
+        chunks, size = [], 0
         async for chunk in request.stream():  # chunked bodies too: stop at the cap, never buffer past it
-            body.extend(chunk)
-            if len(body) > max_body:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_body:
                 raise _TooLarge
-        return bytes(body)
+        return b"".join(chunks)  # one copy at most: none for a body that came in one chunk
 
     async def run_model(rt: GPUXRuntime, feeds: dict[str, Any]) -> dict[str, Any]:
         """One inference with the concurrency limit, the timeout and the metrics."""
@@ -212,7 +213,7 @@ def create_app(runtime: GPUXRuntime | None = None, stay_unready: bool | None = N
         try:
             with tracing.span("decode"):
                 data = await uploads.predict_inputs(content_type, request.headers, body, kind,
-                                                      encoded_key or "")
+                                                      encoded_key or "", input_dtypes)
                 # Decoding an image or tokenising takes milliseconds: off the event loop. Strings are
                 # never read as file paths from here (paths=False).
                 feeds = (await run_in_threadpool(rt.prepare, data, paths=False) if kind else rt.prepare(data))
@@ -229,11 +230,13 @@ def create_app(runtime: GPUXRuntime | None = None, stay_unready: bool | None = N
             # Runtime failures can echo file paths and internal node names: keep them out of responses.
             return _gpux_error(500, "inference_failed", "the model failed on these inputs")
         with tracing.span("encode"):
-            reply = {name: to_jsonable(value) for name, value in outputs.items()}
+            reply = {name: jsontensors.jsonable(value) for name, value in outputs.items()}
             ranked = rt.rank_labels(outputs, int(top_k) if top_k else None)
             if ranked and RANKED_KEY not in reply:  # a model output of that name keeps it
                 reply[RANKED_KEY] = ranked
-        return reply
+            # Written here, in C when orjson is installed: FastAPI's encoder would walk every element.
+            body = jsontensors.dumps(reply, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return Response(body, media_type="application/json")
 
     # -- Open Inference Protocol v2 -------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from runner import jsontensors
 from runner.preprocess import PreprocessError, decode_base64
 
 MAX_FILES = 64  # images in one multipart request (the body limit applies as well)
@@ -41,11 +42,12 @@ def accepted(kind: str | None) -> str:
     return "application/json"
 
 
-async def predict_inputs(content_type: str, headers: Any, body: bytes, kind: str | None, key: str
-                         ) -> dict[str, Any]:  # fmt: skip
-    """The inputs in a /predict body of ``content_type`` (lower case, no parameters)."""
+async def predict_inputs(content_type: str, headers: Any, body: bytes, kind: str | None, key: str,
+                         dtypes: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The inputs in a /predict body of ``content_type`` (lower case, no parameters). ``dtypes``
+    (the model's, by input name) lets JSON numbers go straight into NumPy arrays."""
     if content_type == "application/json":
-        return _json_inputs(body, kind, key)
+        return _json_inputs(body, kind, key, dtypes or {})
     if kind == "image" and content_type.startswith("image/"):
         if not body:
             raise UploadError(400, "invalid_input", f"{key}: the image is empty (0 bytes)")
@@ -57,12 +59,14 @@ async def predict_inputs(content_type: str, headers: Any, body: bytes, kind: str
     raise UploadError(415, "unsupported_media_type", f"send inputs as {accepted(kind)}")
 
 
-def _json_inputs(body: bytes, kind: str | None, key: str) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise UploadError(400, "invalid_json", "request body is not valid JSON",
-                          {"position": getattr(exc, "pos", None)}) from None  # fmt: skip
+def _json_inputs(body: bytes, kind: str | None, key: str, dtypes: dict[str, str]) -> dict[str, Any]:
+    data = jsontensors.predict_request(body, dtypes)
+    if data is None:
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise UploadError(400, "invalid_json", "request body is not valid JSON",
+                              {"position": getattr(exc, "pos", None)}) from None  # fmt: skip
     if not isinstance(data, dict):
         raise UploadError(400, "invalid_input", "request body must be a JSON object mapping input names to values")
     # GPUX clients sometimes wrap inputs as {"inputs": {...}}; accept both when unambiguous.

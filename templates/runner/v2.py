@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from runner import jsontensors
+
 HEADER_LENGTH = "inference-header-content-length"
 
 # v2 datatype <-> the manifest's NumPy spelling.
@@ -33,10 +35,11 @@ def v2_datatype(dtype: str) -> str:
     return TO_V2.get(dtype, dtype.upper())
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
-    """The JSON request header and the binary tail (empty without the extension)."""
+def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
+    """The JSON request header and the binary tail (empty without the extension), a view of
+    ``body``: tensors are read from it without copying."""
     if header_length is None:
-        json_part, tail = body, b""
+        json_part, tail = body, memoryview(b"")
     else:
         try:
             size = int(header_length)
@@ -44,17 +47,19 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
             raise ProtocolError("Inference-Header-Content-Length is not an integer") from None
         if not 0 < size <= len(body):
             raise ProtocolError(f"Inference-Header-Content-Length {size} is outside the body ({len(body)} bytes)")
-        json_part, tail = body[:size], body[size:]
-    try:
-        request = json.loads(json_part)
-    except ValueError:
-        raise ProtocolError("request body is not valid JSON") from None
+        json_part, tail = body[:size], memoryview(body)[size:]
+    request = jsontensors.v2_request(json_part)  # numeric data straight into NumPy, when it can
+    if request is None:
+        try:
+            request = json.loads(json_part)
+        except ValueError:
+            raise ProtocolError("request body is not valid JSON") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise ProtocolError("request must be a JSON object with an 'inputs' list")
     return request, tail
 
 
-def decode_inputs(request: dict[str, Any], tail: bytes, specs: dict[str, dict[str, Any]],
+def decode_inputs(request: dict[str, Any], tail: bytes | memoryview, specs: dict[str, dict[str, Any]],
                   encoded: dict[str, str] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
     """Arrays by name; every check a server must make before running anything. ``encoded`` names
     the inputs that may also arrive as ``BYTES`` (a bundle's preprocessing): ``"image"``: encoded
@@ -85,7 +90,7 @@ def decode_inputs(request: dict[str, Any], tail: bytes, specs: dict[str, dict[st
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(tail):
                 raise ProtocolError(f"input '{name}': binary_data_size {size} exceeds the binary data sent")
-            chunk = tail[offset:offset + size]
+            chunk = tail[offset:offset + size]  # a view when tail is one
             offset += size
             array = _from_bytes(name, chunk, datatype, count, raw=kind is not None)
         else:
@@ -127,7 +132,7 @@ def _base64_images(name: str, array: np.ndarray) -> np.ndarray:
     return out
 
 
-def _from_bytes(name: str, chunk: bytes, datatype: str, count: int, raw: bool = False) -> np.ndarray:
+def _from_bytes(name: str, chunk: bytes | memoryview, datatype: str, count: int, raw: bool = False) -> np.ndarray:
     """``raw``: BYTES elements stay bytes (encoded images; text decoded strictly later), not str."""
     if datatype == "BYTES":
         items, pos = [], 0
@@ -138,7 +143,7 @@ def _from_bytes(name: str, chunk: bytes, datatype: str, count: int, raw: bool = 
             pos += 4
             if pos + length > len(chunk):
                 raise ProtocolError(f"input '{name}': truncated BYTES element")
-            element = chunk[pos:pos + length]
+            element = bytes(chunk[pos:pos + length])
             items.append(element if raw else element.decode("utf-8", errors="replace"))
             pos += length
         if len(items) != count:
@@ -149,11 +154,17 @@ def _from_bytes(name: str, chunk: bytes, datatype: str, count: int, raw: bool = 
     dtype = _np_type(datatype)
     if len(chunk) != count * dtype.itemsize:
         raise ProtocolError(f"input '{name}': {len(chunk)} bytes of data, the shape needs {count * dtype.itemsize}")
+    # Read-only (a view of the request body): ONNX Runtime reads it in place, OpenVINO copies
+    # such inputs itself; a byte swap (big-endian hosts only) makes the one copy.
     return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
 
 
 def _from_json(name: str, data: Any, datatype: str, count: int) -> np.ndarray:
     dtype = _np_type(datatype)
+    if isinstance(data, jsontensors.Dense):  # decoded in C, already checked to fit the datatype
+        if data.array.size != count:
+            raise ProtocolError(f"input '{name}': {data.array.size} data elements for a shape with {count}")
+        return data.array
     try:
         array = np.asarray(data, dtype=dtype if dtype is not object else object).reshape(-1)
     except (ValueError, TypeError, OverflowError):
@@ -190,7 +201,7 @@ def encode_response(model: str, version: str | None, outputs: dict[str, np.ndarr
         header["model_version"] = version
     if "id" in request:
         header["id"] = request["id"]
-    blobs: list[bytes] = []
+    blobs: list[bytes | memoryview] = []
     for name, binary in selected:
         value = np.asarray(outputs[name])
         datatype = v2_datatype("string" if value.dtype.kind in "OUS" else str(value.dtype))
@@ -202,26 +213,30 @@ def encode_response(model: str, version: str | None, outputs: dict[str, np.ndarr
         else:
             entry["data"] = _to_json(value, datatype)
         header["outputs"].append(entry)
-    head = json.dumps(header, allow_nan=False, default=str).encode()
+    head = jsontensors.dumps(header, allow_nan=False, default=str)
     if not blobs:
         return head, None
-    return head + b"".join(blobs), len(head)
+    return b"".join([head, *blobs]), len(head)
 
 
-def _to_bytes(value: np.ndarray, datatype: str) -> bytes:
+def _to_bytes(value: np.ndarray, datatype: str) -> bytes | memoryview:
+    """BYTES elements length-prefixed; numbers as a view of the (contiguous, little-endian) array,
+    copied once, into the response body."""
     if datatype == "BYTES":
         parts = []
         for item in value.reshape(-1).tolist():
             raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
             parts.append(struct.pack("<I", len(raw)) + raw)
         return b"".join(parts)
-    return np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"), copy=False).tobytes()
+    return np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"), copy=False).data.cast("B")
 
 
-def _to_json(value: np.ndarray, datatype: str) -> list[Any]:
+def _to_json(value: np.ndarray, datatype: str) -> Any:
     flat = value.reshape(-1)
     if datatype == "BYTES":
         return [str(v) for v in flat.tolist()]
+    if jsontensors.orjson is not None:
+        return jsontensors.jsonable(flat)
     if flat.dtype.kind == "f":
         obj = flat.astype(object)
         obj[~np.isfinite(flat)] = None  # JSON has no NaN/Infinity
