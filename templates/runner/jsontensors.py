@@ -40,6 +40,7 @@ _V2_FAST = {
     "UINT8": ("i", np.uint8), "UINT16": ("i", np.uint16), "UINT32": ("i", np.uint32), "UINT64": ("u", np.uint64),
 }  # fmt: skip
 _OPEN_BRACKET = ord("[")
+_SCRATCH = 1 << 18
 
 
 class Dense:
@@ -75,7 +76,9 @@ def _kind(dtype: str) -> str:
 
 
 def _load(body: bytes, convert: Any) -> dict[str, Any] | None:
-    if simdjson is None or b"\\u005" in body:  # an escaped bracket would upset the count below
+    # An escaped bracket (\u005b) would upset the count below. Numbers hold no backslash: the
+    # single-byte search (memchr: 0.03 ms on 3 MB) spares most bodies the pattern search (2.5 ms).
+    if simdjson is None or (body.find(b"\\") >= 0 and b"\\u005" in body):
         return None
     parser = getattr(_local, "parser", None) or simdjson.Parser()
     _local.parser = None  # in use: a re-entrant call (another request on this thread) gets its own
@@ -86,8 +89,7 @@ def _load(body: bytes, convert: Any) -> dict[str, Any] | None:
         del doc
         # Every '[' of the body is an array in the result or a character in a string of it; a
         # number array holding a nested array at its last level (which as_buffer flattens) adds one.
-        if result is not None and counts[1] and counts[0] != int(
-                np.count_nonzero(np.frombuffer(body, np.uint8) == _OPEN_BRACKET)):  # fmt: skip
+        if result is not None and counts[1] and counts[0] != _open_brackets(body):
             result = None
         return result
     except (_Slow, ValueError, TypeError, RuntimeError, KeyError, IndexError, RecursionError):
@@ -97,6 +99,22 @@ def _load(body: bytes, convert: Any) -> dict[str, Any] | None:
         return None
     finally:
         _local.parser = parser
+
+
+def _open_brackets(body: bytes) -> int:
+    """How many '[' bytes. In slices through one scratch buffer per thread: a 3 MB comparison
+    result freshly allocated (page faults) cost 2 ms, ``bytes.count`` 1.5 ms, this 0.4 ms."""
+    scratch = getattr(_local, "scratch", None)
+    if scratch is None:
+        scratch = _local.scratch = np.empty(_SCRATCH, dtype=bool)
+    data = np.frombuffer(body, np.uint8)
+    total = 0
+    for start in range(0, data.size, _SCRATCH):
+        part = data[start:start + _SCRATCH]
+        out = scratch[:part.size]
+        np.equal(part, _OPEN_BRACKET, out=out)
+        total += int(np.count_nonzero(out))
+    return total
 
 
 def _fields(obj: Any) -> list[tuple[str, Any]]:
@@ -182,9 +200,10 @@ def _predict_object(doc: Any, counts: list[int], kinds: dict[str, str]) -> dict[
 def _predict_array(value: Any, kind: str, counts: list[int]) -> np.ndarray | None:
     """What ``np.asarray(nested list)`` gives: int64 when every number is an integer that fits,
     float64 otherwise; None where it would give anything else (bools, uint64, object)."""
-    array = _numbers(value, "i", counts)
-    if array is not None:
-        return array if array.size else array.astype(np.float64)  # np.asarray([]) is float64
+    if not isinstance(_first_number(value), float):  # a float first: as_buffer("i") would fail, slowly
+        array = _numbers(value, "i", counts)
+        if array is not None:
+            return array if array.size else array.astype(np.float64)  # np.asarray([]) is float64
     if kind in "iu":
         return None  # the json path says what is wrong with those values
     array = _numbers(value, "d", counts)
@@ -192,6 +211,12 @@ def _predict_array(value: Any, kind: str, counts: list[int]) -> np.ndarray | Non
             np.all(np.floor(array) == array)):  # fmt: skip
         return None  # maybe only integers, one over int64: NumPy would pick uint64 or object
     return array  # a fraction among them: float64, as NumPy makes it
+
+
+def _first_number(value: Any) -> Any:
+    while isinstance(value, simdjson.Array) and len(value):
+        value = value[0]
+    return value
 
 
 def _numbers(value: Any, of_type: str, counts: list[int]) -> np.ndarray | None:

@@ -200,6 +200,7 @@ PREDICT = [
     ("float32", np.asarray(FLOATS).reshape(1, 2, 3, 4).tolist(), True),
     ("float32", [[1, 2], [3, 2**60 + 2**36 + 1]], True),  # all integers: NumPy makes int64, then float32
     ("float32", [[1, 2.5], [3, 4]], True),
+    ("float32", [[1.5, 2], [3, 4]], True),
     ("float16", [[1e-8, 65519.0]], True),
     ("int64", [[-(2**63), 2**63 - 1]], True),
     ("int32", [[1, 2], [3, 4]], True),
@@ -212,6 +213,7 @@ PREDICT = [
     ("float32", [[1, True]], False),
     ("int64", [[1, 2.0]], False),
     ("int64", [[1, 2.5]], False),
+    ("int64", [[1.5, 2]], False),
     ("bool", [[True, False]], False),
     ("float32", 3.5, False),
 ]
