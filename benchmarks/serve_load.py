@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -111,10 +112,12 @@ def load(call: Callable[[], None], concurrency: int, requests: int, seconds: flo
     return {"rps": len(ms) / wall, "p50": statistics.median(ms), "p99": ms[int(0.99 * (len(ms) - 1))], "n": len(ms)}
 
 
-def serve(bundle: Path) -> tuple[subprocess.Popen[bytes], str]:
+def serve(bundle: Path, blocked: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """The bundle's server; ``blocked``: a folder of modules that fail to import, put first on its path."""
     port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(blocked or ""), os.environ.get("PYTHONPATH")])))
     proc = subprocess.Popen([sys.executable, str(bundle), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
@@ -206,14 +209,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved concurrency-1 rounds for the overhead")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds for overheads and the ratio")
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of a concurrency-16 soak (default: none)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     soaked: dict[str, Any] | None = None
     rows: list[tuple[str, str, str, int, dict[str, float]]] = []
     overheads: list[tuple[str, str, float, float]] = []  # model, client, in-process p50, server p50
+    ratios: list[float] = []
     with tempfile.TemporaryDirectory(prefix="gpuxc-load-") as tmp:
+        blocked = Path(tmp) / "blocked"  # the json-module path, for the before/after comparison
+        blocked.mkdir()
+        for name in ("simdjson", "orjson"):
+            (blocked / f"{name}.py").write_text("raise ImportError('blocked by serve_load.py')\n", encoding="utf-8")
         for model in MODELS:
             x = np.random.default_rng(0).standard_normal(model.shape).astype(np.float32)
             for batch in model.batches:
@@ -222,16 +230,13 @@ def main() -> int:
                 proc, url = serve(bundle)
                 try:
                     calls = {"in-process infer": local_call(rt, model, x), **clients(url, x, model)}
-                    mode = f"batching {'on (16)' if batch > 1 else 'off'}"
                     if batch == 1:
                         overheads += overhead(calls, model, args)
-                    for level in model.levels:
-                        for name, call in calls.items():
-                            if name == "in-process infer" and batch > 1:
-                                continue  # the same with batching on or off
-                            result = load(call, level, args.requests, args.seconds)
-                            rows.append((model.label, mode, name, level, result))
-                            print(rows[-1], file=sys.stderr)
+                        if model is MODELS[0]:  # the same JSON clients on the json-module path
+                            overheads += plain_json_overhead(bundle, blocked, calls, x, model, args)
+                        else:
+                            ratios = throughput_ratios(calls, args)
+                    rows += cells(calls, model, batch, args)
                 finally:
                     proc.terminate()
                     proc.wait(timeout=30)
@@ -239,9 +244,22 @@ def main() -> int:
                 if batch > 1 and args.soak > 0:
                     soaked = soak(bundle, x, args.soak)
                     print(soaked, file=sys.stderr)
-    write_section(args.out, rows, overheads, soaked)
+    write_section(args.out, rows, overheads, ratios, soaked)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def cells(calls: dict[str, Callable[[], Any]], model: Model, batch: int, args: argparse.Namespace
+          ) -> list[tuple[str, str, str, int, dict[str, float]]]:  # fmt: skip
+    rows = []
+    mode = f"batching {'on (16)' if batch > 1 else 'off'}"
+    for level in model.levels:
+        for name, call in calls.items():
+            if name == "in-process infer" and batch > 1:
+                continue  # the same with batching on or off
+            rows.append((model.label, mode, name, level, load(call, level, args.requests, args.seconds)))
+            print(rows[-1], file=sys.stderr)
+    return rows
 
 
 def local_call(rt: Any, model: Model, x: np.ndarray) -> Callable[[], None]:
@@ -263,27 +281,50 @@ def in_process(bundle: Path) -> Any:
     return rt
 
 
-def overhead(calls: dict[str, Callable[[], Any]], model: Model, args: argparse.Namespace
-             ) -> list[tuple[str, str, float, float]]:  # fmt: skip
+def overhead(calls: dict[str, Callable[[], Any]], model: Model, args: argparse.Namespace,
+             names: tuple[str, ...] = CLIENTS, suffix: str = "") -> list[tuple[str, str, float, float]]:  # fmt: skip
     """Concurrency 1, in-process and each client in turn, ``rounds`` times: median p50s per client.
     Interleaving keeps a slow spell of the (shared) machine from landing on one client only."""
-    p50s: dict[str, list[float]] = {name: [] for name in calls}
+    p50s: dict[str, list[float]] = {name: [] for name in ("in-process infer", *names)}
     requests = max(20, args.requests // 2)
     for _ in range(args.rounds):
-        for name, call in calls.items():
-            p50s[name].append(load(call, 1, requests, args.seconds)["p50"])
+        for name in p50s:
+            p50s[name].append(load(calls[name], 1, requests, args.seconds)["p50"])
     local = statistics.median(p50s["in-process infer"])
-    return [(model.label, name, local, statistics.median(p50s[name])) for name in CLIENTS]
+    return [(model.label, name + suffix, local, statistics.median(p50s[name])) for name in names]
+
+
+def plain_json_overhead(bundle: Path, blocked: Path, calls: dict[str, Callable[[], Any]], x: np.ndarray,
+                        model: Model, args: argparse.Namespace) -> list[tuple[str, str, float, float]]:  # fmt: skip
+    """The JSON clients against a second server without pysimdjson and orjson (the json module)."""
+    proc, url = serve(bundle, blocked)
+    try:
+        plain = {**calls, **clients(url, x, model)}
+        return overhead(plain, model, args, CLIENTS[:2], " (json module)")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def throughput_ratios(calls: dict[str, Callable[[], Any]], args: argparse.Namespace) -> list[float]:
+    """v2 binary over in-process requests/s at concurrency 4, one ratio per interleaved round."""
+    ratios = []
+    for _ in range(args.rounds):
+        local = load(calls["in-process infer"], 4, args.requests // 2, args.seconds)["rps"]
+        server = load(calls["v2 binary"], 4, args.requests // 2, args.seconds)["rps"]
+        ratios.append(server / local)
+        print(f"concurrency 4: in-process {local:.1f}/s, v2 binary {server:.1f}/s", file=sys.stderr)
+    return ratios
 
 
 def write_section(out: Path, rows: list[tuple[str, str, str, int, dict[str, float]]],
-                  overheads: list[tuple[str, str, float, float]], soaked: dict[str, Any] | None) -> None:  # fmt: skip
+                  overheads: list[tuple[str, str, float, float]], ratios: list[float],
+                  soaked: dict[str, Any] | None) -> None:  # fmt: skip
     ratio = ""
-    det = {(name, level): r for label, _, name, level, r in rows if label == MODELS[1].label}
-    if ("v2 binary", 4) in det and ("in-process infer", 4) in det:
-        server, local = det[("v2 binary", 4)]["rps"], det[("in-process infer", 4)]["rps"]
-        ratio = (f"{MODELS[1].label} at concurrency 4: v2 binary {server:.1f} requests/s, in-process "
-                 f"{local:.1f}: the server gives **{100 * server / local:.0f}%** of in-process throughput.")
+    if ratios:
+        ratio = (f"{MODELS[1].label} at concurrency 4, v2 binary requests/s over in-process requests/s: "
+                 f"**{100 * statistics.median(ratios):.0f}%** (median of {len(ratios)} interleaved rounds: "
+                 f"{', '.join(f'{100 * r:.0f}%' for r in ratios)}).")
     section = [
         START,
         "## Server",
@@ -296,6 +337,8 @@ def write_section(out: Path, rows: list[tuple[str, str, str, int, dict[str, floa
         "orjson (both in a bundle's serve requirements; docs/server.md).",
         "",
         "Overhead per request: server p50 minus in-process p50 at concurrency 1, medians of interleaved rounds.",
+        "\"(json module)\": the same bundle served without pysimdjson and orjson (their imports blocked), the",
+        "path a bundle takes when they are not installed, and the one every bundle took before.",
         "",
         "| model | client | in-process p50 ms | server p50 ms | overhead ms |",
         "|---|---|---:|---:|---:|",

@@ -273,3 +273,28 @@ def test_predict_replies_read_the_same_with_orjson(runner: Runner, monkeypatch: 
     assert b"null" in fast and "é".encode() in fast
     monkeypatch.setattr(jt, "orjson", None)
     assert json.loads(fast) == json.loads(reply())
+
+
+def test_binary_tensors_are_views_of_the_body_that_runtimes_take(runner: Runner) -> None:
+    """No copy between the request body and the runtime: ONNX Runtime and OpenVINO both run on the
+    read-only view (OpenVINO copies read-only inputs itself) and give the writable array's result."""
+    import onnxruntime as ort
+    import openvino as ov
+
+    from fixtures import models
+
+    v2 = runner["v2"]
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    header = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": list(x.shape),
+                                     "parameters": {"binary_data_size": x.nbytes}}]}).encode()  # fmt: skip
+    body = header + x.tobytes()
+    request, tail = v2.split_body(body, str(len(header)))
+    array = v2.decode_inputs(request, tail, {"image": {"dtype": "float32"}})["image"]
+    assert np.shares_memory(array, np.frombuffer(body, np.uint8)) and not array.flags.writeable
+    model = models.tiny_cnn(dynamic_spatial=True).SerializeToString()
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    assert np.array_equal(session.run(None, {"image": array})[0], session.run(None, {"image": x})[0])
+    compiled = ov.Core().compile_model(ov.Core().read_model(model, b""), "CPU")
+    request_ov = compiled.create_infer_request()
+    got = request_ov.infer({0: array}, share_inputs=True)[0].copy()
+    assert np.array_equal(got, request_ov.infer({0: x}, share_inputs=True)[0])
