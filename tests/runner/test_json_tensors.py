@@ -298,3 +298,13 @@ def test_binary_tensors_are_views_of_the_body_that_runtimes_take(runner: Runner)
     request_ov = compiled.create_infer_request()
     got = request_ov.infer({0: array}, share_inputs=True)[0].copy()
     assert np.array_equal(got, request_ov.infer({0: x}, share_inputs=True)[0])
+
+
+def test_bundles_serve_requirements_pin_the_fast_path_packages() -> None:
+    import importlib.metadata
+
+    from gpuxc.bundle.requirements import serve_requirements
+
+    lines = serve_requirements(None)
+    for dist in ("pysimdjson", "orjson", "httptools"):
+        assert f"{dist}=={importlib.metadata.version(dist)}" in lines
