@@ -225,10 +225,11 @@ def test_contract_adapter_builds_once_caches_and_binds_tensors_by_name(
         import json
         import numpy as np
         import runner, tensorrt
-        rt = runner.load({str(bundle)!r})
+        # The stand-in computes no real numbers: the start-up self-check would (rightly) refuse it.
+        rt = runner.load({str(bundle)!r}, self_check="off")
         out = rt.infer({{"image": np.zeros((2, 3, 64, 64), np.float32)}})
         assert out["probs"].shape == (2, 5)
-        rt2 = runner.load({str(bundle)!r})  # second start: the cached engine, no rebuild
+        rt2 = runner.load({str(bundle)!r}, self_check="off")  # second start: the cached engine, no rebuild
         print(json.dumps([list(c) for c in tensorrt.CALLS]))
     """
     calls = run_with_fakes(fakes, bundle, code, tmp_path)
@@ -237,6 +238,22 @@ def test_contract_adapter_builds_once_caches_and_binds_tensors_by_name(
     assert ["set_input_shape", "image", [2, 3, 64, 64]] in calls
     assert ["set_tensor_address", "image"] in calls and ["set_tensor_address", "probs"] in calls
     assert "execute_async_v3" in names and names.count("cudaFree") == names.count("cudaMalloc")
+
+
+def test_an_engine_computing_wrong_numbers_never_runs(fakes: Path, bundle: Path, tmp_path: Path) -> None:
+    """The stand-in engine loads and runs but its outputs are not the model's: exactly a real engine
+    built for another GPU. The bundle was unverified at compile time, so the runner's default
+    self-check runs it on the reference inputs and refuses it, naming the numbers."""
+    reason = run_with_fakes(fakes, bundle, f"""
+        import json
+        import runner
+        try:
+            runner.load({str(bundle)!r})
+            print(json.dumps(["loaded"]))
+        except runner.api.NoVariant as exc:
+            print(json.dumps([str(exc), exc.self_check_failed, exc.skipped[0]["self_check"]["provider"]]))
+    """, tmp_path)  # fmt: skip
+    assert reason[0].startswith("self-check failed: probs: ") and reason[1] is True and reason[2] == "tensorrt"
     cached = list((tmp_path / "engines").glob("*.engine"))
     assert len(cached) == 1 and "fake-gpu-sm86-trt10.99.0" in cached[0].name
 
