@@ -33,6 +33,7 @@ class ExitCode(IntEnum):
     CACHE = 14  # the build cache folder cannot be read or cleared (gpuxc cache)
     MODEL_CRASHED = 15  # loading or first running the model killed its isolated child process
     MODEL_LIMIT = 16  # the model needed more memory or time than GPUXC_MODEL_MEMORY_LIMIT / _TIMEOUT
+    EXPORT = 17  # gpuxc export: the serving engine cannot run this bundle, or its output cannot be written
 
 
 def first_line(exc: BaseException, limit: int = 400) -> str:
@@ -146,6 +147,12 @@ class MemoryBudgetExceeded(GpuxcError):
     """The build's estimated memory is over ``runtime.gpu.memory``."""
 
     exit_code = ExitCode.MEMORY_BUDGET
+
+
+class ExportError(GpuxcError):
+    """``gpuxc export``: the engine cannot run the bundle's artifact, or the export cannot be written."""
+
+    exit_code = ExitCode.EXPORT
 
 
 class CacheError(GpuxcError):

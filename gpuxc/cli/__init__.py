@@ -17,7 +17,8 @@ import gpuxc.cli.init
 import gpuxc.cli.delegate
 import gpuxc.cli.verify
 import gpuxc.cli.bench
-import gpuxc.cli.policy  # noqa: F401
+import gpuxc.cli.policy
+import gpuxc.cli.export  # noqa: F401
 
 # isort: on
 from gpuxc.cli.app import app

@@ -1,0 +1,66 @@
+"""``gpuxc export ray|triton|kserve BUNDLE``: the bundle handed to an existing serving engine (docs/deploy.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gpuxc.cli.app import BundleArg, JsonOpt, VerboseOpt, app, handle_errors
+
+export_app = typer.Typer(help="Hand a bundle to a serving engine: Ray Serve, a Triton model repository, KServe.",
+                         no_args_is_help=True)  # fmt: skip
+app.add_typer(export_app, name="export")
+
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: <bundle>-<engine>).")]
+
+
+def _report(result: object, json_out: bool) -> None:
+    from gpuxc.export import ExportResult
+
+    assert isinstance(result, ExportResult)
+    if json_out:
+        typer.echo(json.dumps(result.to_json()))
+        return
+    for note in result.notes:
+        print(note, file=sys.stderr)
+    print(f"{result.engine}: {result.path} ({len(result.files)} files)", file=sys.stderr)
+
+
+def _default_out(bundle: Path, engine: str) -> Path:
+    return bundle.resolve().parent / f"{bundle.resolve().name}-{engine}"
+
+
+@export_app.command("triton")
+@handle_errors
+def export_triton(bundle: BundleArg, out: OutOpt = None, json_out: JsonOpt = False,
+                  verbose: VerboseOpt = False) -> None:  # fmt: skip
+    """A Triton model repository: REPO/<name>/config.pbtxt and REPO/<name>/1/<artifact>."""
+    from gpuxc.export import open_bundle, triton
+
+    manifest = open_bundle(bundle)
+    _report(triton.export(bundle, out or _default_out(bundle, "triton"), manifest), json_out)
+
+
+@export_app.command("kserve")
+@handle_errors
+def export_kserve(bundle: BundleArg, out: OutOpt = None, json_out: JsonOpt = False,
+                  verbose: VerboseOpt = False) -> None:  # fmt: skip
+    """A KServe InferenceService (v2 protocol) for the bundle's container image or a Triton repository."""
+    from gpuxc.export import kserve, open_bundle
+
+    manifest = open_bundle(bundle)
+    _report(kserve.export(bundle, out or _default_out(bundle, "kserve"), manifest), json_out)
+
+
+@export_app.command("ray")
+@handle_errors
+def export_ray(bundle: BundleArg, out: OutOpt = None, json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+    """A Ray Serve application running the bundle's runner as a deployment."""
+    from gpuxc.export import open_bundle, ray
+
+    manifest = open_bundle(bundle)
+    _report(ray.export(bundle, out or _default_out(bundle, "ray"), manifest), json_out)
