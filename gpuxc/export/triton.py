@@ -140,21 +140,20 @@ def _plan(bundle: Path, manifest: Manifest, chosen: Chosen, name: str) -> tuple[
 
 
 def _openvino_parameters(settings: dict[str, Any], notes: list[str]) -> dict[str, str]:
-    """Triton's openvino backend parameters from the artifact's runtime settings."""
-    params: dict[str, str] = {}
-    if settings.get("performance_hint"):
-        params["PERFORMANCE_HINT"] = str(settings["performance_hint"]).upper()
+    """Triton's openvino backend parameters from the artifact's settings, read as templates/openvino/runtime.py does."""
+    params = {"PERFORMANCE_HINT": "THROUGHPUT" if settings.get("performance_hint") == "throughput" else "LATENCY"}
+    if settings.get("intra_op_threads"):
+        params["INFERENCE_NUM_THREADS"] = str(int(settings["intra_op_threads"]))
     if settings.get("num_streams"):
-        params["NUM_STREAMS"] = str(settings["num_streams"])
-    if settings.get("inference_num_threads"):
-        params["INFERENCE_NUM_THREADS"] = str(settings["inference_num_threads"])
-    hint = settings.get("inference_precision")
+        params["NUM_STREAMS"] = str(int(settings["num_streams"]))
+    hint = settings.get("inference_precision") or "f32"
     if hint == "bf16":
         params["HINT_BF16"] = "YES"
-    elif hint in ("f32", None):
-        # The backend can ask for bf16 but cannot forbid it: OpenVINO's CPU default is bf16 where the CPU has it.
-        notes.append("openvino: the bundle was verified at f32; Triton's openvino backend has no parameter forcing "
-                     "f32, so on a CPU with bf16 (AVX512_BF16/AMX) it may infer in bf16")  # fmt: skip
+    else:
+        # The backend can ask for bf16 but sets no other precision: OpenVINO's CPU default (bf16 where
+        # the CPU has it) applies, which is not what the bundle verified.
+        notes.append(f"openvino: the bundle was verified at inference precision {hint}; Triton's openvino backend "
+                     "only offers HINT_BF16, so on a CPU with bf16 (AVX512_BF16/AMX) it may infer in bf16")  # fmt: skip
     return params
 
 

@@ -201,11 +201,17 @@ def test_tensors_triton_cannot_carry_are_refused() -> None:
 
 def test_openvino_precision_hint_carries_over_or_is_named() -> None:
     notes: list[str] = []
-    assert triton._openvino_parameters({"inference_precision": "bf16", "performance_hint": "latency"}, notes) == {
-        "HINT_BF16": "YES", "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
+    settings = {
+        "inference_precision": "bf16",
+        "performance_hint": "throughput",
+        "intra_op_threads": 4,
+        "num_streams": 1,
+    }
+    expected = {"HINT_BF16": "YES", "PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": "4", "NUM_STREAMS": "1"}
+    assert triton._openvino_parameters(settings, notes) == expected
     assert not notes
-    assert triton._openvino_parameters({"inference_precision": "f32"}, notes) == {}
-    assert "no parameter forcing f32" in notes[0]
+    assert triton._openvino_parameters({"inference_precision": "f32"}, notes) == {"PERFORMANCE_HINT": "LATENCY"}
+    assert "verified at inference precision f32" in notes[0]
 
 
 def test_without_tritonclient_grpc_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,3 +221,15 @@ def test_without_tritonclient_grpc_the_error_names_the_extra(monkeypatch: pytest
     monkeypatch.delattr(sys.modules["tritonclient.grpc"], "model_config_pb2")
     with pytest.raises(ExportError, match=r"gpuxc\[export\]"):
         build_config(Plan(name="m"), [], [], SERVING)
+
+
+def test_text_and_directml_bundles_say_what_triton_gets(bundles: dict[str, Path]) -> None:
+    from gpuxc.project.preprocessing import TextPreprocessing
+
+    manifest = open_bundle(bundles["cpu"])
+    text = manifest.model_copy(update={"target": "directml", "preprocessing": TextPreprocessing.model_construct()})
+    chosen = triton.choose_variant(text)
+    plan, notes = triton._plan(bundles["cpu"], text, chosen, "tiny")
+    assert plan.gpu and plan.backend == "onnxruntime"
+    assert any("CUDA (KIND_GPU), not DirectML" in n for n in notes)
+    assert any("Triton takes the token tensors (x)" in n and "tokenizer.json" in n for n in notes)
