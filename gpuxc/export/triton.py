@@ -192,7 +192,10 @@ def _label_files(outputs: list[TensorSpecOut]) -> dict[str, str]:
 def _shape_notes(manifest: Manifest) -> list[str]:
     if batched(manifest.inputs, manifest.outputs):
         return []
-    return ["no batch dim shared by every input and output: max_batch_size 0, full dims (Triton batches nothing)"]
+    return [
+        "no symbolic first dim shared by every input and output: max_batch_size 0 with full dims "
+        "(Triton batches nothing, as the bundle's own server would not)"
+    ]
 
 
 def _copy_artifact(bundle: Path, chosen: Chosen, version_dir: Path) -> list[str]:

@@ -41,9 +41,14 @@ class Plan:
 
 
 def batched(inputs: list[TensorSpecOut], outputs: list[TensorSpecOut]) -> bool:
-    """Whether every input and output has the same symbolic first dim: Triton's batch dim."""
-    firsts = {t.shape[0] if t.shape else None for t in [*inputs, *outputs]}
-    return len(firsts) == 1 and isinstance(next(iter(firsts)), str)
+    """Whether the first dim is a batch dim: every input's and output's is dynamic, one symbol at most.
+
+    The rule the bundle's own server batches by (templates/runner/batching.py, ``Batcher.eligible``),
+    so Triton batches exactly the bundles ``serve`` would.
+    """
+    firsts = [(t.shape or [1])[0] for t in [*inputs, *outputs]]
+    dynamic = bool(firsts) and all(isinstance(d, str) or d is None for d in firsts)
+    return dynamic and len({d for d in firsts if isinstance(d, str)}) <= 1
 
 
 def _dims(tensor: TensorSpecOut, where: str, batch: bool) -> tuple[list[int], list[int] | None]:

@@ -233,3 +233,11 @@ def test_text_and_directml_bundles_say_what_triton_gets(bundles: dict[str, Path]
     assert plan.gpu and plan.backend == "onnxruntime"
     assert any("CUDA (KIND_GPU), not DirectML" in n for n in notes)
     assert any("Triton takes the token tensors (x)" in n and "tokenizer.json" in n for n in notes)
+
+
+def test_an_unnamed_output_batch_dim_batches_like_the_bundles_server() -> None:
+    # The runner's Batcher.eligible rule: dynamic first dims, one symbol at most (None: unnamed).
+    inputs, outputs = [spec("x", "float32", ["N", 2])], [spec("y", "float32", [None, 2])]
+    config = build_config(Plan(name="m"), inputs, outputs, SERVING)
+    assert config.max_batch_size == 4 and config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert list(config.input[0].dims) == [2] and list(config.output[0].dims) == [2]
