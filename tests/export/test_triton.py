@@ -114,9 +114,11 @@ def test_tensorrt_engine_built_ahead_of_time_is_a_plan(bundles: dict[str, Path],
     (bundle / "model/model.engine").write_bytes(b"ENGINE")
     manifest = open_bundle(bundle)
     manifest.artifact.settings.update(engine="aot", gpu="NVIDIA H200", tensorrt_version="10.9")
+    manifest.serving.max_batch_size = 64
     result = triton.export(bundle, tmp_path / "repo", manifest)
     config = parsed(tmp_path / "repo")
     assert config.platform == "tensorrt_plan" and not config.backend
+    assert config.max_batch_size == 8  # the engine's profile allows batches up to 8, not serving's 64
     assert not config.optimization.execution_accelerators.gpu_execution_accelerator
     assert (tmp_path / "repo/tiny/1/model.plan").read_bytes() == b"ENGINE"
     assert any("NVIDIA H200" in n for n in result.notes) and any("was not run here" in n for n in result.notes)
