@@ -37,8 +37,8 @@ TRITON_FORMATS = {"cpu": "onnx", "openvino": "triton", "cuda": "onnx", "tensorrt
 TRITON_RUNTIME = "kserve-tritonserver"
 # KServe's name for the predictor's container (constants.InferenceServiceContainerName).
 CONTAINER_NAME = "kserve-container"
-# Host memory beyond the model: Python, the runtime's libraries, the server. Measured RSS of a cpu
-# bundle's server with a small model is ~250 MiB; twice that leaves room for request buffers.
+# Host memory beyond the model: Python, the runtime's libraries, the server and request buffers.
+# An allowance (not measured per bundle): raise it with the pod's resources if a replica is OOM-killed.
 RUNTIME_OVERHEAD = 512 * 2**20
 # Start-up may compile or self-check for minutes (TensorRT engines, OpenVINO on first load):
 # liveness is not checked until the server answers at all, for up to STARTUP_SECONDS.
