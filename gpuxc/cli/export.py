@@ -47,13 +47,23 @@ def export_triton(bundle: BundleArg, out: OutOpt = None, json_out: JsonOpt = Fal
 
 @export_app.command("kserve")
 @handle_errors
-def export_kserve(bundle: BundleArg, out: OutOpt = None, json_out: JsonOpt = False,
-                  verbose: VerboseOpt = False) -> None:  # fmt: skip
+def export_kserve(
+    bundle: BundleArg, out: OutOpt = None,
+    image: Annotated[str | None, typer.Option(help="Predictor image (default: <name>-<target>:<version>, "
+                                                   "built from the bundle's Dockerfile).")] = None,
+    triton: Annotated[str | None, typer.Option(metavar="STORAGE_URI", help="Serve with KServe's Triton runtime "
+                                               "from this copy of `gpuxc export triton`'s repository.")] = None,
+    min_replicas: Annotated[int, typer.Option(min=0, help="Replicas kept running (0: scale to zero).")] = 1,
+    max_replicas: Annotated[int, typer.Option(min=1, help="Most replicas the autoscaler starts.")] = 4,
+    json_out: JsonOpt = False, verbose: VerboseOpt = False,
+) -> None:  # fmt: skip
     """A KServe InferenceService (v2 protocol) for the bundle's container image or a Triton repository."""
     from gpuxc.export import kserve, open_bundle
 
     manifest = open_bundle(bundle)
-    _report(kserve.export(bundle, out or _default_out(bundle, "kserve"), manifest), json_out)
+    result = kserve.export(bundle, out or _default_out(bundle, "kserve"), manifest, image=image, triton=triton,
+                           min_replicas=min_replicas, max_replicas=max_replicas)  # fmt: skip
+    _report(result, json_out)
 
 
 @export_app.command("ray")
