@@ -7,11 +7,16 @@ server. Imported lazily: ``tritonclient[grpc]`` is the ``export`` extra.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gpuxc.bundle.manifest import ServingInfo, TensorSpecOut
 from gpuxc.errors import ExportError
+
+_SCHEMA_MODULE = "_gpuxc_triton_model_config_pb2"
 
 # The manifest's NumPy dtype names -> Triton's DataType enum names.
 TRITON_TYPES = {
@@ -72,13 +77,37 @@ def _type(tensor: TensorSpecOut, where: str) -> str:
 
 
 def model_config_module() -> Any:
-    """Triton's ``model_config_pb2``; an ExportError naming the extra when tritonclient's grpc part is missing."""
-    try:
-        from tritonclient.grpc import model_config_pb2
-    except (ImportError, RuntimeError):  # tritonclient raises RuntimeError when installed without [grpc]
+    """Triton's ``model_config_pb2``; an ExportError naming the extra when tritonclient's grpc part is missing.
+
+    Loaded from its file, not through ``tritonclient.grpc``: that package also registers Triton's
+    gRPC service messages (``inference.ServerLiveRequest``...), which the kserve SDK registers too,
+    and protobuf refuses the second set in one process (``gpuxc export kserve`` and ``triton`` both load).
+    """
+    loaded = sys.modules.get("tritonclient.grpc.model_config_pb2") or sys.modules.get(_SCHEMA_MODULE)
+    if loaded is not None:
+        return loaded
+    path = _schema_path()
+    if path is None or not path.is_file():
         raise ExportError("gpuxc export triton needs Triton's model config schema: "
-                          "pip install 'gpuxc[export]' (tritonclient[grpc])") from None  # fmt: skip
-    return model_config_pb2
+                          "pip install 'gpuxc[export]' (tritonclient[grpc])")  # fmt: skip
+    spec = importlib.util.spec_from_file_location(_SCHEMA_MODULE, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_SCHEMA_MODULE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[_SCHEMA_MODULE]
+        raise
+    return module
+
+
+def _schema_path() -> Path | None:
+    """tritonclient/grpc/model_config_pb2.py, found without importing tritonclient.grpc."""
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
 
 
 def build_config(plan: Plan, inputs: list[TensorSpecOut], outputs: list[TensorSpecOut], serving: ServingInfo) -> Any:

@@ -14,7 +14,6 @@ import pytest
 import yaml
 from google.protobuf import text_format
 from onnx import numpy_helper
-from tritonclient.grpc import model_config_pb2 as pb
 from typer.testing import CliRunner
 
 from fixtures import models
@@ -23,7 +22,9 @@ from gpuxc.bundle.manifest import ServingInfo, TensorSpecOut
 from gpuxc.cli import app
 from gpuxc.errors import ExportError
 from gpuxc.export import MARKER, open_bundle, triton
-from gpuxc.export.triton_config import Plan, build_config
+from gpuxc.export.triton_config import Plan, build_config, model_config_module
+
+pb = model_config_module()  # Triton's own ModelConfig schema (tritonclient's model_config_pb2)
 
 LABELS = ["cat", "dog", "bird"]
 
@@ -219,8 +220,12 @@ def test_openvino_precision_hint_carries_over_or_is_named() -> None:
 def test_without_tritonclient_grpc_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    monkeypatch.setitem(sys.modules, "tritonclient.grpc.model_config_pb2", None)  # import fails as when missing
-    monkeypatch.delattr(sys.modules["tritonclient.grpc"], "model_config_pb2")
+    from gpuxc.export import triton_config
+
+    # As on a host without tritonclient's grpc part: no schema file, none loaded yet.
+    monkeypatch.setattr(triton_config, "_schema_path", lambda: None)
+    monkeypatch.delitem(sys.modules, triton_config._SCHEMA_MODULE, raising=False)
+    monkeypatch.delitem(sys.modules, "tritonclient.grpc.model_config_pb2", raising=False)
     with pytest.raises(ExportError, match=r"gpuxc\[export\]"):
         build_config(Plan(name="m"), [], [], SERVING)
 
