@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from gpuxc.export import open_bundle
 from gpuxc.export import ray as ray_export
 
 ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
 # Ray's own modules use pydantic v1-style Field arguments on import: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
 
@@ -116,17 +118,22 @@ def test_check_health_needs_a_loaded_runtime_whose_self_check_passed(exported: t
 
 
 @pytest.fixture(scope="module")
-def served(exported: tuple[Path, Path]) -> Iterator[str]:
-    """The export running on a local Ray cluster started here (2 CPUs, no dashboard): the proxy's URL."""
-    out = exported[1]
+def served(exported: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local Ray cluster started here (2 CPUs, no dashboard) with Serve's proxy on a free port, and
+    the bundle deployed on it by ``gpuxc export ray --deploy --address`` in a process of its own that
+    has exited by the time the tests run (so a replacement replica cannot lean on it): the proxy's URL."""
     port = ray_failover.free_port()
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"working_dir": str(out)}, log_to_driver=False,
-             logging_level=logging.ERROR)  # fmt: skip
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     try:
-        ray_export.run_app(out, "mlp", {"host": "127.0.0.1", "port": port})
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        out = tmp_path_factory.mktemp("deploy") / "ray"
+        done = subprocess.run([sys.executable, "-m", "gpuxc", "export", "ray", str(exported[0]), "-o", str(out),
+                               "--replicas", "2", "--deploy", "--address", ray.get_runtime_context().gcs_address],
+                              capture_output=True, text=True, timeout=180)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "ray: deployed application 'mlp'" in done.stderr
         yield f"http://127.0.0.1:{port}"
     finally:
-        sys.modules.pop("app", None)
         ray.shutdown()
 
 
