@@ -68,9 +68,17 @@ def export_kserve(
 
 @export_app.command("ray")
 @handle_errors
-def export_ray(bundle: BundleArg, out: OutOpt = None, json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
-    """A Ray Serve application running the bundle's runner as a deployment."""
+def export_ray(bundle: BundleArg, out: OutOpt = None, json_out: JsonOpt = False, verbose: VerboseOpt = False,
+               replicas: Annotated[int | None, typer.Option(
+                   "--replicas", help="Fixed replica count (default: from serving.max_workers).")] = None,
+               deploy: Annotated[bool, typer.Option(
+                   "--deploy", help="Also run it on the Ray cluster at --address (serve.run).")] = False,
+               address: Annotated[str, typer.Option(
+                   "--address", help="Ray cluster for --deploy: HOST:PORT, ray://HOST:PORT or auto.")] = "auto",
+               ) -> None:  # fmt: skip
+    """A Ray Serve application running the bundle's runner as a deployment (app.py, serve.yaml, bundle/)."""
     from gpuxc.export import open_bundle, ray
 
     manifest = open_bundle(bundle)
-    _report(ray.export(bundle, out or _default_out(bundle, "ray"), manifest), json_out)
+    _report(ray.export(bundle, out or _default_out(bundle, "ray"), manifest, replicas=replicas,
+                       address=address if deploy else None), json_out)  # fmt: skip
