@@ -103,7 +103,7 @@ def load_model(path: Path, *, check: bool = True) -> LoadedModel:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, others raise their own
-        if "MaxDepth" in str(exc):
+        if "MaxDepth" in str(exc) or _too_deep(path):
             raise ModelError(f"{path}: not a readable ONNX model: messages nest deeper than protobuf's limit of 100 "
                              "(about 30 levels of If/Loop subgraphs)") from None  # fmt: skip
         raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {first_line(exc)})") from None
@@ -252,3 +252,11 @@ def save_model(proto: ModelProto, path: Path) -> list[str]:
 
 def model_metadata(proto: ModelProto) -> dict[str, Any]:
     return {p.key: p.value for p in proto.metadata_props}
+
+
+def _too_deep(path: Path) -> bool:
+    """Whether a model that failed to parse nests past protobuf's depth limit (gpuxc/project/nesting.py)."""
+    from gpuxc.project.nesting import PROTOBUF_DEPTH_LIMIT, message_depth
+
+    depth = message_depth(path.read_bytes())
+    return depth is not None and depth > PROTOBUF_DEPTH_LIMIT
