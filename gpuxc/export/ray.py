@@ -36,8 +36,9 @@ from gpuxc.export import ExportResult, write_export
 ENGINE = "ray"
 # Targets whose bundle runner runs in a Linux Python process (a Ray replica). coreml predicts only on
 # macOS and web bundles run in a browser: neither can serve from a Ray worker.
-RUNNABLE_TARGETS = ("cpu", "openvino", "ort-gpu", "tensorrt")
-GPU_TARGETS = ("ort-gpu", "tensorrt")
+# directml runs on Windows only, where Ray Serve is not supported.
+RUNNABLE_TARGETS = ("cpu", "openvino", "cuda", "tensorrt")
+GPU_TARGETS = ("cuda", "tensorrt")
 DEPLOYMENT = "bundle"  # the deployment's name in app.py and serve.yaml
 BUNDLE_FOLDER = "bundle"
 CONFIG_NAME = "gpuxc-ray.json"
@@ -106,7 +107,8 @@ def serve_config(manifest: Manifest, options: dict[str, Any]) -> dict[str, Any]:
     zipped where the cluster can fetch it and add it as the application's ``runtime_env.working_dir``."""
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": "0.0.0.0", "port": manifest.serving.port},
+        # serving.host: loopback unless gpux.yml asks for more, like `serve` (edit it for a cluster's proxy).
+        "http_options": {"host": manifest.serving.host, "port": manifest.serving.port},
         "applications": [{
             "name": manifest.name,
             "route_prefix": "/",

@@ -73,6 +73,17 @@ def test_sizing_follows_serving(exported: tuple[Path, Path]) -> None:
     assert ray_export.batching(unbatched) is None
 
 
+@pytest.mark.parametrize("target", ["cuda", "tensorrt"])
+def test_gpu_bundles_ask_a_gpu_per_replica_and_the_proxy_stays_on_loopback(exported: tuple[Path, Path],
+                                                                           target: str) -> None:  # fmt: skip
+    manifest = open_bundle(exported[0]).model_copy(update={"target": target})
+    assert ray_export.check_runnable(manifest) == [target]
+    options = ray_export.deployment_options(manifest)
+    assert options["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 1}
+    # serving.host (loopback by default), as `serve` binds: never every interface unasked.
+    assert ray_export.serve_config(manifest, options)["http_options"]["host"] == "127.0.0.1"
+
+
 @pytest.mark.parametrize("target", ["coreml", "web"])
 def test_refuses_a_bundle_no_replica_can_run(exported: tuple[Path, Path], tmp_path: Path, target: str) -> None:
     bundle = exported[0]
