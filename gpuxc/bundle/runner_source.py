@@ -48,12 +48,20 @@ def runner_source(name: str) -> Path:
 def runner_module(name: str) -> ModuleType:
     """The runner module ``name``, loaded once from its source file."""
     path = runner_source(name)
-    module_name = f"_gpuxc_runner_{name}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None or not path.is_file():
+    if not path.is_file():
         raise GpuxcError(f"gpuxc installation is incomplete: no {path}")
+    return load_file_module(f"_gpuxc_runner_{name}", path)
+
+
+def load_file_module(module_name: str, path: Path) -> ModuleType:
+    """The Python file ``path`` executed as module ``module_name``, without importing the package
+    around it; registered in ``sys.modules`` as an import would (dataclasses look it up there) and
+    removed again if executing it fails."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise GpuxcError(f"cannot load {path} as a Python module")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # as an import would: dataclasses and pickling look it up there
+    sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
     except BaseException:

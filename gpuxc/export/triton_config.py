@@ -90,16 +90,9 @@ def model_config_module() -> Any:
     if path is None or not path.is_file():
         raise ExportError("gpuxc export triton needs Triton's model config schema: "
                           "pip install 'gpuxc[export]' (tritonclient[grpc])")  # fmt: skip
-    spec = importlib.util.spec_from_file_location(_SCHEMA_MODULE, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_SCHEMA_MODULE] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[_SCHEMA_MODULE]
-        raise
-    return module
+    from gpuxc.bundle.runner_source import load_file_module
+
+    return load_file_module(_SCHEMA_MODULE, path)
 
 
 def _schema_path() -> Path | None:

@@ -11,16 +11,13 @@ compile time and 1.6x in the shipped bundle (issue 13).
 from __future__ import annotations
 
 import functools
-import importlib.util
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from gpuxc.bundle.runner_source import find_source
-from gpuxc.errors import GpuxcError
+from gpuxc.bundle.runner_source import find_source, load_file_module
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,19 +36,7 @@ _TIMING_TIMEOUT_S = 3600.0
 def adapter_module(adapter: str, extra_dirs: tuple[Path, ...] = ()) -> ModuleType:
     """The runtime adapter template ``adapter`` (e.g. ``"onnxruntime/runtime.py"``), loaded once from
     its file under a private module name (a bundle imports it as ``runner.runtime``)."""
-    path = find_source(adapter, extra_dirs)
-    name = "_gpuxc_adapter_" + re.sub(r"\W", "_", adapter)
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise GpuxcError(f"gpuxc installation is incomplete: cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+    return load_file_module("_gpuxc_adapter_" + re.sub(r"\W", "_", adapter), find_source(adapter, extra_dirs))
 
 
 def open_adapter(adapter: str, model_path: Path, settings: dict[str, Any], device: str,

@@ -237,8 +237,10 @@ def _main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the runtime refused the artifact
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return _fail(EXIT_BUNDLE, f"cannot load the model: {reason}")
+    from runner.variants import skipped_line
+
     for skipped in rt.skipped_variants:  # a fallback in use is never silent
-        print(f"gpuxc: variant {skipped['target']} skipped: {skipped['reason']}", file=sys.stderr)
+        print(skipped_line(skipped), file=sys.stderr)
     with rt:
         try:
             if args.command == "info":

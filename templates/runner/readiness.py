@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runner.selfcheck import first_line, summary
+from runner.variants import skipped_line
 
 if TYPE_CHECKING:
     from runner.api import GPUXRuntime
@@ -106,7 +107,7 @@ class ModelState:
 def log_start(runtime: GPUXRuntime, load_seconds: float | None) -> None:
     """The start-up lines of the log: variants skipped, the self-check and what it cost."""
     for skipped in runtime.skipped_variants:
-        print(f"gpuxc: variant {skipped['target']} skipped: {skipped['reason']}", file=sys.stderr, flush=True)
+        print(skipped_line(skipped), file=sys.stderr, flush=True)
     check = runtime.self_check_report()
     line = summary(check) if "seconds" in check else f"self-check {check['status']}: {check['reason']}"
     took = f" (loaded in {load_seconds:.3f} s)" if load_seconds is not None else ""

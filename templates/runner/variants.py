@@ -112,6 +112,11 @@ def choose(
     raise NoVariantError(describe_failure(skipped), skipped)
 
 
+def skipped_line(skipped: dict[str, Any]) -> str:
+    """How a skipped variant is said on stderr and in the server's log."""
+    return f"gpuxc: variant {skipped['target']} skipped: {skipped['reason']}"
+
+
 def describe_failure(skipped: list[dict[str, Any]]) -> str:
     if len(skipped) == 1:  # a bundle without fallbacks: the reason alone, as before variants existed
         return str(skipped[0]["reason"])

@@ -27,7 +27,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from gpuxc.build.pipeline import compile_project
-from tests.integration.conftest import assert_one_error_line, ort_run, run_cmd, write_project
+from tests.integration.conftest import assert_one_error_line, imported_runner, ort_run, run_cmd, write_project
 
 PIL = pytest.importorskip("PIL.Image", reason="image bundles decode with Pillow (pip install pillow)")
 skimage_data = pytest.importorskip("skimage.data", reason="real photos come from scikit-image")
@@ -118,20 +118,8 @@ def text_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def runner_pkg(image_bundle: Path) -> Iterator[Any]:
     """The bundles' runner package (the same files in every bundle), imported in this process for
     FastAPI's TestClient, and removed again afterwards."""
-    def drop() -> dict[str, Any]:
-        return {k: sys.modules.pop(k) for k in list(sys.modules) if k == "runner" or k.startswith("runner.")}
-
-    saved = drop()
-    sys.path.insert(0, str(image_bundle))
-    try:
-        import runner
-        import runner.server
-
+    with imported_runner(image_bundle) as runner:
         yield runner
-    finally:
-        sys.path.remove(str(image_bundle))
-        drop()
-        sys.modules.update(saved)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from tests.integration.conftest import (
     break_weights,
     endless_loop_model,
     free_port,
+    imported_runner,
     resign,
     run_cmd,
     write_project,
@@ -33,20 +34,8 @@ EXIT_SELF_CHECK = 5
 @pytest.fixture(scope="module")
 def runner_pkg(shared_bundle: Path) -> Iterator[Any]:
     """The runner package (the same files in every bundle), imported in this process."""
-    def drop() -> dict[str, Any]:
-        return {k: sys.modules.pop(k) for k in list(sys.modules) if k == "runner" or k.startswith("runner.")}
-
-    saved = drop()
-    sys.path.insert(0, str(shared_bundle))
-    try:
-        import runner
-        import runner.server
-
+    with imported_runner(shared_bundle) as runner:
         yield runner
-    finally:
-        sys.path.remove(str(shared_bundle))
-        drop()
-        sys.modules.update(saved)
 
 
 @pytest.fixture
